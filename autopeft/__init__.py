@@ -1,0 +1,62 @@
+"""autopeft: choose the parameter-efficient fine-tuning method that suits your data, model and hardware.
+
+The SDK surface. Importing it is cheap: torch, transformers and peft load only when a function that
+needs them runs.
+
+    import autopeft
+    autopeft.list_methods()                      # installed methods, typed
+    autopeft.estimate("smollm2-135m", "lora", batch_size=8, seq_len=256, device="cpu")
+"""
+
+from __future__ import annotations
+
+from .errors import (AutopeftError, BadInputError, MethodUnavailableError, PluginError,
+                     UnknownMethodError)
+from .hookspecs import hookimpl
+from .method import Capabilities, Method, MethodInfo, MethodSettings, PeftMethod, SearchSpace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AutopeftError", "BadInputError", "Capabilities", "Estimate", "Method", "MethodInfo", "MethodSettings",
+    "MethodUnavailableError", "PeftMethod", "PluginError", "SearchSpace", "UnknownMethodError", "estimate",
+    "get_method", "hookimpl", "list_methods", "plugin_failures",
+]
+
+
+def list_methods(task: str | None = None) -> list[MethodInfo]:
+    """Every installed method (built-in or from a plugin package), optionally only those for ``task``."""
+    from .plugins import get_methods
+
+    infos = [m.info() for m in get_methods().values()]
+    return [i for i in infos if task is None or task in i.tasks]
+
+
+def get_method(name: str) -> Method:
+    """The installed method called ``name`` (aliases such as ``lora+`` work)."""
+    from .plugins import get_method as _get
+
+    return _get(name)
+
+
+def plugin_failures():
+    """Plugins that were skipped, each with the reason."""
+    from .plugins import plugin_failures as _failures
+
+    return _failures()
+
+
+def estimate(model=None, method=None, **kwargs):
+    """Exact parameter counts and adapter size, and predicted peak training memory. See
+    :func:`autopeft.costmodel.estimate` for the arguments; returns an :class:`Estimate`."""
+    from .costmodel import estimate as _estimate
+
+    return _estimate(model, method, **kwargs)
+
+
+def __getattr__(name):
+    if name == "Estimate":
+        from .costmodel import Estimate
+
+        return Estimate
+    raise AttributeError(f"module 'autopeft' has no attribute {name!r}")

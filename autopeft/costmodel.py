@@ -1,0 +1,377 @@
+"""The static cost model: exact parameter counts and adapter size, and predicted peak training memory.
+
+Everything here runs on PyTorch's meta device: the model is instantiated from its config with no
+weights, the method's own build function wraps it, and one forward pass is traced. Parameter counts
+and adapter bytes are therefore exact, and the activations are the tensors autograd really saves for
+backward with this model code and this adapter code (a saved-tensors hook sees each one), not a
+formula per architecture.
+
+Peak memory is the larger of two moments of a training step:
+
+* end of forward / start of backward: weights + optimizer state + saved activations + logits and
+  loss (the held logits, the saved log-softmax, and two float32 logit-sized gradients while backward
+  starts) + the gradients produced first (those of parameters outside the repeated blocks);
+* optimizer step: weights + optimizer state + all gradients + the step's temporaries.
+
+With gradient checkpointing, each block keeps only its input, and one block's activations are
+recomputed at a time during backward. Attention is traced as a fused kernel (flash / memory-efficient
+SDPA, as on CUDA and on CPU): it keeps q, k, v, its output and the log-sum-exp, never the score matrix.
+Framework overhead is the allocator's fragmentation (a fraction of the activation memory) plus the
+runtime's fixed cost (CUDA context, or the Python process with torch loaded).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .errors import BadInputError, PluginError
+from .method import Method, PeftMethod
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+DEVICES = ("cuda", "cpu", "mps")
+
+#: measured fixed costs: a CUDA context with cuBLAS loaded, and the resident memory of a Python
+#: process that has imported torch, transformers and peft (see benchmarks/cpu_memory.py)
+RUNTIME_BYTES = {"cuda": 500 * 2**20, "mps": 300 * 2**20, "cpu": 700 * 2**20}
+#: fraction of activation memory lost to allocator fragmentation (caching allocator on CUDA, glibc on CPU)
+FRAGMENTATION = {"cuda": 0.05, "mps": 0.05, "cpu": 0.10}
+
+
+class MemoryBreakdown(BaseModel):
+    """Bytes of each part of peak training memory; they add up to the peak."""
+
+    weights: int = Field(description="all parameters and buffers, frozen and trainable")
+    gradients: int = Field(description="gradients alive at the peak")
+    optimizer: int = Field(description="optimizer state (and the step's temporaries if the peak is the step)")
+    activations: int = Field(description="tensors saved for backward inside the model body")
+    logits: int = Field(description="logits, loss and the first gradients of backward")
+    overhead: int = Field(description="allocator fragmentation and the runtime's fixed cost")
+    runtime: int = Field(description="of the overhead, the fixed cost (CUDA context or process baseline)")
+    activations_with_checkpointing: int = Field(description="activations if gradient checkpointing is on")
+    activations_without_checkpointing: int = Field(description="activations if it is off")
+
+
+class Estimate(BaseModel):
+    """What training ``model`` with ``method`` costs: the result of ``autopeft estimate``."""
+
+    method: str
+    settings: dict[str, Any]
+    model: str
+    task: str
+    device: str
+    dtype: str
+    batch_size: int
+    seq_len: int
+    gradient_checkpointing: bool
+    trainable_params: int
+    total_params: int
+    adapter_bytes: int
+    peak_memory_bytes: int
+    peak_memory_bytes_with_checkpointing: int
+    peak_memory_bytes_without_checkpointing: int
+    peak_phase: str = Field(description="'forward-backward' or 'optimizer-step': where the peak falls")
+    breakdown: MemoryBreakdown
+
+
+class _Trace(BaseModel):
+    """What one meta forward pass revealed."""
+
+    outside_blocks: int = 0  # saved bytes before the first / after the last block, except the head
+    head: int = 0  # saved bytes after the last block (final norm, logits, loss)
+    largest_head_tensor: int = 0
+    blocks: list[int] = []  # saved bytes per block
+    block_inputs: list[int] = []  # bytes of each block's input (what checkpointing keeps)
+    logits: int = 0  # the logits tensor the caller holds during backward
+
+
+def estimate(model: str | None = None, method: str | Method | None = None, *, settings: dict | None = None,
+             peft_config: dict | None = None, task: str | None = None, batch_size: int = 4, seq_len: int = 512,
+             dtype: str | None = None, device: str = "cuda", gradient_checkpointing: bool = False,
+             num_labels: int = 2, trust_remote_code: bool = False, config=None) -> Estimate:
+    """Estimate the cost of training ``model`` with ``method`` (or an adapter config dict).
+
+    :param model: embedded name, local dir (a dir holding only config.json is enough) or Hub id;
+        None picks the task's embedded default.
+    :param method: a method name or instance; may be None when ``peft_config`` is given.
+    :param settings: the method's settings (validated by the method).
+    :param peft_config: the dict of a PEFT ``adapter_config.json``, used instead of ``settings``.
+    :param dtype: ``bf16``, ``fp16`` or ``fp32``; default bf16 on accelerators, fp32 on CPU.
+    :param config: an already loaded transformers config (skips loading ``model``).
+    """
+    from . import adapter_config as ac
+    from .models import default_model, load_config
+    from .plugins import get_method
+
+    if batch_size < 1 or seq_len < 1:
+        raise BadInputError(f"batch size and sequence length must be at least 1, got {batch_size} and {seq_len}")
+    if device not in DEVICES:
+        raise BadInputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    dtype_name = DTYPES.get((dtype or ("fp32" if device == "cpu" else "bf16")).lower())
+    if dtype_name is None:
+        raise BadInputError(f"dtype must be one of bf16, fp16, fp32, got {dtype!r}")
+    if peft_config is not None and method is None:
+        method = ac.method_for(peft_config)
+    if method is None:
+        raise BadInputError("give a method (--method NAME) or an adapter config (--peft-config FILE)")
+    method_obj = get_method(method) if isinstance(method, str) else method
+    if task is None:
+        task = _task_of(peft_config) or "causal-lm"
+    if task not in method_obj.tasks:
+        raise BadInputError(f"method {method_obj.name} does not support task {task} (it supports {', '.join(method_obj.tasks)})")
+    model_name = model or default_model(task)
+    if config is None:
+        config = load_config(model_name, trust_remote_code=trust_remote_code)
+    method_settings = method_obj.settings(settings) if peft_config is None else None
+
+    import torch
+
+    torch_dtype = getattr(torch, dtype_name)
+    net = _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config)
+    trainable = _unique(p for p in net.parameters() if p.requires_grad)
+    if not trainable:
+        raise PluginError(f"method {method_obj.name} left no trainable parameter on this model")
+    weights = _tensor_bytes(_unique(net.parameters())) + _tensor_bytes(_unique(net.buffers()))
+    grads = _tensor_bytes(trainable)
+    total_params = sum(p.numel() for p in _unique(net.parameters()))
+    trainable_params = sum(p.numel() for p in trainable)
+    state_settings = method_settings if method_settings is not None else method_obj.Settings()
+    try:
+        opt_state = int(method_obj.optimizer_state_bytes(net, state_settings))
+    except Exception as exc:
+        raise PluginError(f"method {method_obj.name}: optimizer_state_bytes failed: {exc}") from None
+    adapter = adapter_bytes(method_obj, net)
+    trace = _trace(net, task, batch_size, seq_len, num_labels)
+
+    block_layer_grads = _block_param_ids(net)
+    nonblock_grads = _tensor_bytes(p for p in trainable if id(p) not in block_layer_grads)
+    step_temp = _optimizer_step_temporaries(trainable, device)
+    acts_plain = trace.outside_blocks + sum(trace.blocks)
+    acts_ckpt = trace.outside_blocks + sum(trace.block_inputs) + (max(trace.blocks) if trace.blocks else 0)
+    logits = trace.logits + trace.head + 2 * trace.largest_head_tensor
+
+    def peak(acts: int) -> tuple[int, MemoryBreakdown, str]:
+        forward_backward = acts + logits + nonblock_grads
+        optimizer_step = grads + step_temp
+        phase = "forward-backward" if forward_backward >= optimizer_step else "optimizer-step"
+        runtime = RUNTIME_BYTES[device]
+        overhead = runtime + int(FRAGMENTATION[device] * (acts + logits))
+        parts = MemoryBreakdown(
+            weights=weights, gradients=nonblock_grads if phase == "forward-backward" else grads,
+            optimizer=opt_state + (0 if phase == "forward-backward" else step_temp),
+            activations=acts if phase == "forward-backward" else 0,
+            logits=logits if phase == "forward-backward" else 0,
+            overhead=overhead, runtime=runtime,
+            activations_with_checkpointing=acts_ckpt, activations_without_checkpointing=acts_plain)
+        total = (parts.weights + parts.gradients + parts.optimizer + parts.activations + parts.logits
+                 + parts.overhead)
+        return total, parts, phase
+
+    with_ckpt, _, _ = peak(acts_ckpt)
+    without_ckpt, _, _ = peak(acts_plain)
+    chosen, breakdown, phase = peak(acts_ckpt if gradient_checkpointing else acts_plain)
+    shown_settings = (method_settings.model_dump(mode="json") if method_settings is not None
+                      else {k: v for k, v in peft_config.items() if not k.startswith("_")})
+    return Estimate(
+        method=method_obj.name, settings=shown_settings, model=model_name, task=task, device=device,
+        dtype=dtype_name, batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
+        trainable_params=trainable_params, total_params=total_params, adapter_bytes=adapter,
+        peak_memory_bytes=chosen, peak_memory_bytes_with_checkpointing=with_ckpt,
+        peak_memory_bytes_without_checkpointing=without_ckpt, peak_phase=phase, breakdown=breakdown)
+
+
+def _task_of(peft_config: dict | None) -> str | None:
+    if not peft_config:
+        return None
+    return {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "seq-cls"}.get(peft_config.get("task_type") or "")
+
+
+def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from . import adapter_config as ac
+
+    _register_trace_attention()
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    kwargs = {"num_labels": num_labels} if task == "seq-cls" else {}
+    try:
+        config = config.__class__.from_dict({**config.to_dict(), **kwargs})
+        with torch.device("meta"):
+            try:
+                net = auto.from_config(config, dtype=torch_dtype, attn_implementation="autopeft_trace")
+            except (ValueError, TypeError):  # architecture without the attention interface
+                net = auto.from_config(config, dtype=torch_dtype)
+    except Exception as exc:
+        raise BadInputError(f"cannot build a {task} model from this config: {str(exc).splitlines()[0]}",
+                            source="--model") from None
+    try:
+        if peft_config is not None:
+            if not isinstance(method_obj, PeftMethod):
+                raise BadInputError(f"method {method_obj.name} does not take a PEFT adapter config")
+            return method_obj.build_from_peft_config(net, ac.to_peft_config(peft_config, task))
+        return method_obj.build(net, method_settings, task)
+    except BadInputError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        # PEFT validates configs against the model with ValueError: that is the user's input
+        raise BadInputError(f"method {method_obj.name} cannot be applied to this model: "
+                            f"{str(exc).strip().splitlines()[0]}") from None
+
+
+def _register_trace_attention() -> None:
+    """A stand-in attention that keeps exactly what fused SDPA kernels keep for backward."""
+    import torch
+    from transformers import AttentionInterface
+
+    if "autopeft_trace" in AttentionInterface._global_mapping:
+        return
+
+    class _FusedAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):
+            out = torch.empty_like(q)
+            lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):  # pragma: no cover - the trace never runs backward
+            q, k, v, _, _ = ctx.saved_tensors
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        return _FusedAttention.apply(query, key, value).transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("autopeft_trace", attention)
+
+
+def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _Trace:
+    import torch
+
+    blocks = _blocks(net)
+    known = {_storage_key(t) for t in [*net.parameters(), *net.buffers()]}
+    seen: set[int] = set()
+    result = _Trace(blocks=[0] * len(blocks), block_inputs=[0] * len(blocks))
+    where = {"block": None, "after": False}
+    handles = []
+
+    def enter(index):
+        def hook(module, args, kwargs):
+            where["block"] = index
+            hidden = args[0] if args else next(iter(kwargs.values()), None)
+            if isinstance(hidden, torch.Tensor) and result.block_inputs[index] == 0:
+                result.block_inputs[index] = hidden.numel() * hidden.element_size()
+        return hook
+
+    def leave(index):
+        def hook(module, args, kwargs, output):
+            where["block"] = None
+            where["after"] = index == len(blocks) - 1
+        return hook
+
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(enter(i), with_kwargs=True))
+        handles.append(block.register_forward_hook(leave(i), with_kwargs=True))
+
+    def pack(tensor):
+        key = _storage_key(tensor)
+        if key in known or key in seen:
+            return tensor
+        seen.add(key)
+        nbytes = tensor.untyped_storage().nbytes()
+        if where["block"] is not None:
+            result.blocks[where["block"]] += nbytes
+        elif where["after"]:
+            result.head += nbytes
+            result.largest_head_tensor = max(result.largest_head_tensor, nbytes)
+        else:
+            result.outside_blocks += nbytes
+        return tensor
+
+    ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
+    labels = ids if task == "causal-lm" else torch.zeros(batch_size, dtype=torch.long, device="meta")
+    net.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = net(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    except Exception as exc:
+        raise PluginError(f"tracing a training step failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor) and _storage_key(logits) not in seen:
+        result.logits = logits.numel() * logits.element_size()
+    return result
+
+
+def _blocks(net) -> list:
+    """The repeated blocks (decoder/encoder layers) gradient checkpointing works on, in order."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # older transformers
+        GradientCheckpointingLayer = ()
+    names = set(getattr(_unwrap(net), "_no_split_modules", None) or [])
+    found = [m for m in net.modules()
+             if (GradientCheckpointingLayer and isinstance(m, GradientCheckpointingLayer))
+             or type(m).__name__ in names]
+    # keep the outermost ones only (a block may contain checkpointable sub-layers)
+    inner = {id(sub) for m in found for sub in m.modules() if sub is not m}
+    return [m for m in found if id(m) not in inner]
+
+
+def _block_param_ids(net) -> set[int]:
+    return {id(p) for block in _blocks(net) for p in block.parameters()}
+
+
+def _unwrap(net):
+    get_base = getattr(net, "get_base_model", None)
+    return get_base() if callable(get_base) else net
+
+
+def _optimizer_step_temporaries(trainable, device: str) -> int:
+    """AdamW's foreach path (CUDA default) makes one temporary per state; the per-tensor path one per parameter."""
+    sizes = [p.numel() * p.element_size() for p in trainable]
+    if device == "cuda":
+        return sum(sizes)
+    return max(sizes, default=0)
+
+
+def adapter_bytes(method_obj: Method, net) -> int:
+    """Size of the adapter file the method saves: tensor bytes plus the safetensors header."""
+    try:
+        state = method_obj.adapter_state_dict(net)
+    except Exception as exc:
+        raise PluginError(f"method {method_obj.name}: adapter_state_dict failed: {exc}") from None
+    data = sum(t.numel() * t.element_size() for t in state.values())
+    header = 0
+    for name, t in state.items():
+        # '"name":{"dtype":"F32","shape":[a,b],"data_offsets":[x,y]},' as safetensors writes it
+        offsets = 2 * max(len(str(data)), 1)
+        header += len(name) + 2 + 40 + len(",".join(str(s) for s in t.shape)) + offsets
+    header += len('{"__metadata__":{"format":"pt"}}')
+    return 8 + int(math.ceil(header / 8) * 8) + data
+
+
+def _unique(tensors) -> list:
+    seen, out = set(), []
+    for t in tensors:
+        if id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _storage_key(tensor) -> int:
+    try:
+        return tensor.untyped_storage()._cdata
+    except Exception:  # tensor subclasses without a storage
+        return id(tensor)

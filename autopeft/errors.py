@@ -1,0 +1,45 @@
+"""Typed errors. The CLI turns each into one line and an exit status; the SDK lets them propagate."""
+
+from __future__ import annotations
+
+
+class AutopeftError(Exception):
+    """Anything autopeft reports as a failure. Exit status 1 unless a subclass says otherwise."""
+
+    exit_code = 1
+
+
+class BadInputError(AutopeftError):
+    """The user's input (a file, an option, a setting) is wrong. Exit status 2.
+
+    ``source`` names the file or option and ``line`` the line in it, when known, so that the
+    message reads ``file:line: problem``.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problem: str, source: str | None = None, line: int | None = None):
+        self.problem = problem
+        self.source = source
+        self.line = line
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = self.source or ""
+        if where and self.line is not None:
+            where = f"{where}:{self.line}"
+        return f"{where}: {self.problem}" if where else self.problem
+
+
+class UnknownMethodError(BadInputError):
+    """No installed plugin provides the method asked for."""
+
+
+class MethodUnavailableError(AutopeftError):
+    """The method is installed but cannot run here (for instance it needs CUDA)."""
+
+    exit_code = 2
+
+
+class PluginError(AutopeftError):
+    """A plugin broke its contract (raised, or returned the wrong type) while doing its job."""

@@ -1,0 +1,167 @@
+"""What a method plugin is: its description, settings, search space, build, optimizer and costs.
+
+A plugin subclasses :class:`Method` (or :class:`PeftMethod` when the method is a PEFT config) and
+fills in the class attributes. Heavy libraries are imported inside the methods that need them, so
+listing methods stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import BadInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Task = Literal["causal-lm", "seq-cls"]
+TASKS: tuple[str, ...] = ("causal-lm", "seq-cls")
+PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS"}
+
+
+class Capabilities(BaseModel):
+    """What a trained adapter of this method can do besides being loaded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    merge: bool = Field(description="can be merged into the base weights (no inference overhead)")
+    quantized: bool = Field(description="trains on a 4-/8-bit quantised base (QLoRA-style)")
+    multi_adapter: bool = Field(description="several adapters can be loaded on one base and switched")
+    lora_convertible: bool = Field(description="PEFT can convert it to a LoRA adapter (for LoRA-only servers)")
+
+
+class SearchSpace(BaseModel):
+    """Hyperparameters worth trying in a pilot: learning rates, and values of the method's settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    learning_rate: tuple[float, ...]
+    settings: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+
+
+class MethodSettings(BaseModel):
+    """Base of every method's settings: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodInfo(BaseModel):
+    """A method as ``autopeft methods --json`` lists it."""
+
+    name: str
+    family: str
+    description: str
+    tasks: list[str]
+    layer_types: list[str]
+    capabilities: Capabilities
+    search_space: SearchSpace
+    settings: dict[str, Any]
+    source: str
+    available: bool
+    unavailable_reason: str | None = None
+
+
+class Method:
+    """A fine-tuning method. Subclass it, set the class attributes, implement :meth:`build`."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    description: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    tasks: ClassVar[tuple[str, ...]] = TASKS
+    layer_types: ClassVar[tuple[str, ...]] = ("linear",)
+    capabilities: ClassVar[Capabilities]
+    search_space: ClassVar[SearchSpace]
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
+
+    #: the distribution that registered the method; set by the plugin manager
+    source: str = "unknown"
+
+    def unavailable_reason(self) -> str | None:
+        """Why this method cannot run on this machine, or None when it can."""
+        return None
+
+    def settings(self, values: dict[str, Any] | MethodSettings | None = None) -> MethodSettings:
+        """Validate ``values`` into this method's settings; raise BadInputError saying what is wrong."""
+        if isinstance(values, self.Settings):
+            return values
+        try:
+            return self.Settings(**dict(values or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "settings"
+            valid = ", ".join(self.Settings.model_fields) or "none"
+            if err["type"] == "extra_forbidden":
+                raise BadInputError(f"method {self.name} has no setting {key!r} (its settings: {valid})") from None
+            raise BadInputError(f"method {self.name}: setting {key!r}: {err['msg']}") from None
+
+    def build(self, model: torch.nn.Module, settings: MethodSettings, task: str) -> torch.nn.Module:
+        """Return ``model`` made trainable by this method (only the method's parameters require grad)."""
+        raise NotImplementedError
+
+    def optimizer(self, model: torch.nn.Module, settings: MethodSettings, *, learning_rate: float,
+                  weight_decay: float = 0.0) -> torch.optim.Optimizer | None:
+        """The method's own optimizer, or None for the trainer's default AdamW."""
+        return None
+
+    def optimizer_state_bytes(self, model: torch.nn.Module, settings: MethodSettings) -> int:
+        """Bytes of optimizer state while training ``model``. Default: AdamW, two moments per trainable value."""
+        return 2 * sum(p.numel() * p.element_size() for p in unique_trainable(model))
+
+    def adapter_state_dict(self, model) -> dict:
+        """The tensors the saved adapter holds. Default: every trainable parameter."""
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    def info(self) -> MethodInfo:
+        reason = self.unavailable_reason()
+        return MethodInfo(
+            name=self.name, family=self.family, description=self.description, tasks=list(self.tasks),
+            layer_types=list(self.layer_types), capabilities=self.capabilities, search_space=self.search_space,
+            settings=self.Settings().model_dump(mode="json"), source=self.source,
+            available=reason is None, unavailable_reason=reason,
+        )
+
+
+class PeftMethod(Method):
+    """A method that is a PEFT config: :meth:`peft_config` maps settings to it and PEFT builds it."""
+
+    #: the PEFT type this method produces, e.g. "LORA"
+    peft_type: ClassVar[str]
+
+    def peft_config(self, settings: MethodSettings, task: str):
+        """Return the ``peft.PeftConfig`` for these settings and task."""
+        raise NotImplementedError
+
+    def recognises(self, config: dict[str, Any]) -> bool:
+        """Whether an ``adapter_config.json`` (as a dict) is an instance of this method."""
+        return config.get("peft_type") == self.peft_type
+
+    def build(self, model, settings, task):
+        return self.build_from_peft_config(model, self.peft_config(settings, task))
+
+    def adapter_state_dict(self, model):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+
+    def build_from_peft_config(self, model, peft_config):
+        """Wrap ``model`` with an already-made PEFT config (used for ``--peft-config FILE``)."""
+        from peft import get_peft_model
+
+        return get_peft_model(model, peft_config)
+
+
+def peft_task_type(task: str) -> str:
+    return PEFT_TASK_TYPES[task]
+
+
+def unique_trainable(model) -> list:
+    """Trainable parameters, each shared tensor once."""
+    seen, out = set(), []
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out

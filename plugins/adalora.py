@@ -1,0 +1,42 @@
+"""AdaLoRA: SVD-shaped LoRA whose rank budget is reallocated to the layers that need it (Zhang et al., 2023)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from autopeft import hookimpl
+from autopeft.method import Capabilities, PeftMethod, SearchSpace, MethodSettings, peft_task_type
+
+
+class AdaLoraSettings(MethodSettings):
+    target_modules: list[str] | str | None = None
+    init_r: int = Field(default=12, ge=1, description="rank every layer starts with")
+    target_r: int = Field(default=8, ge=1, description="average rank left after pruning")
+    alpha: float = Field(default=32, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    total_step: int = Field(default=1000, ge=1, description="training steps; the rank schedule needs it")
+
+
+class AdaLoRA(PeftMethod):
+    name = "adalora"
+    family = "adaptive-rank"
+    description = "LoRA in SVD form with importance-based rank pruning: rank goes where it helps."
+    peft_type = "ADALORA"
+    capabilities = Capabilities(merge=True, quantized=True, multi_adapter=True, lora_convertible=False)
+    search_space = SearchSpace(learning_rate=(2e-4, 5e-4, 1e-3))
+    Settings = AdaLoraSettings
+
+    def peft_config(self, settings, task):
+        from peft import AdaLoraConfig
+
+        total = settings.total_step
+        # prune between 10% and 70% of training, as the paper's schedules do
+        return AdaLoraConfig(task_type=peft_task_type(task), init_r=settings.init_r, target_r=settings.target_r,
+                             lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                             target_modules=settings.target_modules, total_step=total,
+                             tinit=max(total // 10, 0), tfinal=max(total * 3 // 10, 0), deltaT=max(total // 100, 1))
+
+
+@hookimpl
+def register_methods(register):
+    register(AdaLoRA())

@@ -1,0 +1,34 @@
+"""C3A: the update is a block-circulant matrix applied by FFT-based circular convolution (Chen et al., 2025)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from autopeft import hookimpl
+from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.settings import Targeted
+
+
+class C3ASettings(Targeted):
+    block_size: int = Field(default=256, ge=1, description="must divide the in and out sizes of targeted layers")
+
+
+class C3A(PeftMethod):
+    name = "c3a"
+    family = "frequency"
+    description = "Block-circulant updates computed by FFT convolution: full-rank-capable, few parameters."
+    peft_type = "C3A"
+    capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
+    search_space = SearchSpace(learning_rate=(1e-2, 3e-2, 1e-1), settings={"block_size": (64, 256)})
+    Settings = C3ASettings
+
+    def peft_config(self, settings, task):
+        from peft import C3AConfig
+
+        return C3AConfig(task_type=peft_task_type(task), block_size=settings.block_size,
+                         target_modules=settings.target_modules)
+
+
+@hookimpl
+def register_methods(register):
+    register(C3A())

@@ -1,0 +1,29 @@
+"""LN tuning: train only the normalisation layers' parameters (Qi et al., 2022)."""
+
+from __future__ import annotations
+
+from autopeft import hookimpl
+from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.settings import Targeted
+
+
+class LNTuning(PeftMethod):
+    name = "ln_tuning"
+    aliases = ("ln-tuning", "layernorm")
+    family = "norm"
+    description = "Trains only LayerNorm/RMSNorm weights: tiny adapters, a strong cheap baseline."
+    peft_type = "LN_TUNING"
+    layer_types = ("layernorm",)
+    capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
+    search_space = SearchSpace(learning_rate=(1e-4, 1e-3, 5e-3))
+    Settings = Targeted
+
+    def peft_config(self, settings, task):
+        from peft import LNTuningConfig
+
+        return LNTuningConfig(task_type=peft_task_type(task), target_modules=settings.target_modules)
+
+
+@hookimpl
+def register_methods(register):
+    register(LNTuning())

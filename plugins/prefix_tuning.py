@@ -1,0 +1,36 @@
+"""Prefix tuning: learned key/value prefixes prepended in every attention layer (Li & Liang, 2021)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from autopeft import hookimpl
+from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.settings import PromptSettings
+
+
+class PrefixSettings(PromptSettings):
+    projection: bool = Field(default=False, description="reparameterise the prefix through an MLP while training")
+
+
+class PrefixTuning(PeftMethod):
+    name = "prefix_tuning"
+    aliases = ("prefix-tuning", "prefix")
+    family = "prompt"
+    description = "Learned key/value prefixes in every attention layer; nothing in the weights changes."
+    peft_type = "PREFIX_TUNING"
+    layer_types = ("attention",)
+    capabilities = Capabilities(merge=False, quantized=True, multi_adapter=True, lora_convertible=False)
+    search_space = SearchSpace(learning_rate=(1e-3, 5e-3, 1e-2))
+    Settings = PrefixSettings
+
+    def peft_config(self, settings, task):
+        from peft import PrefixTuningConfig
+
+        return PrefixTuningConfig(task_type=peft_task_type(task), num_virtual_tokens=settings.num_virtual_tokens,
+                                  prefix_projection=settings.projection)
+
+
+@hookimpl
+def register_methods(register):
+    register(PrefixTuning())

@@ -1,0 +1,29 @@
+"""Prompt tuning: learned soft-prompt embeddings prepended to the input (Lester et al., 2021)."""
+
+from __future__ import annotations
+
+from autopeft import hookimpl
+from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.settings import PromptSettings
+
+
+class PromptTuning(PeftMethod):
+    name = "prompt_tuning"
+    aliases = ("prompt-tuning",)
+    family = "prompt"
+    description = "Learned virtual-token embeddings prepended to every input; the model itself is untouched."
+    peft_type = "PROMPT_TUNING"
+    layer_types = ("embedding",)
+    capabilities = Capabilities(merge=False, quantized=True, multi_adapter=True, lora_convertible=False)
+    search_space = SearchSpace(learning_rate=(1e-3, 1e-2, 3e-2), settings={"num_virtual_tokens": (20, 50)})
+    Settings = PromptSettings
+
+    def peft_config(self, settings, task):
+        from peft import PromptTuningConfig
+
+        return PromptTuningConfig(task_type=peft_task_type(task), num_virtual_tokens=settings.num_virtual_tokens)
+
+
+@hookimpl
+def register_methods(register):
+    register(PromptTuning())

@@ -1,0 +1,23 @@
+"""rsLoRA: LoRA with rank-stabilised scaling alpha/sqrt(r), so higher ranks keep learning (Kalajdzievski, 2023)."""
+
+from __future__ import annotations
+
+from autopeft import hookimpl
+from autopeft.method import SearchSpace
+
+from .lora import LoRA
+
+
+class RsLoRA(LoRA):
+    name = "rslora"
+    description = "LoRA scaled by alpha/sqrt(r) instead of alpha/r; higher ranks keep improving."
+    search_space = SearchSpace(learning_rate=(5e-5, 1e-4, 3e-4), settings={"r": (16, 32, 64)})
+    variant_flags = {"use_dora": False, "use_rslora": True}
+
+    def lora_kwargs(self, settings):
+        return {"use_rslora": True}
+
+
+@hookimpl
+def register_methods(register):
+    register(RsLoRA())

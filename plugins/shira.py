@@ -1,0 +1,36 @@
+"""SHiRA: train a sparse, fixed subset (about 1-2%) of each weight's entries directly (Bhardwaj et al., 2024)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from autopeft import hookimpl
+from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.settings import Targeted
+
+
+class ShiraSettings(Targeted):
+    r: int = Field(default=32, ge=1, description="trains r*(in+out) entries per weight, as many as LoRA of rank r")
+    mask_type: str = Field(default="random", description="how entries are chosen (PEFT's mask types)")
+    random_seed: int | None = Field(default=42)
+
+
+class SHiRA(PeftMethod):
+    name = "shira"
+    family = "sparse"
+    description = "Trains a sparse subset of each weight directly; fast adapter switching, no inference cost."
+    peft_type = "SHIRA"
+    capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
+    search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3))
+    Settings = ShiraSettings
+
+    def peft_config(self, settings, task):
+        from peft import ShiraConfig
+
+        return ShiraConfig(task_type=peft_task_type(task), r=settings.r, mask_type=settings.mask_type,
+                           random_seed=settings.random_seed, target_modules=settings.target_modules)
+
+
+@hookimpl
+def register_methods(register):
+    register(SHiRA())
