@@ -55,13 +55,35 @@ def to_peft_config(data: dict[str, Any], task: str | None = None):
 
 
 def method_for(data: dict[str, Any]):
-    """The installed method that recognises this adapter config (the most specific one)."""
+    """The installed method that recognises this adapter config; for a PEFT type no plugin claims,
+    a generic stand-in that builds the config as PEFT defines it (costs are exact, capabilities unknown)."""
     from .method import PeftMethod
     from .plugins import get_methods
 
     matches = [m for m in get_methods().values() if isinstance(m, PeftMethod) and m.recognises(data)]
-    if not matches:
+    if matches:
+        return matches[0]
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    if data["peft_type"] not in PEFT_TYPE_TO_CONFIG_MAPPING:
         raise UnknownMethodError(
-            f"no installed method handles peft_type {data['peft_type']!r}; `autopeft methods` lists them",
+            f"peft_type {data['peft_type']!r} is neither an installed method nor known to the installed PEFT",
             source=data.get("_source"))
-    return matches[0]
+    return generic_method(data["peft_type"])
+
+
+def generic_method(peft_type: str):
+    """A method for any PEFT type, used only with a ready-made adapter config."""
+    from .method import Capabilities, PeftMethod, SearchSpace
+
+    class GenericPeft(PeftMethod):
+        name = f"peft:{peft_type.lower()}"
+        family = "peft"
+        description = f"PEFT's {peft_type} from an adapter config (no autopeft plugin describes it)"
+        capabilities = Capabilities(merge=False, quantized=False, multi_adapter=True, lora_convertible=False)
+        search_space = SearchSpace(learning_rate=(1e-4, 1e-3))
+
+    GenericPeft.peft_type = peft_type
+    method = GenericPeft()
+    method.source = "peft"
+    return method

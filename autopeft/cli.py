@@ -33,6 +33,20 @@ def main():
     """
 
 
+def _quiet_libraries() -> None:
+    """Library deprecation chatter is for autopeft's developers, not its users."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for name in ("transformers", "peft", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2))
 
@@ -109,6 +123,7 @@ def _parse_setting(text: str) -> tuple[str, object]:
 def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, dtype, device,
              gradient_checkpointing, num_labels, trust_remote_code, as_json):
     """Exact trainable parameters and adapter size, and predicted peak training memory. No weights are loaded."""
+    _quiet_libraries()
     from .adapter_config import read_adapter_config
 
     if method and peft_configs and len(peft_configs) > 1:

@@ -22,6 +22,7 @@ runtime's fixed cost (CUDA context, or the Python process with torch loaded).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -130,6 +131,28 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     import torch
 
     torch_dtype = getattr(torch, dtype_name)
+    with _meta_nonzero():
+        return _estimate_on_meta(
+            config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
+            dtype_name, device, batch_size, seq_len, gradient_checkpointing)
+
+
+@contextlib.contextmanager
+def _meta_nonzero():
+    """Let torch.nonzero run on meta tensors (as if every element were non-zero): sparse masks and
+    AdaLoRA's rank pattern use it, and only its shape, not its values, matters for costs."""
+    import torch.fx.experimental._config as fx_config
+
+    previous = fx_config.meta_nonzero_assume_all_nonzero
+    fx_config.meta_nonzero_assume_all_nonzero = True
+    try:
+        yield
+    finally:
+        fx_config.meta_nonzero_assume_all_nonzero = previous
+
+
+def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
+                      dtype_name, device, batch_size, seq_len, gradient_checkpointing) -> Estimate:
     net = _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config)
     trainable = _unique(p for p in net.parameters() if p.requires_grad)
     if not trainable:
@@ -216,10 +239,17 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
         return method_obj.build(net, method_settings, task)
     except BadInputError:
         raise
+    except NotImplementedError as exc:
+        # e.g. an initialisation that clusters or decomposes the real weights
+        raise PluginError(f"method {method_obj.name} needs real weights to initialise, so its cost cannot be "
+                          f"computed from the config alone ({str(exc).strip().splitlines()[0]})") from None
     except (ValueError, TypeError, KeyError) as exc:
         # PEFT validates configs against the model with ValueError: that is the user's input
         raise BadInputError(f"method {method_obj.name} cannot be applied to this model: "
                             f"{str(exc).strip().splitlines()[0]}") from None
+    except Exception as exc:
+        raise PluginError(f"method {method_obj.name} failed to build on the meta device: "
+                          f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
 
 
 def _register_trace_attention() -> None:
@@ -282,7 +312,7 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _T
         if key in known or key in seen:
             return tensor
         seen.add(key)
-        nbytes = tensor.untyped_storage().nbytes()
+        nbytes = _saved_bytes(tensor)
         if where["block"] is not None:
             result.blocks[where["block"]] += nbytes
         elif where["after"]:
@@ -296,7 +326,7 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _T
     labels = ids if task == "causal-lm" else torch.zeros(batch_size, dtype=torch.long, device="meta")
     net.train()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _data_branches_not_taken(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = net(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
     except Exception as exc:
         raise PluginError(f"tracing a training step failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
@@ -307,6 +337,24 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _T
     if isinstance(logits, torch.Tensor) and _storage_key(logits) not in seen:
         result.logits = logits.numel() * logits.element_size()
     return result
+
+
+@contextlib.contextmanager
+def _data_branches_not_taken():
+    """Meta tensors have no values, so ``if tensor.any():`` cannot be decided. Adapters use such
+    branches for guards (``if logits.isinf().any(): raise``), so the trace takes the normal path."""
+    import torch
+
+    original = torch.Tensor.__bool__
+
+    def meta_false(self):
+        return False if self.is_meta else original(self)
+
+    torch.Tensor.__bool__ = meta_false
+    try:
+        yield
+    finally:
+        torch.Tensor.__bool__ = original
 
 
 def _blocks(net) -> list:
@@ -368,6 +416,15 @@ def _unique(tensors) -> list:
 
 def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _saved_bytes(tensor) -> int:
+    if tensor.is_sparse:  # SHiRA's sparse delta: its values and indices
+        return _saved_bytes(tensor._values()) + _saved_bytes(tensor._indices())
+    try:
+        return tensor.untyped_storage().nbytes()
+    except Exception:
+        return tensor.numel() * tensor.element_size()
 
 
 def _storage_key(tensor) -> int:

@@ -144,13 +144,40 @@ class PeftMethod(Method):
     def adapter_state_dict(self, model):
         from peft import get_peft_model_state_dict
 
+        name = model.active_adapter
+        if model.peft_config[name].is_prompt_learning and _on_meta(model):
+            # PEFT saves the prompt encoder's output, which it copies to CPU; on meta, compute its shape
+            tokens = model.prompt_tokens[name].unsqueeze(0).to("meta")
+            embeddings = model.prompt_encoder[name](tokens)[0]
+            return {"prompt_embeddings": embeddings[: model.peft_config[name].num_virtual_tokens]}
         return get_peft_model_state_dict(model)
 
     def build_from_peft_config(self, model, peft_config):
         """Wrap ``model`` with an already-made PEFT config (used for ``--peft-config FILE``)."""
         from peft import get_peft_model
 
+        if _on_meta(model):
+            peft_config = shapes_only(peft_config)
         return get_peft_model(model, peft_config)
+
+
+#: LoRA initialisations computed from the pretrained weights (decompositions, quantisation, data)
+DATA_DEPENDENT_LORA_INITS = ("pissa", "olora", "corda", "eva", "loftq")
+
+
+def shapes_only(peft_config):
+    """The config with a weight-dependent LoRA initialisation replaced by the default random one: the
+    same shapes and costs, and buildable on the meta device, where no weights exist."""
+    import dataclasses
+
+    init = getattr(peft_config, "init_lora_weights", None)
+    if isinstance(init, str) and init.startswith(DATA_DEPENDENT_LORA_INITS):
+        return dataclasses.replace(peft_config, init_lora_weights=True)
+    return peft_config
+
+
+def _on_meta(model) -> bool:
+    return any(p.is_meta for p in model.parameters())
 
 
 def peft_task_type(task: str) -> str:

@@ -96,7 +96,7 @@ def unregister_plugin(name: str) -> None:
 def _collect() -> dict[str, Method]:
     methods: dict[str, Method] = {}
     _collect_failures.clear()
-    for impl in reversed(pm.hook.register_methods.get_hookimpls()):  # registration order
+    for impl in pm.hook.register_methods.get_hookimpls():  # registration order: the first name wins
         plugin_name = impl.plugin_name
         source = _sources.get(plugin_name, "local")
         offered: list = []

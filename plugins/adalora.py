@@ -36,6 +36,14 @@ class AdaLoRA(PeftMethod):
                              target_modules=settings.target_modules, total_step=total,
                              tinit=max(total // 10, 0), tfinal=max(total * 3 // 10, 0), deltaT=max(total // 100, 1))
 
+    def build_from_peft_config(self, model, peft_config):
+        model = super().build_from_peft_config(model, peft_config)
+        # PEFT's move of the rank counters to the meta device loses their requires_grad=False
+        for name, param in model.named_parameters():
+            if ".ranknum." in name:
+                param.requires_grad_(False)
+        return model
+
 
 @hookimpl
 def register_methods(register):

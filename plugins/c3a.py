@@ -18,7 +18,7 @@ class C3A(PeftMethod):
     family = "frequency"
     description = "Block-circulant updates computed by FFT convolution: full-rank-capable, few parameters."
     peft_type = "C3A"
-    capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
+    capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
     search_space = SearchSpace(learning_rate=(1e-2, 3e-2, 1e-1), settings={"block_size": (64, 256)})
     Settings = C3ASettings
 

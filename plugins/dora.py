@@ -11,7 +11,7 @@ from .lora import LoRA
 class DoRA(LoRA):
     name = "dora"
     description = "LoRA on the direction of each weight plus a trained magnitude; closer to full fine-tuning."
-    capabilities = Capabilities(merge=True, quantized=True, multi_adapter=True, lora_convertible=False)
+    capabilities = Capabilities(merge=True, quantized=True, multi_adapter=True, lora_convertible=True)
     variant_flags = {"use_dora": True, "use_rslora": False}
 
     def lora_kwargs(self, settings):

@@ -20,7 +20,7 @@ class GraLoRA(PeftMethod):
     family = "low-rank"
     description = "LoRA split into k×k sub-blocks with their own adapters: LoRA's cost, more expressive at high rank."
     peft_type = "GRALORA"
-    capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
+    capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
     search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3))
     Settings = GraLoRASettings
 

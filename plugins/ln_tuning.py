@@ -23,6 +23,17 @@ class LNTuning(PeftMethod):
 
         return LNTuningConfig(task_type=peft_task_type(task), target_modules=settings.target_modules)
 
+    def build(self, model, settings, task):
+        if settings.target_modules is None:
+            # PEFT knows the norm layers of some architectures only; finding them covers every one
+            settings = settings.model_copy(update={"target_modules": norm_module_names(model)})
+        return super().build(model, settings, task)
+
+
+def norm_module_names(model) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if name and "norm" in type(module).__name__.lower()})
+
 
 @hookimpl
 def register_methods(register):

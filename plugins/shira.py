@@ -30,6 +30,22 @@ class SHiRA(PeftMethod):
         return ShiraConfig(task_type=peft_task_type(task), r=settings.r, mask_type=settings.mask_type,
                            random_seed=settings.random_seed, target_modules=settings.target_modules)
 
+    def build_from_peft_config(self, model, peft_config):
+        if any(p.is_meta for p in model.parameters()):
+            # SHiRA turns its mask into indices with torch.where, which meta tensors cannot answer;
+            # a mask with the same number of entries, made on the CPU, gives the same shapes
+            peft_config.mask_fn = _mask_of_the_right_size
+        return super().build_from_peft_config(model, peft_config)
+
+
+def _mask_of_the_right_size(base_layer, r, **kwargs):
+    import torch
+
+    out_features, in_features = base_layer.weight.shape
+    mask = torch.zeros(out_features * in_features)
+    mask[: r * (in_features + out_features)] = 1.0
+    return mask.view(out_features, in_features)
+
 
 @hookimpl
 def register_methods(register):

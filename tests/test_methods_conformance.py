@@ -1,0 +1,111 @@
+"""Every installed method, built-in or third-party, against the same checks on tiny real models.
+
+The cost model works on the meta device; here the same method is built on a real (random-weight)
+tiny model and trained for one step, so the meta figures are checked against reality.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import autopeft
+from autopeft.models import load_config
+
+from .conftest import TINY_BERT, TINY_LLAMA
+
+# settings that fit the tiny models' 64-wide layers
+TINY_SETTINGS = {
+    "vera": {"r": 8}, "vblora": {"vector_length": 16, "num_vectors": 32}, "c3a": {"block_size": 16},
+    "miss": {"r": 8}, "boft": {"block_size": 4}, "oft": {"block_size": 8}, "lily": {"r": 8}, "gralora": {"r": 8},
+    "randlora": {"r": 8}, "shira": {"r": 4}, "fourierft": {"n_frequency": 64}, "galore": {"rank": 4},
+    "adalora": {"init_r": 4, "target_r": 2, "total_step": 10}, "prompt_tuning": {"num_virtual_tokens": 4},
+    "prefix_tuning": {"num_virtual_tokens": 4}, "ptuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
+}
+METHODS = sorted(m.name for m in autopeft.list_methods())
+
+
+def _tiny_model(task: str):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, BertConfig, LlamaConfig
+
+    torch.manual_seed(0)
+    if task == "causal-lm":
+        return AutoModelForCausalLM.from_config(LlamaConfig(**TINY_LLAMA))
+    return AutoModelForSequenceClassification.from_config(BertConfig(**TINY_BERT, num_labels=2))
+
+
+def _model_dir(task, tiny_llama_dir, tiny_bert_dir):
+    return tiny_llama_dir if task == "causal-lm" else tiny_bert_dir
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
+@pytest.mark.parametrize("name", METHODS)
+def test_method_builds_trains_and_matches_its_meta_estimate(name, task, tiny_llama_dir, tiny_bert_dir, tmp_path):
+    method = autopeft.get_method(name)
+    if task not in method.tasks:
+        pytest.skip(f"{name} does not support {task}")
+    settings = method.settings(TINY_SETTINGS.get(name, {}))
+    model_dir = str(_model_dir(task, tiny_llama_dir, tiny_bert_dir))
+    try:
+        model = method.build(_tiny_model(task), settings, task)
+    except ValueError:
+        # a method may refuse a model (BitFit on a model without biases); the estimate must refuse it too
+        with pytest.raises(autopeft.BadInputError):
+            autopeft.estimate(model_dir, name, settings=settings.model_dump(), task=task, device="cpu")
+        return
+    trainable = {id(p): p for p in model.parameters() if p.requires_grad}
+    assert trainable, "the method left nothing to train"
+
+    est = autopeft.estimate(model_dir, name, settings=settings.model_dump(),
+                            task=task, batch_size=2, seq_len=16, device="cpu")
+    assert est.trainable_params == sum(p.numel() for p in trainable.values())
+
+    # one real training step moves the trainable parameters and nothing else
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    optimizer = method.optimizer(model, settings, learning_rate=1e-2) or torch.optim.AdamW(
+        list(trainable.values()), lr=1e-2)
+    ids = torch.randint(3, 256, (2, 16))
+    labels = ids if task == "causal-lm" else torch.tensor([0, 1])
+    model.train()
+    loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    changed = {k for k, p in model.named_parameters() if not torch.equal(before[k], p.detach())}
+    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
+    assert changed, "a training step changed nothing"
+    assert not (changed & frozen), f"frozen parameters changed: {sorted(changed & frozen)[:3]}"
+
+
+PEFT_METHODS = [m for m in METHODS if isinstance(autopeft.get_method(m), autopeft.PeftMethod)]
+
+
+@pytest.mark.parametrize("name", PEFT_METHODS)
+def test_adapter_file_size_is_predicted_from_the_meta_build(name, tiny_llama_dir, tmp_path):
+    method = autopeft.get_method(name)
+    settings = method.settings(TINY_SETTINGS.get(name, {}))
+    model = method.build(_tiny_model("causal-lm"), settings, "causal-lm")
+    model.save_pretrained(tmp_path)
+    actual = (tmp_path / "adapter_model.safetensors").stat().st_size
+    est = autopeft.estimate(str(tiny_llama_dir), name, settings=settings.model_dump(), batch_size=1, seq_len=8,
+                            device="cpu")
+    assert abs(est.adapter_bytes - actual) <= max(256, 0.02 * actual), (est.adapter_bytes, actual)
+
+
+@pytest.mark.parametrize("name", PEFT_METHODS)
+def test_declared_lora_convertibility_matches_peft(name):
+    method = autopeft.get_method(name)
+    settings = method.settings(TINY_SETTINGS.get(name, {}))
+    model = method.build(_tiny_model("causal-lm"), settings, "causal-lm")
+    supports = getattr(model, "supports_lora_conversion", None)
+    if supports is None:
+        pytest.skip("this PEFT version cannot say")
+    try:
+        peft_says = bool(supports())
+    except Exception:  # prompt-learning models have no tuner layers to ask
+        peft_says = False
+    assert method.capabilities.lora_convertible == peft_says
+
+
+def test_load_config_reads_a_dir_with_only_config_json(tiny_llama_dir):
+    assert load_config(str(tiny_llama_dir)).num_hidden_layers == 2

@@ -1,0 +1,130 @@
+"""The plugin system: built-ins arrive through the entry-point group; broken plugins are isolated."""
+
+from __future__ import annotations
+
+import pytest
+
+import autopeft
+from autopeft import plugins
+from autopeft.method import Capabilities, Method, SearchSpace
+
+REQUIRED = {"lora", "rslora", "dora", "loraplus", "lorafa", "pissa", "vera", "ia3", "oft", "boft", "loha", "lokr",
+            "adalora", "fourierft", "vblora", "miss", "c3a", "randlora", "shira", "beft", "lily", "gralora",
+            "ln_tuning", "prompt_tuning", "prefix_tuning", "ptuning", "galore", "full"}
+
+
+class _Tiny(Method):
+    name = "tiny-test-method"
+    family = "test"
+    description = "a method registered by a test"
+    capabilities = Capabilities(merge=False, quantized=False, multi_adapter=False, lora_convertible=False)
+    search_space = SearchSpace(learning_rate=(1e-3,))
+
+    def build(self, model, settings, task):
+        return model
+
+
+class GoodPlugin:
+    @autopeft.hookimpl
+    def register_methods(self, register):
+        register(_Tiny())
+
+
+class RaisingPlugin:
+    @autopeft.hookimpl
+    def register_methods(self, register):
+        raise RuntimeError("boom")
+
+
+class WrongTypePlugin:
+    @autopeft.hookimpl
+    def register_methods(self, register):
+        register({"name": "not-a-method"})
+
+
+class TypoPlugin:
+    @autopeft.hookimpl
+    def register_method(self, register):  # misspelt hook name
+        register(_Tiny())
+
+
+@pytest.fixture
+def registered():
+    names = []
+
+    def add(plugin, name):
+        names.append(name)
+        return plugins.register_plugin(plugin, name=name, source=f"test-{name}")
+
+    yield add
+    for name in names:
+        plugins.unregister_plugin(name)
+
+
+def test_every_builtin_method_is_registered_through_the_entry_point_group():
+    methods = plugins.get_methods()
+    assert REQUIRED <= set(methods)
+    assert all(methods[name].source == "autopeft" for name in REQUIRED)
+
+
+def test_every_method_describes_itself_completely():
+    for info in autopeft.list_methods():
+        assert info.description and info.family
+        assert set(info.tasks) <= {"causal-lm", "seq-cls"} and info.tasks
+        assert info.search_space.learning_rate, f"{info.name} has no learning rates to search"
+        assert all(0 < lr < 1 for lr in info.search_space.learning_rate)
+        assert set(info.search_space.settings) <= set(info.settings), f"{info.name} searches unknown settings"
+
+
+def test_aliases_resolve_and_unknown_names_suggest():
+    assert autopeft.get_method("lora+").name == "loraplus"
+    assert autopeft.get_method("LoRA-FA").name == "lorafa"
+    with pytest.raises(autopeft.UnknownMethodError, match="did you mean lora"):
+        autopeft.get_method("loar")
+
+
+def test_a_registered_plugin_competes_like_a_builtin(registered):
+    assert registered(GoodPlugin(), "good")
+    method = autopeft.get_method("tiny-test-method")
+    assert method.source == "test-good"
+
+
+def test_a_plugin_that_raises_is_reported_by_name_and_the_rest_keep_working(registered):
+    registered(RaisingPlugin(), "raising")
+    methods = plugins.get_methods()
+    assert "lora" in methods
+    failures = {f.plugin: f.error for f in plugins.plugin_failures()}
+    assert "boom" in failures["raising"]
+
+
+def test_a_plugin_registering_the_wrong_type_is_reported(registered):
+    registered(WrongTypePlugin(), "wrongtype")
+    plugins.get_methods()
+    failures = {f.plugin: f.error for f in plugins.plugin_failures()}
+    assert "not an autopeft.Method" in failures["wrongtype"]
+
+
+def test_a_plugin_with_a_misspelt_hook_is_rejected_not_silently_ignored(registered):
+    assert not registered(TypoPlugin(), "typo")
+    failures = {f.plugin: f.error for f in plugins.plugin_failures()}
+    assert "register_method" in failures["typo"]
+
+
+def test_a_duplicate_method_name_is_reported_and_the_first_kept(registered):
+    class Dup(GoodPlugin):
+        pass
+
+    registered(GoodPlugin(), "first")
+    registered(Dup(), "second")
+    assert autopeft.get_method("tiny-test-method").source == "test-first"
+    failures = {f.plugin: f.error for f in plugins.plugin_failures()}
+    assert "already registered" in failures["second"]
+
+
+def test_settings_are_validated_with_a_message_naming_the_setting():
+    lora = autopeft.get_method("lora")
+    assert lora.settings({"r": 8}).r == 8
+    with pytest.raises(autopeft.BadInputError, match="has no setting 'rank'"):
+        lora.settings({"rank": 8})
+    with pytest.raises(autopeft.BadInputError, match="'r'"):
+        lora.settings({"r": 0})
