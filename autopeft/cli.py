@@ -24,6 +24,23 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+def run() -> None:
+    """The console entry point: click's usage errors become one line and exit status 2 too."""
+    try:
+        main.main(standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"autopeft: error: {exc.format_message()} (see --help)", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("autopeft: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"autopeft: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autopeft")
 def main():

@@ -153,6 +153,9 @@ def _meta_nonzero():
 
 def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
                       dtype_name, device, batch_size, seq_len, gradient_checkpointing) -> Estimate:
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and seq_len > limit and getattr(config, "position_embedding_type", None) == "absolute":
+        raise BadInputError(f"sequence length {seq_len} exceeds this model's {limit} positions", source="--seq-len")
     net = _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config)
     trainable = _unique(p for p in net.parameters() if p.requires_grad)
     if not trainable:
