@@ -6,6 +6,8 @@ needs them runs.
     import autopeft
     autopeft.list_methods()                      # installed methods, typed
     autopeft.estimate("smollm2-135m", "lora", batch_size=8, seq_len=256, device="cpu")
+    run = autopeft.train("data.jsonl", method="dora", output_dir="runs/x")   # a RunRecord
+    autopeft.export_merged("runs/x", "runs/x-merged")
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AutopeftError", "BadInputError", "Capabilities", "Estimate", "Method", "MethodInfo", "MethodSettings",
     "MethodUnavailableError", "PeftMethod", "PluginError", "SearchSpace", "UnknownMethodError", "estimate",
-    "get_method", "hookimpl", "list_methods", "plugin_failures",
+    "export_lora", "export_merged", "get_method", "hookimpl", "list_methods", "plugin_failures", "train",
 ]
 
 
@@ -52,6 +54,29 @@ def estimate(model=None, method=None, **kwargs):
     from .costmodel import estimate as _estimate
 
     return _estimate(model, method, **kwargs)
+
+
+def train(data=None, *, output_dir: str, **options):
+    """Fine-tune on ``data`` with ``method`` (default LoRA) and write the outputs to ``output_dir``.
+    See :func:`autopeft.training.train` and :class:`autopeft.training.TrainOptions`; returns a
+    :class:`autopeft.outputs.RunRecord`."""
+    from .training import train as _train
+
+    return _train(data, output_dir=output_dir, progress=options.pop("progress", False), **options)
+
+
+def export_merged(run_dir, output_dir, **kwargs):
+    """Merge a finished run's adapter into its base and save a full model (see :mod:`autopeft.export`)."""
+    from .export import merge
+
+    return merge(run_dir, output_dir, **kwargs)
+
+
+def export_lora(run_dir, output_dir, **kwargs):
+    """Convert a finished run's non-LoRA adapter into a LoRA adapter (see :mod:`autopeft.export`)."""
+    from .export import to_lora
+
+    return to_lora(run_dir, output_dir, **kwargs)
 
 
 def __getattr__(name):

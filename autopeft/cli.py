@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -22,6 +23,15 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("autopeft: interrupted", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if os.environ.get("AUTOPEFT_DEBUG"):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"autopeft: error: unexpected {type(exc).__name__}: {message} "
+                       f"(AUTOPEFT_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(1)
 
 
 def run() -> None:
@@ -53,7 +63,6 @@ def main():
 def _quiet_libraries() -> None:
     """Library deprecation chatter is for autopeft's developers, not its users."""
     import logging
-    import os
     import warnings
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -62,6 +71,10 @@ def _quiet_libraries() -> None:
         warnings.filterwarnings("ignore", category=category)
     for name in ("transformers", "peft", "accelerate", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars; autopeft shows its own progress
 
 
 def _emit_json(data) -> None:
@@ -128,7 +141,8 @@ def _parse_setting(text: str) -> tuple[str, object]:
 @click.option("--set", "-s", "settings", multiple=True, metavar="KEY=VALUE", help="A method setting; repeatable.")
 @click.option("--peft-config", "peft_configs", multiple=True, type=click.Path(dir_okay=True),
               help="A PEFT adapter_config.json instead of --method; repeat for several (prints a JSON list).")
-@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Default: from the adapter config, else causal-lm.")
+@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]),
+              help="Default: from the adapter config, else what the model is for.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seq-len", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens per example.")
 @click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), help="Default: bf16 on accelerators, fp32 on CPU.")
@@ -160,8 +174,8 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
     for cfg in configs:
         from .costmodel import _task_of
 
-        this_task = task or _task_of(cfg) or "causal-lm"
-        name = model or default_model(this_task)
+        this_task = task or _task_of(cfg)  # None: the model's own task
+        name = model or default_model(this_task or "causal-lm")
         if name not in loaded:
             loaded[name] = load_config(name, trust_remote_code=trust_remote_code)
         results.append(run_estimate(
@@ -191,3 +205,139 @@ def _print_estimate(r) -> None:
         click.echo(f"    {label:<14} {format_size(value):>10}")
     other = r.peak_memory_bytes_without_checkpointing if r.gradient_checkpointing else r.peak_memory_bytes_with_checkpointing
     click.echo(f"  {'without' if r.gradient_checkpointing else 'with'} gradient checkpointing: {format_size(other)}")
+
+
+def _training_options(command):
+    """Options shared by ``train`` and ``tune``: data, model, schedule and outputs."""
+    options = [
+        click.argument("data", required=False, type=click.Path(dir_okay=True)),
+        click.option("--model", "-m", help="Embedded name, local dir or Hub id. Default: the task's embedded model."),
+        click.option("--output", "-o", "output_dir", help="Output dir. Default: runs/<data>-<method>."),
+        click.option("--validation", type=click.Path(dir_okay=True), help="Validation file. Default: split 10% off."),
+        click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Default: from the data format."),
+        click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Default 3."),
+        click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps."),
+        click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Default 8."),
+        click.option("--gradient-accumulation", type=click.IntRange(min=1), help="Micro-batches per step."),
+        click.option("--learning-rate", "--lr", type=click.FloatRange(min=0, min_open=True),
+                     help="Default: the method's own."),
+        click.option("--max-length", type=click.IntRange(min=8), help="Tokens per example (longer are cut). Default 512."),
+        click.option("--max-examples", type=click.IntRange(min=1), help="Train on a seeded sample of N examples."),
+        click.option("--gradient-checkpointing", is_flag=True, default=None, help="Less memory, ~30% slower."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                     help="Default: bf16/fp16 on GPUs, fp32 on CPU."),
+        click.option("--eval-steps", type=click.IntRange(min=1), help="Default: 5 evaluations per run."),
+        click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint every N steps. Default: at evaluations."),
+        click.option("--early-stopping", "early_stopping_patience", type=click.IntRange(min=0),
+                     help="Stop after N evaluations without improvement (0: never). Default 3."),
+        click.option("--train-on-inputs", is_flag=True, default=None, help="Loss on prompts too, not only responses."),
+        click.option("--pack", is_flag=True, default=None, help="Pack examples into full-length blocks."),
+        click.option("--seed", type=int, help="Default 0."),
+        click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code."),
+        click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle (.bin) weights, which can run code."),
+        click.option("--resume", is_flag=True, help="Continue the unfinished run in --output from its last checkpoint."),
+        click.option("--overwrite", is_flag=True, help="Replace a finished run in --output."),
+        click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+_RENAMED = {"gradient_accumulation": "gradient_accumulation_steps"}
+
+
+def _train_kwargs(given: dict) -> dict:
+    """The options the user set (None means: not given, so the library's default applies)."""
+    return {_RENAMED.get(k, k): v for k, v in given.items() if v is not None}
+
+
+def _default_output(data: str | None, method: str) -> str:
+    from pathlib import Path
+
+    stem = Path(data).stem if data else "run"
+    return str(Path("runs") / f"{stem}-{method}")
+
+
+@main.command()
+@click.option("--method", default="lora", show_default=True, help="Method name (see `autopeft methods`).")
+@click.option("--set", "-s", "settings", multiple=True, metavar="KEY=VALUE", help="A method setting; repeatable.")
+@_training_options
+def train(method, settings, data, output_dir, resume, overwrite, as_json, **given):
+    """Fine-tune on DATA (JSONL, JSON, CSV, TSV or Parquet) with the method you choose."""
+    _quiet_libraries()
+    _log_to_stderr()
+    from .training import train as run_train
+
+    if output_dir is None:
+        if resume:
+            raise BadInputError("--resume needs the --output dir of the run to continue", source="--resume")
+        output_dir = _default_output(data, method)
+    values = dict(_parse_setting(s) for s in settings)
+    record = run_train(data, output_dir=output_dir, resume=resume, overwrite=overwrite, method=method,
+                       settings=values, **_train_kwargs(given))
+    if as_json:
+        _emit_json(record.summary())
+    else:
+        _print_run(record)
+
+
+def _log_to_stderr() -> None:
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("autopeft: %(message)s"))
+    logger = logging.getLogger("autopeft")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _print_run(record) -> None:
+    from .sizes import format_size
+
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in record.metrics.items() if v is not None)
+    click.echo(f"{record.method}: {metrics}")
+    click.echo(f"peak memory {format_size(record.peak_memory_bytes)}, {record.seconds:.0f} s; "
+               f"outputs in {record.output_dir} (report.md, run.json)")
+
+
+def _rank(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise BadInputError(f"a rank is an integer or a fraction of energy such as 0.99, got {text!r}",
+                                source="--rank") from None
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(dir_okay=True))
+@click.option("--merge", "merge_to", metavar="OUT", help="Write the base with the adapter merged in (a full model).")
+@click.option("--to-lora", "lora_to", metavar="OUT", help="Write the adapter converted to LoRA (for LoRA-only servers).")
+@click.option("--rank", default="64", show_default=True,
+              help="LoRA rank for --to-lora, or a fraction (0.99) to keep that share of each update's energy.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights, which can run code.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def export(run_dir, merge_to, lora_to, rank, allow_pickle, trust_remote_code, as_json):
+    """Turn a finished run into a merged full model (--merge) or a LoRA adapter (--to-lora)."""
+    _quiet_libraries()
+    from .export import merge, to_lora
+
+    if bool(merge_to) == bool(lora_to):
+        raise BadInputError("give exactly one of --merge OUT and --to-lora OUT", source="export")
+    if merge_to:
+        result = merge(run_dir, merge_to, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    else:
+        result = to_lora(run_dir, lora_to, rank=_rank(rank), allow_pickle=allow_pickle,
+                         trust_remote_code=trust_remote_code)
+    if as_json:
+        _emit_json(result.model_dump(mode="json"))
+        return
+    what = "merged model" if result.kind == "merged" else f"LoRA adapter (rank {result.lora_rank})"
+    click.echo(f"{what} written to {result.output_dir}")
+    click.echo(f"outputs changed by at most {result.max_abs_diff:.3g} in the logits "
+               f"({100 * result.relative_diff:.3g}% relative) against the trained adapter")

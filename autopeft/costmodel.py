@@ -23,6 +23,7 @@ runtime's fixed cost (CUDA context, or the Python process with torch loaded).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from typing import Any
 
@@ -104,7 +105,7 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     :param config: an already loaded transformers config (skips loading ``model``).
     """
     from . import adapter_config as ac
-    from .models import default_model, load_config
+    from .models import default_model, load_config, task_of_model
     from .plugins import get_method
 
     if batch_size < 1 or seq_len < 1:
@@ -119,13 +120,13 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     if method is None:
         raise BadInputError("give a method (--method NAME) or an adapter config (--peft-config FILE)")
     method_obj = get_method(method) if isinstance(method, str) else method
-    if task is None:
-        task = _task_of(peft_config) or "causal-lm"
-    if task not in method_obj.tasks:
-        raise BadInputError(f"method {method_obj.name} does not support task {task} (it supports {', '.join(method_obj.tasks)})")
-    model_name = model or default_model(task)
+    task = task or _task_of(peft_config)
+    model_name = model or default_model(task or "causal-lm")
     if config is None:
         config = load_config(model_name, trust_remote_code=trust_remote_code)
+    task = task or task_of_model(model_name, config)
+    if task not in method_obj.tasks:
+        raise BadInputError(f"method {method_obj.name} does not support task {task} (it supports {', '.join(method_obj.tasks)})")
     method_settings = method_obj.settings(settings) if peft_config is None else None
 
     import torch
@@ -170,7 +171,11 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     except Exception as exc:
         raise PluginError(f"method {method_obj.name}: optimizer_state_bytes failed: {exc}") from None
     adapter = adapter_bytes(method_obj, net)
-    trace = _trace(net, task, batch_size, seq_len, num_labels)
+    token = _TRACE_DEVICE.set(device)
+    try:
+        trace = _trace(net, task, batch_size, seq_len, num_labels)
+    finally:
+        _TRACE_DEVICE.reset(token)
 
     block_layer_grads = _block_param_ids(net)
     nonblock_grads = _tensor_bytes(p for p in trainable if id(p) not in block_layer_grads)
@@ -255,8 +260,12 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
 
 
+# Which device the trace stands for: its attention keeps what that device's kernel keeps.
+_TRACE_DEVICE: contextvars.ContextVar[str] = contextvars.ContextVar("autopeft_trace_device", default="cuda")
+
+
 def _register_trace_attention() -> None:
-    """A stand-in attention that keeps exactly what fused SDPA kernels keep for backward."""
+    """A stand-in attention that keeps for backward exactly what PyTorch's SDPA keeps on the traced device."""
     import torch
     from transformers import AttentionInterface
 
@@ -276,8 +285,19 @@ def _register_trace_attention() -> None:
             q, k, v, _, _ = ctx.saved_tensors
             return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
 
-    def attention(module, query, key, value, attention_mask, **kwargs):
-        return _FusedAttention.apply(query, key, value).transpose(1, 2).contiguous(), None
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                  **kwargs):
+        if dropout and _TRACE_DEVICE.get() == "cpu":
+            # The CPU flash kernel has no dropout, so PyTorch falls back to the math path, which keeps the
+            # attention probabilities and the dropout mask: run that path itself on meta to see them.
+            causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+            causal = causal and attention_mask is None and query.shape[2] > 1
+            out, _ = torch.ops.aten._scaled_dot_product_attention_math(
+                query, key, value, attention_mask, dropout, causal, scale=scaling,
+                enable_gqa=query.shape[1] != key.shape[1])
+        else:
+            out = _FusedAttention.apply(query, key, value)
+        return out.transpose(1, 2).contiguous(), None
 
     AttentionInterface.register("autopeft_trace", attention)
 

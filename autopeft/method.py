@@ -7,6 +7,8 @@ listing methods stays fast.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -106,6 +108,16 @@ class Method:
         """The method's own optimizer, or None for the trainer's default AdamW."""
         return None
 
+    def settings_for_run(self, settings: MethodSettings, total_steps: int) -> MethodSettings:
+        """The settings adjusted to a run of ``total_steps`` optimizer steps, for methods whose schedule
+        depends on the run's length (AdaLoRA). Default: unchanged. Settings the user set stay as set."""
+        return settings
+
+    def training_callbacks(self, model: torch.nn.Module, settings: MethodSettings) -> list:
+        """``transformers.TrainerCallback`` objects the method needs while training (for example
+        AdaLoRA's rank reallocation after each optimizer step). Default: none."""
+        return []
+
     def optimizer_state_bytes(self, model: torch.nn.Module, settings: MethodSettings) -> int:
         """Bytes of optimizer state while training ``model``. Default: AdamW, two moments per trainable value."""
         return 2 * sum(p.numel() * p.element_size() for p in unique_trainable(model))
@@ -156,9 +168,11 @@ class PeftMethod(Method):
         """Wrap ``model`` with an already-made PEFT config (used for ``--peft-config FILE``)."""
         from peft import get_peft_model
 
-        if _on_meta(model):
-            peft_config = shapes_only(peft_config)
-        return get_peft_model(model, peft_config)
+        if not _on_meta(model):
+            return get_peft_model(model, peft_config)
+        with _no_weight_decompositions():
+            # some adapters make their tensors on the CPU beside a meta base: put them all on meta
+            return get_peft_model(model, shapes_only(peft_config)).to("meta")
 
 
 #: LoRA initialisations computed from the pretrained weights (decompositions, quantisation, data)
@@ -174,6 +188,20 @@ def shapes_only(peft_config):
     if isinstance(init, str) and init.startswith(DATA_DEPENDENT_LORA_INITS):
         return dataclasses.replace(peft_config, init_lora_weights=True)
     return peft_config
+
+
+@contextlib.contextmanager
+def _no_weight_decompositions():
+    """Skip LoRA-variant inits that decompose the base weights (MiCA: SVD), which meta tensors cannot do.
+    They only fill values; the variant keeps its shapes and which tensors train."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    original = LoraLayer.mica_init
+    LoraLayer.mica_init = lambda self, adapter_name: None
+    try:
+        yield
+    finally:
+        LoraLayer.mica_init = original
 
 
 def _on_meta(model) -> bool:

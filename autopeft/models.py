@@ -53,6 +53,25 @@ def default_model(task: str) -> str:
     return DEFAULT_MODEL[task]
 
 
+def task_of_model(model: str, config) -> str:
+    """The task a model is made for: its embedded entry's, else what its architecture names say.
+
+    Encoders (BERT and kin, whose checkpoints name a masked-LM or bare-model head) default to
+    classification; anything with a causal-LM head or no clue at all defaults to causal LM.
+    """
+    if model in EMBEDDED:
+        return EMBEDDED[model].task
+    names = " ".join(getattr(config, "architectures", None) or [])
+    if any(marker in names for marker in ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")):
+        return "causal-lm"
+    if any(marker in names for marker in ("ForSequenceClassification", "ForMaskedLM")):
+        return "seq-cls"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+    return "seq-cls" if encoder and names.endswith("Model") else "causal-lm"
+
+
 def load_config(model: str, *, trust_remote_code: bool = False):
     """The transformers config of ``model``: an embedded name, a local dir (config.json suffices) or a Hub id."""
     from transformers import AutoConfig

@@ -36,6 +36,14 @@ class AdaLoRA(PeftMethod):
                              target_modules=settings.target_modules, total_step=total,
                              tinit=max(total // 10, 0), tfinal=max(total * 3 // 10, 0), deltaT=max(total // 100, 1))
 
+    def settings_for_run(self, settings, total_steps):
+        if "total_step" in settings.model_fields_set:
+            return settings
+        return settings.model_copy(update={"total_step": total_steps})
+
+    def training_callbacks(self, model, settings):
+        return [_RankAllocation(model)]
+
     def build_from_peft_config(self, model, peft_config):
         model = super().build_from_peft_config(model, peft_config)
         # PEFT's move of the rank counters to the meta device loses their requires_grad=False
@@ -43,6 +51,17 @@ class AdaLoRA(PeftMethod):
             if ".ranknum." in name:
                 param.requires_grad_(False)
         return model
+
+
+def _RankAllocation(model):
+    """After each optimizer step (gradients still present), let AdaLoRA score and prune ranks."""
+    from transformers import TrainerCallback
+
+    class RankAllocation(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            model.base_model.update_and_allocate(state.global_step)
+
+    return RankAllocation()
 
 
 @hookimpl

@@ -35,6 +35,7 @@ class SHiRA(PeftMethod):
             # SHiRA turns its mask into indices with torch.where, which meta tensors cannot answer;
             # a mask with the same number of entries, made on the CPU, gives the same shapes
             peft_config.mask_fn = _mask_of_the_right_size
+            return _dense_deltas(super().build_from_peft_config(model, peft_config))
         return super().build_from_peft_config(model, peft_config)
 
 
@@ -45,6 +46,28 @@ def _mask_of_the_right_size(base_layer, r, **kwargs):
     mask = torch.zeros(out_features * in_features)
     mask[: r * (in_features + out_features)] = 1.0
     return mask.view(out_features, in_features)
+
+
+def _dense_deltas(model):
+    """Meta tensors have no sparse kernels, so on meta each SHiRA layer builds its delta densely instead:
+    the forward keeps the same tensors (the input and a dense copy of the updated weight)."""
+    import types
+
+    from peft.tuners.shira.layer import ShiraLayer
+
+    for module in model.modules():
+        if isinstance(module, ShiraLayer):
+            module.get_delta_weight = types.MethodType(_dense_delta_weight, module)
+    return model
+
+
+def _dense_delta_weight(layer, adapter):
+    import torch
+
+    rows, cols = layer.shira_indices[adapter].to(layer.shira_weight[adapter].device)
+    values = layer.shira_weight[adapter] * layer.scaling[adapter]
+    flat = torch.zeros(layer.out_features * layer.in_features, dtype=values.dtype, device=values.device)
+    return flat.index_add(0, rows * layer.in_features + cols, values).view(layer.out_features, layer.in_features)
 
 
 @hookimpl

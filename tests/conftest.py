@@ -44,3 +44,52 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 def isolated_home(tmp_path, monkeypatch):
     """User state (caches) goes to a temp dir, never the real home."""
     monkeypatch.setenv("AUTOPEFT_HOME", str(tmp_path / "autopeft-home"))
+
+
+TRAIN_CORPUS = [
+    "the quick brown fox jumps over the lazy dog", "hello world, this is a small test sentence",
+    "### Instruction: ### Input: ### Response:", "what is two plus two? four. the answer is four.",
+    "I love this film. I hate this film. great, awful, fine, boring, wonderful",
+]
+
+
+def tiny_tokenizer():
+    """A real fast byte-level BPE tokenizer trained here on a few sentences (no Hub), 300 entries."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    core.train_from_iterator(TRAIN_CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="session")
+def trainable_llama(tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights (safetensors) and a tokenizer: a model dir the trainer can load."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("trainable-llama")
+    config = LlamaConfig(**{**TINY_LLAMA, "vocab_size": 320, "max_position_embeddings": 256,
+                            "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2})
+    LlamaForCausalLM(config).save_pretrained(str(directory))
+    tiny_tokenizer().save_pretrained(str(directory))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def trainable_bert(tmp_path_factory) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("trainable-bert")
+    BertModel(BertConfig(**{**TINY_BERT, "vocab_size": 320, "pad_token_id": 0})).save_pretrained(str(directory))
+    tiny_tokenizer().save_pretrained(str(directory))
+    return directory

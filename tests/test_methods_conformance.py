@@ -22,12 +22,7 @@ TINY_SETTINGS = {
     "adalora": {"init_r": 4, "target_r": 2, "total_step": 10}, "prompt_tuning": {"num_virtual_tokens": 4},
     "prefix_tuning": {"num_virtual_tokens": 4}, "ptuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
 }
-#: torch has no meta kernels for sparse tensors, so SHiRA's training step cannot be traced (its
-#: parameter count and file size still are exact)
-UNTRACEABLE = {"shira": "sparse ops (aten::_coalesce) have no meta-device kernels in torch"}
-METHODS = [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=UNTRACEABLE[name]))
-           if name in UNTRACEABLE else name for name in sorted(m.name for m in autopeft.list_methods())]
-NAMES = sorted(m.name for m in autopeft.list_methods())
+METHODS = sorted(m.name for m in autopeft.list_methods())
 
 
 def _tiny_model(task: str):
@@ -82,8 +77,7 @@ def test_method_builds_trains_and_matches_its_meta_estimate(name, task, tiny_lla
     assert not (changed & frozen), f"frozen parameters changed: {sorted(changed & frozen)[:3]}"
 
 
-PEFT_METHODS = [m for m in METHODS if isinstance(autopeft.get_method(getattr(m, "values", [m])[0]), autopeft.PeftMethod)]
-CONVERTIBLE_CHECK = [m for m in NAMES if isinstance(autopeft.get_method(m), autopeft.PeftMethod)]
+PEFT_METHODS = [m for m in METHODS if isinstance(autopeft.get_method(m), autopeft.PeftMethod)]
 
 
 @pytest.mark.parametrize("name", PEFT_METHODS)
@@ -98,7 +92,7 @@ def test_adapter_file_size_is_predicted_from_the_meta_build(name, tiny_llama_dir
     assert abs(est.adapter_bytes - actual) <= max(256, 0.02 * actual), (est.adapter_bytes, actual)
 
 
-@pytest.mark.parametrize("name", CONVERTIBLE_CHECK)
+@pytest.mark.parametrize("name", PEFT_METHODS)
 def test_declared_lora_convertibility_matches_peft(name):
     method = autopeft.get_method(name)
     settings = method.settings(TINY_SETTINGS.get(name, {}))

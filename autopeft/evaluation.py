@@ -1,0 +1,88 @@
+"""Quality and cost measurements of a training run: task metrics, forgetting, samples, peak memory."""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+from importlib import resources
+
+from pydantic import BaseModel
+
+
+class Sample(BaseModel):
+    prompt: str
+    output: str
+
+
+def classification_metrics(eval_pred) -> dict[str, float]:
+    """Accuracy and macro-F1 from the Trainer's (logits, labels)."""
+    import numpy as np
+    from sklearn.metrics import accuracy_score, f1_score
+
+    logits, labels = eval_pred
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    predictions = np.asarray(logits).argmax(-1)
+    return {"accuracy": float(accuracy_score(labels, predictions)),
+            "macro_f1": float(f1_score(labels, predictions, average="macro"))}
+
+
+def general_text_loss(model, tokenizer, max_length: int = 128) -> float:
+    """Mean per-token loss on a few paragraphs of general text the run does not train on.
+
+    Measured before and after training, its rise is the forgetting: how much of the base model's
+    general language modelling the fine-tune gave up.
+    """
+    import torch
+
+    text = resources.files("autopeft").joinpath("resources/general_text.txt").read_text(encoding="utf-8")
+    paragraphs = [p for p in text.splitlines() if p.strip()]
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for paragraph in paragraphs:
+            batch = tokenizer(paragraph, return_tensors="pt", truncation=True, max_length=max_length).to(device)
+            out = model(**batch, labels=batch["input_ids"])
+            tokens = batch["input_ids"].shape[1] - 1
+            total += float(out.loss) * tokens
+            count += tokens
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def generate_samples(model, tokenizer, prompts: list[str], max_new_tokens: int = 64) -> list[Sample]:
+    """Greedy continuations of already-rendered prompts (as the model saw them in training)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    samples = []
+    with torch.no_grad():
+        for prompt in prompts:
+            batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(device)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+            text = tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            samples.append(Sample(prompt=prompt, output=text.strip()))
+    model.train(was_training)
+    return samples
+
+
+def peak_memory_bytes(device: str) -> int:
+    """Peak memory of this process: accelerator memory reserved by torch on CUDA, else the
+    peak resident set size (which includes loading the model: that is what a budget must cover)."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.max_memory_reserved())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -1,0 +1,121 @@
+"""Loading models and tokenizers for training: embedded defaults, local dirs and Hub ids.
+
+Weights load only from safetensors (or the embedded GGUF) unless the caller opts in to pickle files,
+and remote code runs only when asked. The embedded SmolLM2 is a GGUF file that takes ~20 s to
+dequantise; the first load converts it once into a safetensors copy under ``AUTOPEFT_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from .errors import BadInputError
+from .models import EMBEDDED, EmbeddedModel, autopeft_home, embedded_dir
+
+
+def resolve(model: str) -> str:
+    """The path or id that transformers' ``from_pretrained`` takes for ``model``."""
+    if model in EMBEDDED:
+        return str(_embedded_path(EMBEDDED[model]))
+    path = Path(model).expanduser()
+    if path.exists() or model.startswith((".", "/", "~")):
+        if not (path / "config.json").is_file():
+            raise BadInputError("not a model directory (no config.json)", source=str(path))
+        return str(path)
+    return model
+
+
+def load_tokenizer(model: str, *, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token (the EOS token when the model has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve(model), trust_remote_code=trust_remote_code)
+    except BadInputError:
+        raise
+    except Exception as exc:
+        raise BadInputError(f"cannot load the tokenizer of {model!r}: {_first_line(exc)}", source="--model") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None, dtype=None,
+               trust_remote_code: bool = False, allow_pickle: bool = False, pad_token_id: int | None = None):
+    """The pretrained model with the head for ``task`` ("causal-lm" or "seq-cls").
+
+    :param label2id: class names to ids (seq-cls); the classification head is sized from it.
+    :param dtype: a torch dtype, or None for fp32.
+    :param allow_pickle: also load ``.bin``/``.pt`` weights, which can run code when unpickled.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path = resolve(model)
+    if model in EMBEDDED and EMBEDDED[model].task == "seq-cls" and task == "causal-lm":
+        raise BadInputError(f"{model} is an encoder for classification; for causal LM use "
+                            f"{next(n for n, m in EMBEDDED.items() if m.task == 'causal-lm')}", source="--model")
+    kwargs: dict = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    auto = AutoModelForCausalLM
+    if task == "seq-cls":
+        auto = AutoModelForSequenceClassification
+        label2id = label2id or {"0": 0, "1": 1}
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config.num_labels = len(label2id)
+        config.label2id = dict(label2id)
+        config.id2label = {i: name for name, i in label2id.items()}
+        if config.pad_token_id is None and pad_token_id is not None:
+            config.pad_token_id = pad_token_id  # decoder models pick the last non-pad token to classify
+        kwargs["config"] = config
+    try:
+        net = auto.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        if "safetensors" in str(exc) and not allow_pickle:
+            raise BadInputError(f"{model} has no safetensors weights; its pickle files can run code when loaded, "
+                                f"so pass --allow-pickle if you trust it", source="--model") from None
+        raise BadInputError(f"cannot load {model!r}: {_first_line(exc)}", source="--model") from None
+    except ValueError as exc:
+        raise BadInputError(f"cannot load {model!r} for {task}: {_first_line(exc)}", source="--model") from None
+    return net
+
+
+def _embedded_path(model: EmbeddedModel) -> Path:
+    if model.gguf_file is None:
+        return embedded_dir(model)
+    converted = autopeft_home() / "models" / model.name / "converted"
+    if not (converted / "model.safetensors").is_file():
+        _convert_gguf(model, converted)
+    return converted
+
+
+def _convert_gguf(model: EmbeddedModel, target: Path) -> None:
+    """Dequantise the GGUF once into a safetensors copy; written to a temp dir, then renamed into place."""
+    import logging
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logging.getLogger("autopeft").info("converting the embedded %s from GGUF (once, ~20 s)", model.name)
+    source = embedded_dir(model)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        AutoTokenizer.from_pretrained(str(source), gguf_file=model.gguf_file).save_pretrained(str(tmp))
+        net = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=model.gguf_file)
+        # the weights are dequantised to plain floats on load; only the marker of their origin remains
+        net.hf_quantizer = None
+        net.config.__dict__.pop("quantization_config", None)
+        net.save_pretrained(str(tmp))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

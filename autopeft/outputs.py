@@ -1,0 +1,236 @@
+"""What a run leaves in its output directory, and how it gets there without half-written files.
+
+    OUT/adapter_config.json, adapter_model.safetensors   the adapter (PEFT format; full weights for
+                                                          methods that change the base itself)
+    OUT/tokenizer files                                   so OUT loads on its own
+    OUT/run.json                                          RunRecord: settings, versions, hardware, data,
+                                                          metrics, history, measured memory and time
+    OUT/report.md, OUT/loss.png                           the report with its loss curves
+    OUT/README.md                                         the model card
+    OUT/checkpoints/                                      Trainer checkpoints, for --resume
+    OUT/autopeft-run.json                                 the options of the run (written first: marks
+                                                          OUT as autopeft's and lets --resume continue)
+
+Every file is written under a temporary name and renamed into place; run.json comes last, so a
+directory with a run.json holds a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .errors import BadInputError
+
+OPTIONS_FILE = "autopeft-run.json"
+RECORD_FILE = "run.json"
+CHECKPOINTS = "checkpoints"
+
+
+class HistoryPoint(BaseModel):
+    step: int
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    learning_rate: float | None = None
+
+
+class Hardware(BaseModel):
+    device: str
+    device_name: str
+    cpu_count: int | None
+    memory_bytes: int
+    accelerator_memory_bytes: int | None = None
+
+
+class RunRecord(BaseModel):
+    """Everything a finished run measured. ``--json`` prints the first six fields."""
+
+    method: str
+    settings: dict[str, Any]
+    output_dir: str
+    metrics: dict[str, float | None]
+    peak_memory_bytes: int
+    seconds: float
+    model: str
+    task: str
+    learning_rate: float
+    batch_size: int
+    steps: int
+    options: dict[str, Any]
+    data: dict[str, Any]
+    trainable_params: int
+    total_params: int
+    adapter_bytes: int
+    estimated_peak_memory_bytes: int | None = None
+    tokens_per_second: float | None = None
+    train_seconds: float
+    history: list[HistoryPoint] = Field(default_factory=list)
+    samples: list[dict[str, str]] = Field(default_factory=list)
+    hardware: Hardware
+    versions: dict[str, str]
+    recommendation: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return self.model_dump(include={"method", "settings", "output_dir", "metrics", "peak_memory_bytes",
+                                        "seconds"})
+
+
+def check_output_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to write into a directory that holds something else, or a finished run, unless asked."""
+    if path.exists() and not path.is_dir():
+        raise BadInputError("the output path exists and is not a directory", source=str(path))
+    if not path.exists() or not any(path.iterdir()):
+        if resume:
+            raise BadInputError("nothing to resume: the output directory holds no run", source=str(path))
+        return
+    ours = (path / OPTIONS_FILE).is_file()
+    if not ours:
+        raise BadInputError("the output directory exists and was not made by autopeft; choose another",
+                            source=str(path))
+    if resume:
+        return
+    if overwrite:
+        for child in path.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return
+    finished = (path / RECORD_FILE).is_file()
+    raise BadInputError(f"the output directory already holds {'a finished' if finished else 'an unfinished'} run; "
+                        f"pass {'--overwrite' if finished else '--resume to continue it, or --overwrite'}",
+                        source=str(path))
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def move_into(staging: Path, target: Path) -> None:
+    """Rename every file of ``staging`` into ``target`` (each rename is atomic), then drop ``staging``."""
+    for item in staging.iterdir():
+        os.replace(item, target / item.name)
+    staging.rmdir()
+
+
+def hardware(device: str) -> Hardware:
+    import psutil
+
+    name, accel = platform.processor() or platform.machine(), None
+    if device == "cuda":
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        name, accel = props.name, int(props.total_memory)
+    return Hardware(device=device, device_name=name, cpu_count=os.cpu_count(),
+                    memory_bytes=int(psutil.virtual_memory().total), accelerator_memory_bytes=accel)
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("autopeft", "torch", "transformers", "peft", "accelerate", "datasets"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_report(out: Path, record: RunRecord) -> None:
+    """report.md with the loss curves (loss.png) and the model card README.md."""
+    _plot_losses(out / "loss.png", record.history)
+    write_text(out / "report.md", _report(record))
+    write_text(out / "README.md", _model_card(record))
+
+
+def _plot_losses(path: Path, history: list[HistoryPoint]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    train = [(h.step, h.loss) for h in history if h.loss is not None]
+    evals = [(h.step, h.eval_loss) for h in history if h.eval_loss is not None]
+    if train:
+        ax.plot(*zip(*train), label="training loss", color="#4477aa")
+    if evals:
+        ax.plot(*zip(*evals), label="validation loss", color="#ee6677", marker="o")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _metric_rows(metrics: dict[str, float | None]) -> str:
+    return "\n".join(f"| {k} | {'n/a' if v is None else f'{v:.4g}'} |" for k, v in metrics.items())
+
+
+def _report(r: RunRecord) -> str:
+    from .sizes import format_count, format_size
+
+    data = r.data
+    tokens = data.get("tokens") or {}
+    lines = [
+        f"# {r.method} on {Path(data.get('path', '')).name} with {r.model}", "",
+        f"{r.steps} steps at batch {r.batch_size} and learning rate {r.learning_rate:g}, "
+        f"in {r.train_seconds:.0f} s of training ({r.seconds:.0f} s in all) on {r.hardware.device} "
+        f"({r.hardware.device_name}).", "",
+        "## Metrics", "", "| metric | value |", "|---|---:|", _metric_rows(r.metrics), "",
+        "## Cost", "", "| | |", "|---|---:|",
+        f"| trainable parameters | {format_count(r.trainable_params)} of {format_count(r.total_params)} |",
+        f"| adapter file | {format_size(r.adapter_bytes)} |",
+        f"| peak memory, measured | {format_size(r.peak_memory_bytes)} |",
+        f"| peak memory, estimated before the run | "
+        f"{format_size(r.estimated_peak_memory_bytes) if r.estimated_peak_memory_bytes else 'n/a'} |",
+        f"| tokens per second | {r.tokens_per_second:,.0f} |" if r.tokens_per_second else "| tokens per second | n/a |",
+        "", "## Loss", "", "![loss curves](loss.png)", "",
+        "## Data", "",
+        f"Format **{data.get('format')}** ({data.get('task')}), {data.get('num_train')} training and "
+        f"{data.get('num_validation')} validation examples (validation from {data.get('validation_source')}); "
+        f"tokens per example: median {tokens.get('median')}, 95th percentile {tokens.get('p95')}, max "
+        f"{tokens.get('max')}, {tokens.get('truncated', 0)} truncated. Fingerprint `{str(data.get('fingerprint'))[:16]}`.",
+    ]
+    if r.samples:
+        lines += ["", "## Sample generations", ""]
+        for s in r.samples:
+            lines += ["```text", s["prompt"].strip(), "```", "", "> " + s["output"].replace("\n", "\n> "), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _model_card(r: RunRecord) -> str:
+    peft = (Path(r.output_dir) / "adapter_config.json").exists()
+    load = (f"from peft import AutoPeftModelFor{'CausalLM' if r.task == 'causal-lm' else 'SequenceClassification'}\n"
+            f"model = AutoPeftModelFor{'CausalLM' if r.task == 'causal-lm' else 'SequenceClassification'}"
+            f".from_pretrained(\"{r.output_dir}\")" if peft else
+            f"from transformers import AutoModelFor{'CausalLM' if r.task == 'causal-lm' else 'SequenceClassification'}\n"
+            f"model = AutoModelFor{'CausalLM' if r.task == 'causal-lm' else 'SequenceClassification'}"
+            f".from_pretrained(\"{r.output_dir}\")")
+    return "\n".join([
+        "---", f"library_name: {'peft' if peft else 'transformers'}", "tags:", "- autopeft", f"- {r.method}",
+        f"pipeline_tag: {'text-generation' if r.task == 'causal-lm' else 'text-classification'}", "---", "",
+        f"# {r.method} fine-tune of {r.model}", "",
+        f"Trained with autopeft {r.versions.get('autopeft', '')} using **{r.method}** "
+        f"({r.trainable_params:,} trainable parameters) on `{Path(r.data.get('path', '')).name}` "
+        f"({r.data.get('num_train')} examples, {r.data.get('format')} format) for {r.steps} steps.", "",
+        "## Results", "", "| metric | value |", "|---|---:|", _metric_rows(r.metrics), "",
+        "## Use", "", "```python", load, "```", "",
+        "Settings, data fingerprint, versions and hardware are in `run.json`; curves in `report.md`.", ""])

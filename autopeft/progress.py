@@ -1,0 +1,95 @@
+"""Training progress for people: a live bar on a terminal, a line every few seconds otherwise.
+
+Both go to stderr, so ``--json`` output on stdout stays one document.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from transformers import TrainerCallback
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class ProgressCallback(TrainerCallback):
+    """Shows step, loss, tokens/s and the time left; says up front how long the run should take
+    once the first steps have been timed."""
+
+    def __init__(self, stream=None, interval: float = 10.0, live: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.interval = interval
+        self._bar = None
+        self._last_line = 0.0
+        self._loss = None
+        self._eval = None
+        self._announced = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+        self._first_step = state.global_step  # above 0 when resuming
+        self._tokens_at_start = state.num_input_tokens_seen or 0
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            from rich.console import Console
+
+            self._bar = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                 console=Console(file=self.stream), transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self._loss = logs["loss"]
+        if "eval_loss" in logs:
+            self._eval = logs["eval_loss"]
+            if not self.live:
+                extra = "".join(f", {k[5:]} {v:.4g}" for k, v in logs.items()
+                                if k.startswith("eval_") and k not in ("eval_loss",) and isinstance(v, float)
+                                and not k.endswith(("runtime", "per_second")))
+                self._write(f"eval at step {state.global_step}: loss {self._eval:.4f}{extra}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        done = state.global_step - self._first_step
+        elapsed = now - self._start
+        per_step = elapsed / max(done, 1)
+        left = per_step * (state.max_steps - state.global_step)
+        tokens = (state.num_input_tokens_seen or 0) - self._tokens_at_start
+        rate = tokens / elapsed if elapsed > 0 else 0.0
+        if not self._announced and done >= min(3, state.max_steps):
+            self._announced = True
+            self._write(f"{state.max_steps} steps at ~{per_step:.1f} s each: about {_duration(left + elapsed)} "
+                        f"in all, {_duration(left)} left")
+        info = " ".join(part for part in (
+            f"loss {self._loss:.4f}" if self._loss is not None else "",
+            f"eval {self._eval:.4f}" if self._eval is not None else "",
+            f"{rate:,.0f} tok/s" if rate else "") if part)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=state.global_step, info=info)
+        elif now - self._last_line >= self.interval or state.global_step == state.max_steps:
+            self._last_line = now
+            self._write(f"step {state.global_step}/{state.max_steps} {info}, {_duration(left)} left")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def _write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(line)
+        else:
+            print(f"autopeft: {line}", file=self.stream, flush=True)

@@ -1,0 +1,463 @@
+"""A complete fine-tune with any installed method, on transformers' Trainer.
+
+The method plugin builds the trainable model and, where it needs one, its optimizer; everything else
+(data, evaluation, checkpoints, early stopping, mixed precision, resuming) is the Trainer's, set up
+the way a careful engineer would. ``tune`` calls the same :func:`train` after choosing the method.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import BadInputError, MethodUnavailableError, PluginError
+from .outputs import CHECKPOINTS, OPTIONS_FILE, RECORD_FILE, RunRecord
+
+log = logging.getLogger("autopeft")
+
+
+class TrainOptions(BaseModel):
+    """Everything that decides a training run. Stored in the output dir so ``--resume`` repeats it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    output_dir: str
+    method: str = "lora"
+    settings: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = Field(default=None, description="embedded name, local dir or Hub id; default by task")
+    validation: str | None = None
+    task: Literal["causal-lm", "seq-cls"] | None = None
+    epochs: float = Field(default=3.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0, description="default: the method's own")
+    max_length: int = Field(default=512, ge=8)
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    eval_steps: int | None = Field(default=None, ge=1, description="default: about 5 evaluations per run")
+    save_steps: int | None = Field(default=None, ge=1, description="default: at every evaluation")
+    early_stopping_patience: int = Field(default=3, ge=0, description="evaluations without improvement; 0: off")
+    train_on_inputs: bool = False
+    pack: bool = False
+    group_by_length: bool = True
+    max_examples: int | None = Field(default=None, ge=1)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    samples: int = Field(default=3, ge=0, description="sample generations in the report (causal LM)")
+    forgetting: bool = True
+    keep_checkpoints: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+
+def train(data: str | None = None, *, output_dir: str, resume: bool = False, overwrite: bool = False,
+          progress: bool = True, recommendation: dict | None = None, **options) -> RunRecord:
+    """Fine-tune and write the outputs (see :mod:`autopeft.outputs`); return the run's record.
+
+    :param data: the training file (JSONL, JSON, CSV, TSV or Parquet).
+    :param output_dir: where the adapter, report and run.json go; must be new, or autopeft's own
+        with ``resume`` (continue from the last checkpoint, with the stored options) or ``overwrite``.
+    :param options: any field of :class:`TrainOptions`.
+    """
+    from .outputs import check_output_dir, write_json
+
+    out = Path(output_dir).expanduser()
+    check_output_dir(out, resume=resume, overwrite=overwrite)
+    if resume:
+        opts = _stored_options(out)
+    else:
+        opts = _options(data=str(data) if data is not None else None, output_dir=str(out), **options)
+    return _Run(opts, out, resume=resume, progress=progress, recommendation=recommendation).execute()
+
+
+def _options(**values) -> TrainOptions:
+    if values.get("data") is None:
+        raise BadInputError("give a training data file")
+    try:
+        return TrainOptions(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise BadInputError(f"option {field.replace('_', '-')}: {err['msg']}") from None
+
+
+def _stored_options(out: Path) -> TrainOptions:
+    import json
+
+    try:
+        return TrainOptions(**json.loads((out / OPTIONS_FILE).read_text(encoding="utf-8")))
+    except (ValueError, ValidationError) as exc:
+        raise BadInputError(f"cannot resume: the stored options are unreadable ({type(exc).__name__})",
+                            source=str(out / OPTIONS_FILE)) from None
+
+
+class _Run:
+    """One training run, step by step; each step a method so that the order reads top to bottom."""
+
+    def __init__(self, opts: TrainOptions, out: Path, *, resume: bool, progress: bool, recommendation):
+        self.opts, self.out, self.resume, self.progress = opts, out, resume, progress
+        self.recommendation = recommendation
+        self.started = time.perf_counter()
+
+    def execute(self) -> RunRecord:
+        import torch
+
+        from transformers import set_seed
+
+        opts = self.opts
+        set_seed(opts.seed)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.method, self.settings = _method(opts.method, opts.settings)
+        self.prepare_data()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            from .outputs import write_json
+
+            write_json(self.out / OPTIONS_FILE, opts.model_dump(mode="json"))
+        self.load_and_build()
+        trainer = self.make_trainer()
+        train_started = time.perf_counter()
+        trainer.train(resume_from_checkpoint=self._last_checkpoint())
+        self.train_seconds = time.perf_counter() - train_started
+        return self.finish(trainer)
+
+    # -- data and model ------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        from .data import prepare_data
+        from .loading import load_tokenizer
+        from .models import DEFAULT_MODEL, EMBEDDED
+
+        opts = self.opts
+        model = opts.model
+        if model is None:
+            # the default model follows the task, which the data decides when the user did not
+            from .data import read_records
+
+            task = opts.task or ("seq-cls" if read_records(opts.data)[0] == "classification" else "causal-lm")
+            model = DEFAULT_MODEL[task]
+        self.model_name = model
+        self.tokenizer = load_tokenizer(model, trust_remote_code=opts.trust_remote_code)
+        self.data = prepare_data(
+            opts.data, self.tokenizer, task=opts.task, validation_path=opts.validation,
+            validation_fraction=opts.validation_fraction, max_length=opts.max_length,
+            train_on_inputs=opts.train_on_inputs, pack=opts.pack, max_examples=opts.max_examples, seed=opts.seed)
+        self.task = self.data.info.task
+        if self.task not in self.method.tasks:
+            raise BadInputError(f"method {self.method.name} does not support {self.task} "
+                                f"(the data is {self.data.info.format}); it supports {', '.join(self.method.tasks)}")
+        if model in EMBEDDED and EMBEDDED[model].task != self.task and EMBEDDED[model].task == "seq-cls":
+            raise BadInputError(f"{model} is a classification encoder and the data is {self.data.info.format}",
+                                source="--model")
+
+    def load_and_build(self) -> None:
+        import torch
+
+        from .loading import load_model
+
+        opts = self.opts
+        self.precision = _precision(opts.precision, self.device)
+        # adapters train in fp32 over a half-precision base on GPUs; full-weight methods keep fp32
+        # master weights and let autocast do the half-precision maths
+        half = self.precision != "fp32" and self.method.family != "full"
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision) if half else torch.float32
+        net = load_model(self.model_name, self.task, label2id=self.data.label2id, dtype=dtype,
+                         trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle,
+                         pad_token_id=self.tokenizer.pad_token_id)
+        self.base_config = net.config
+        self.loss_before = None
+        if self.task == "causal-lm" and opts.forgetting:
+            self.loss_before = _general_loss(net, self.tokenizer)
+        self.total_steps = _total_steps(opts, len(self.data.train))
+        self.settings = self.method.settings_for_run(self.settings, self.total_steps)
+        try:
+            net = self.method.build(net, self.settings, self.task)
+        except BadInputError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"method {self.method.name} failed to build: {type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+        if self.task == "seq-cls":
+            _train_head(net)
+        self.initial_adapter = _save_initial_adapter(net, self.out / CHECKPOINTS / "initial-adapter")
+        if not any(p.requires_grad for p in net.parameters()):
+            raise PluginError(f"method {self.method.name} left no trainable parameter")
+        if opts.gradient_checkpointing:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            net.config.use_cache = False
+        self.net = net.to(self.device)
+
+    # -- training --------------------------------------------------------------------------------
+
+    def make_trainer(self):
+        from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
+
+        from .data import make_collator
+        from .evaluation import classification_metrics
+        from .progress import ProgressCallback
+
+        opts = self.opts
+        has_eval = self.data.validation is not None and len(self.data.validation) > 0
+        eval_steps = opts.eval_steps or max(1, self.total_steps // 5)
+        save_steps = opts.save_steps or eval_steps
+        early = has_eval and opts.early_stopping_patience > 0
+        if early and save_steps % eval_steps:
+            save_steps = eval_steps * max(1, round(save_steps / eval_steps))  # best model needs saved evals
+        self.learning_rate = opts.learning_rate or _default_learning_rate(self.method, self.task)
+        args = TrainingArguments(
+            output_dir=str(self.out / CHECKPOINTS),
+            per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
+            gradient_accumulation_steps=opts.gradient_accumulation_steps,
+            num_train_epochs=opts.epochs, max_steps=opts.max_steps or -1,
+            learning_rate=self.learning_rate, weight_decay=opts.weight_decay,
+            warmup_steps=opts.warmup_ratio, lr_scheduler_type="linear",
+            eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps, eval_on_start=has_eval,
+            save_strategy="steps", save_steps=save_steps, save_total_limit=2,
+            load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
+            greater_is_better=False if early else None,
+            logging_strategy="steps", logging_steps=max(1, self.total_steps // 50),
+            report_to="none", disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
+            bf16=self.precision == "bf16", fp16=self.precision == "fp16", use_cpu=self.device == "cpu",
+            train_sampling_strategy="group_by_length" if opts.group_by_length and not opts.pack else "random",
+            length_column_name="length", remove_unused_columns=False, label_names=["labels"],
+            include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
+            gradient_checkpointing=False,  # enabled on the model already, where PEFT wraps it correctly
+        )
+        optimizer = _method_optimizer(self.method, self.net, self.settings, self.learning_rate, opts.weight_decay)
+        callbacks = [EarlyStoppingCallback(opts.early_stopping_patience)] if early else []
+        callbacks += self.method.training_callbacks(self.net, self.settings)
+        if self.progress:
+            callbacks.append(ProgressCallback())
+        trainer = Trainer(
+            model=self.net, args=args, train_dataset=self.data.train,
+            eval_dataset=self.data.validation if has_eval else None, data_collator=make_collator(self.task, self.tokenizer),
+            processing_class=self.tokenizer, callbacks=callbacks, optimizers=(optimizer, None),
+            compute_metrics=classification_metrics if self.task == "seq-cls" else None)
+        for default in (PrinterCallback, HFProgress):
+            trainer.remove_callback(default)
+        return trainer
+
+    def _last_checkpoint(self) -> str | None:
+        if not self.resume:
+            return None
+        from transformers.trainer_utils import get_last_checkpoint
+
+        directory = self.out / CHECKPOINTS
+        last = get_last_checkpoint(str(directory)) if directory.is_dir() else None
+        if last is None:
+            log.warning("no checkpoint to resume from in %s: starting from the beginning", directory)
+        return last
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def finish(self, trainer) -> RunRecord:
+        from .evaluation import generate_samples, perplexity, peak_memory_bytes
+        from .outputs import hardware, move_into, versions, write_json, write_report
+
+        from .progress import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)  # training is over; the final evaluation is reported below
+        opts, net = self.opts, trainer.model
+        peak = peak_memory_bytes(self.device)
+        metrics: dict[str, float | None] = {"train_loss": _final_train_loss(trainer.state.log_history)}
+        if trainer.eval_dataset is not None:
+            scores = trainer.evaluate()
+            metrics["eval_loss_before"] = _first_eval_loss(trainer.state.log_history)
+            metrics["eval_loss"] = scores.get("eval_loss")
+            if self.task == "causal-lm":
+                metrics["perplexity"] = perplexity(scores.get("eval_loss"))
+            else:
+                metrics["accuracy"] = scores.get("eval_accuracy")
+                metrics["macro_f1"] = scores.get("eval_macro_f1")
+        if self.loss_before is not None:
+            after = _general_loss(net, self.tokenizer)
+            metrics["general_text_loss_before"] = self.loss_before
+            metrics["general_text_loss_after"] = after
+            metrics["forgetting"] = after - self.loss_before
+        samples = []
+        if self.task == "causal-lm" and opts.samples:
+            from .data import sample_prompts
+
+            prompts = sample_prompts(opts.validation or opts.data, n=opts.samples, tokenizer=self.tokenizer)
+            samples = [s.model_dump() for s in generate_samples(net, self.tokenizer, prompts)]
+
+        staging = self.out / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        _save_model(self.method, net, staging, self.initial_adapter)
+        self.tokenizer.save_pretrained(str(staging))
+        adapter_bytes = sum(f.stat().st_size for f in staging.glob("*.safetensors"))
+        move_into(staging, self.out)
+
+        tokens = trainer.state.num_input_tokens_seen or 0
+        record = RunRecord(
+            method=self.method.name, settings=self.settings.model_dump(mode="json"), output_dir=str(self.out),
+            metrics=metrics, peak_memory_bytes=peak, seconds=time.perf_counter() - self.started,
+            model=self.model_name, task=self.task, learning_rate=self.learning_rate, batch_size=opts.batch_size,
+            steps=trainer.state.global_step, options=opts.model_dump(mode="json"),
+            data=self.data.info.model_dump(mode="json"),
+            trainable_params=sum(p.numel() for p in _unique_trainable(net)),
+            total_params=sum(p.numel() for p in _unique_params(net)), adapter_bytes=adapter_bytes,
+            estimated_peak_memory_bytes=self._estimate(), train_seconds=self.train_seconds,
+            tokens_per_second=tokens / self.train_seconds if tokens and self.train_seconds else None,
+            history=_history(trainer.state.log_history), samples=samples,
+            hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation)
+        write_report(self.out, record)
+        write_json(self.out / RECORD_FILE, record.model_dump(mode="json"))  # last: marks the run finished
+        if not opts.keep_checkpoints:
+            shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
+        return record
+
+    def _estimate(self) -> int | None:
+        """The cost model's prediction for this run, kept beside the measurement so both can be compared."""
+        from .costmodel import estimate
+
+        try:
+            est = estimate(self.model_name, self.method, settings=self.settings, task=self.task,
+                           batch_size=self.opts.batch_size, seq_len=self.data.info.tokens.max,
+                           device=self.device, dtype=self.precision if self.precision != "auto" else None,
+                           gradient_checkpointing=self.opts.gradient_checkpointing,
+                           num_labels=len(self.data.label2id or {}) or 2, config=self.base_config)
+        except Exception as exc:  # the estimate is a by-product; a failure must not lose the run
+            log.warning("no memory estimate for this run: %s", exc)
+            return None
+        return est.peak_memory_bytes
+
+
+def _total_steps(opts: TrainOptions, num_train: int) -> int:
+    per_step = opts.batch_size * opts.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(num_train / per_step))
+    return opts.max_steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
+
+
+def _method(name: str, settings: dict):
+    from .plugins import get_method
+
+    method = get_method(name)
+    reason = method.unavailable_reason()
+    if reason:
+        raise MethodUnavailableError(f"method {method.name} cannot run here: {reason}")
+    return method, method.settings(settings)
+
+
+def _precision(choice: str, device: str) -> str:
+    if choice != "auto":
+        if choice != "fp32" and device == "cpu":
+            raise BadInputError(f"--precision {choice} needs a GPU; on the CPU autopeft trains in fp32")
+        return choice
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"  # half precision on CPUs is slower than fp32 on most of them
+
+
+def _default_learning_rate(method, task: str) -> float:
+    """The middle of the method's pilot range; its top for classification, where a freshly
+    initialised head on a small encoder wants a larger step."""
+    rates = sorted(method.search_space.learning_rate)
+    return rates[-1] if task == "seq-cls" else rates[len(rates) // 2]
+
+
+def _method_optimizer(method, net, settings, learning_rate: float, weight_decay: float):
+    try:
+        return method.optimizer(net, settings, learning_rate=learning_rate, weight_decay=weight_decay)
+    except Exception as exc:
+        raise PluginError(f"method {method.name} failed to make its optimizer: {type(exc).__name__}: {exc}") from None
+
+
+def _train_head(net) -> None:
+    """A classification head starts random, so it trains with every method (PEFT methods do this
+    themselves through modules_to_save; plugins that only pick parameters may not)."""
+    for name, param in net.named_parameters():
+        parts = name.split(".")
+        if ("classifier" in parts or "score" in parts) and "original_module" not in parts:
+            param.requires_grad_(True)
+
+
+def _general_loss(net, tokenizer) -> float:
+    from .evaluation import general_text_loss
+
+    return general_text_loss(net, tokenizer)
+
+
+def _save_model(method, net, directory: Path, initial_adapter: Path | None) -> None:
+    """PEFT adapters as PEFT saves them; methods that change the base weights save the whole model.
+
+    Adapters whose initialisation also rewrote the base weights (PiSSA, OLoRA, CorDA) are saved as the
+    plain LoRA that takes the original base to the trained model, so they load on the untouched base."""
+    kwargs = {"path_initial_model_for_weight_conversion": str(initial_adapter)} if initial_adapter else {}
+    try:
+        net.save_pretrained(str(directory), **kwargs)  # safetensors, for PEFT adapters and full models alike
+    except Exception as exc:
+        raise PluginError(f"saving the {method.name} model failed: {type(exc).__name__}: {exc}") from None
+
+
+def _save_initial_adapter(net, directory: Path) -> Path | None:
+    """Keep the adapter as initialised (before any step) when its init changed the base weights."""
+    from peft import PeftModel
+
+    from .method import DATA_DEPENDENT_LORA_INITS
+
+    if not isinstance(net, PeftModel):
+        return None
+    config = net.peft_config[net.active_adapter]
+    init = getattr(config, "init_lora_weights", None)
+    if not (isinstance(init, str) and init.startswith(DATA_DEPENDENT_LORA_INITS)):
+        return None
+    if not (directory / "adapter_config.json").is_file():  # on --resume it is there from the first start
+        config.init_lora_weights = True  # stored so that loading it does not decompose the weights again
+        try:
+            net.save_pretrained(str(directory))
+        finally:
+            config.init_lora_weights = init
+    return directory
+
+
+def _unique_params(net):
+    seen = {}
+    for p in net.parameters():
+        seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def _unique_trainable(net):
+    return [p for p in _unique_params(net) if p.requires_grad]
+
+
+def _final_train_loss(log_history: list[dict]) -> float | None:
+    for entry in reversed(log_history):
+        if "train_loss" in entry:
+            return entry["train_loss"]
+    return None
+
+
+def _first_eval_loss(log_history: list[dict]) -> float | None:
+    """The validation loss of the untrained model (evaluated at step 0)."""
+    return next((e["eval_loss"] for e in log_history if "eval_loss" in e and e.get("step") == 0), None)
+
+
+def _history(log_history: list[dict]):
+    from .outputs import HistoryPoint
+
+    points: dict[int, dict] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None or "train_loss" in entry:
+            continue
+        point = points.setdefault(step, {"step": step})
+        for key in ("epoch", "loss", "eval_loss", "eval_accuracy", "learning_rate"):
+            if key in entry:
+                point[key] = entry[key]
+    return [HistoryPoint(**p) for p in sorted(points.values(), key=lambda p: p["step"])]

@@ -1,0 +1,148 @@
+"""End-to-end training on tiny models: outputs that load with the ecosystem's loaders, learning,
+resuming after an interruption, classification heads, and the output-directory guard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import autopeft
+from autopeft.cli import main
+from autopeft.errors import BadInputError
+from autopeft.outputs import RunRecord
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FAST = {"max_examples": 32, "max_length": 64, "batch_size": 4, "samples": 1, "progress": False}
+
+
+def _train(model_dir, out, data=EXAMPLES / "instructions.jsonl", **options):
+    return autopeft.train(str(data), output_dir=str(out), model=str(model_dir), **{**FAST, **options})
+
+
+def test_lora_run_leaves_a_loadable_adapter_and_a_complete_record(trainable_llama, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    record = _train(trainable_llama, out, max_steps=4, learning_rate=1e-2)
+    for name in ("adapter_model.safetensors", "adapter_config.json", "run.json", "report.md", "loss.png",
+                 "README.md", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoints").exists()  # removed once the run finished
+    stored = RunRecord.model_validate_json((out / "run.json").read_text())
+    assert stored.steps == record.steps == 4 and stored.method == "lora"
+    assert stored.data["format"] == "alpaca" and stored.data["fingerprint"]
+    assert stored.trainable_params > 0 and stored.peak_memory_bytes > 0 and stored.tokens_per_second
+    assert {"eval_loss", "eval_loss_before", "perplexity", "forgetting"} <= set(stored.metrics)
+    assert len(stored.samples) == 1
+    base = AutoModelForCausalLM.from_pretrained(str(trainable_llama))
+    loaded = PeftModel.from_pretrained(base, str(out))
+    assert any("lora_A" in n for n, _ in loaded.named_parameters())
+    assert "![loss curves](loss.png)" in (out / "report.md").read_text()
+
+
+def test_training_lowers_the_validation_loss(trainable_llama, tmp_path):
+    record = _train(trainable_llama, tmp_path / "run", method="full", max_steps=12, learning_rate=3e-3,
+                    early_stopping_patience=0)
+    assert record.metrics["eval_loss"] < record.metrics["eval_loss_before"] - 0.5
+
+
+def test_full_fine_tune_saves_a_model_transformers_loads(trainable_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    _train(trainable_llama, tmp_path / "run", method="full", max_steps=2)
+    model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run"))
+    assert model.config.num_hidden_layers == 2
+
+
+def test_resume_continues_from_the_last_checkpoint(trainable_llama, tmp_path, monkeypatch):
+    from autopeft.progress import ProgressCallback
+
+    out = tmp_path / "run"
+
+    def stop_at_step_3(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ProgressCallback, "on_step_end", stop_at_step_3)
+        with pytest.raises(KeyboardInterrupt):
+            _train(trainable_llama, out, max_steps=6, save_steps=2, eval_steps=2, early_stopping_patience=0,
+                   progress=True)
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "run.json").exists()
+    with pytest.raises(BadInputError, match="--resume"):
+        _train(trainable_llama, out, max_steps=6)
+    record = autopeft.train(output_dir=str(out), resume=True)
+    assert record.steps == 6
+    # the history before the interruption came back with the checkpoint
+    assert [h.step for h in record.history if h.eval_loss is not None][:2] == [0, 2]
+
+
+def test_classification_trains_the_head_and_reports_accuracy(trainable_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    record = _train(trainable_bert, tmp_path / "run", data=EXAMPLES / "sentiment.jsonl", method="ln_tuning",
+                    max_steps=3)
+    assert record.task == "seq-cls" and 0 <= record.metrics["accuracy"] <= 1 and "macro_f1" in record.metrics
+    assert record.data["labels"] == ["negative", "positive"]
+    from peft import PeftModel
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(trainable_bert), num_labels=2)
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "run"))
+    assert any("classifier" in n for n, _ in loaded.named_parameters())
+
+
+def test_output_dir_of_someone_else_is_refused(trainable_llama, tmp_path):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(BadInputError, match="not made by autopeft"):
+        _train(trainable_llama, out, max_steps=1)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_cli_train_json_and_bad_data(trainable_llama, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(main, ["train", str(EXAMPLES / "chat.jsonl"), "--model", str(trainable_llama), "-o",
+                                  str(out), "--max-steps", "2", "--max-examples", "16", "--max-length", "256",
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert set(summary) == {"method", "settings", "output_dir", "metrics", "peak_memory_bytes", "seconds"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": \n')
+    result = runner.invoke(main, ["train", str(bad), "--model", str(trainable_llama), "-o", str(tmp_path / "b")])
+    assert result.exit_code == 2
+    assert f"{bad}:2:" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_merge_export_of_a_trained_run(trainable_llama, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    _train(trainable_llama, tmp_path / "run", max_steps=2, learning_rate=1e-2)
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "run"), "--merge", str(tmp_path / "merged"),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["max_abs_diff"] < 1e-3
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+
+
+def test_pissa_is_saved_as_a_lora_for_the_untouched_base(trainable_llama, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    _train(trainable_llama, out, method="pissa", max_steps=2, learning_rate=1e-2, samples=0)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["init_lora_weights"] is True  # a plain LoRA now, nothing to decompose on load
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    base = AutoModelForCausalLM.from_pretrained(str(trainable_llama))
+    before = base(ids).logits
+    adapted = PeftModel.from_pretrained(base, str(out))(ids).logits
+    assert not torch.allclose(before, adapted)  # the trained update is there
