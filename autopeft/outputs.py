@@ -70,8 +70,10 @@ class RunRecord(BaseModel):
     total_params: int
     adapter_bytes: int
     estimated_peak_memory_bytes: int | None = None
-    tokens_per_second: float | None = None
-    train_seconds: float
+    tokens_per_second: float | None = Field(default=None, description="non-padding tokens per second of training, "
+                                                                        "evaluations excluded")
+    train_seconds: float = Field(description="wall time of the training loop, evaluations and checkpoints included")
+    eval_seconds: float = 0.0
     history: list[HistoryPoint] = Field(default_factory=list)
     samples: list[dict[str, str]] = Field(default_factory=list)
     hardware: Hardware

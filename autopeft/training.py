@@ -173,7 +173,7 @@ class _Run:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision) if half else torch.float32
         net = load_model(self.model_name, self.task, label2id=self.data.label2id, dtype=dtype,
                          trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle,
-                         pad_token_id=self.tokenizer.pad_token_id)
+                         pad_token_id=self.tokenizer.pad_token_id).to(self.device)
         self.base_config = net.config
         self.loss_before = None
         if self.task == "causal-lm" and opts.forgetting:
@@ -195,7 +195,7 @@ class _Run:
         if opts.gradient_checkpointing:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             net.config.use_cache = False
-        self.net = net.to(self.device)
+        self.net = net.to(self.device)  # again: adapters may have been made on the CPU
 
     # -- training --------------------------------------------------------------------------------
 
@@ -269,6 +269,7 @@ class _Run:
 
         trainer.remove_callback(ProgressCallback)  # training is over; the final evaluation is reported below
         opts, net = self.opts, trainer.model
+        eval_seconds = _eval_seconds(trainer.state.log_history)  # before the final evaluation below
         peak = peak_memory_bytes(self.device)
         metrics: dict[str, float | None] = {"train_loss": _final_train_loss(trainer.state.log_history)}
         if trainer.eval_dataset is not None:
@@ -310,7 +311,8 @@ class _Run:
             trainable_params=sum(p.numel() for p in _unique_trainable(net)),
             total_params=sum(p.numel() for p in _unique_params(net)), adapter_bytes=adapter_bytes,
             estimated_peak_memory_bytes=self._estimate(), train_seconds=self.train_seconds,
-            tokens_per_second=tokens / self.train_seconds if tokens and self.train_seconds else None,
+            eval_seconds=eval_seconds,
+            tokens_per_second=tokens / (self.train_seconds - eval_seconds) if tokens else None,
             history=_history(trainer.state.log_history), samples=samples,
             hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation)
         write_report(self.out, record)
@@ -441,6 +443,11 @@ def _final_train_loss(log_history: list[dict]) -> float | None:
         if "train_loss" in entry:
             return entry["train_loss"]
     return None
+
+
+def _eval_seconds(log_history: list[dict]) -> float:
+    """Time spent evaluating during training: not part of training throughput."""
+    return sum(e.get("eval_runtime", 0.0) for e in log_history)
 
 
 def _first_eval_loss(log_history: list[dict]) -> float | None:

@@ -7,7 +7,8 @@
   evaluated on the 872-sentence dev set); goal: at least 80% dev accuracy.
 
 Each run is ``autopeft train --json`` in a fresh process with the method's default settings and
-learning rate. Results are appended to a JSON file as they finish, so an interrupted benchmark
+learning rate (classification: evaluated before and after training; causal LM: also five times
+during it, with early stopping). Results are appended to a JSON file as they finish, so an interrupted benchmark
 resumes where it stopped; the table is printed (and written as Markdown) at the end.
 
     python benchmarks/train_quality.py [--task causal-lm|seq-cls] [--methods lora,dora] [--out DIR]
@@ -34,7 +35,8 @@ TASKS = {
     "seq-cls": {
         "data": SHARED / "sst2" / "train.tsv",
         "args": ["--model", "minilm-l6", "--validation", str(SHARED / "sst2" / "dev.tsv"), "--max-examples", "2000",
-                 "--batch-size", "32", "--epochs", "2", "--max-length", "128"],
+                 "--batch-size", "32", "--epochs", "2", "--max-length", "128",
+                 "--eval-steps", "1000"],
     },
 }
 
