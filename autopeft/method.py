@@ -208,6 +208,23 @@ def _on_meta(model) -> bool:
     return any(p.is_meta for p in model.parameters())
 
 
+def divisor_of_layer_sizes(model, wanted: int) -> int:
+    """The largest size up to ``wanted`` that divides the in and out sizes of every linear layer in the
+    model's blocks, for methods whose blocks or vectors must tile the weights (C3A, VB-LoRA): MiniLM's
+    384 takes 192 where Llama-3's 3072/8192/1024 keep 256."""
+    import math
+
+    import torch
+
+    common = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith(("lm_head", "classifier", "score")):
+            common = math.gcd(common, module.in_features, module.out_features)
+    if common == 0:
+        return wanted
+    return max(d for d in range(1, min(wanted, common) + 1) if common % d == 0)
+
+
 def peft_task_type(task: str) -> str:
     return PEFT_TASK_TYPES[task]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from autopeft import hookimpl
-from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.method import Capabilities, PeftMethod, SearchSpace, divisor_of_layer_sizes, peft_task_type
 from autopeft.settings import Targeted
 
 
@@ -25,7 +25,7 @@ class C3A(PeftMethod):
 
     def build(self, model, settings, task):
         if "block_size" not in settings.model_fields_set:
-            settings = settings.model_copy(update={"block_size": _fitting_block_size(model, settings.block_size)})
+            settings = settings.model_copy(update={"block_size": divisor_of_layer_sizes(model, settings.block_size)})
         return super().build(model, settings, task)
 
     def peft_config(self, settings, task):
@@ -33,22 +33,6 @@ class C3A(PeftMethod):
 
         return C3AConfig(task_type=peft_task_type(task), block_size=settings.block_size,
                          target_modules=settings.target_modules)
-
-
-def _fitting_block_size(model, wanted: int) -> int:
-    """The largest block size up to ``wanted`` that divides every linear layer's sizes in the model's
-    blocks (MiniLM's 384 takes 192, Llama-3's 3072/8192/1024 keep 256)."""
-    import math
-
-    import torch
-
-    common = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not name.endswith(("lm_head", "classifier", "score")):
-            common = math.gcd(common, module.in_features, module.out_features)
-    if common == 0:
-        return wanted
-    return max(d for d in range(1, min(wanted, common) + 1) if common % d == 0)
 
 
 @hookimpl

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from autopeft import hookimpl
-from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.method import Capabilities, PeftMethod, SearchSpace, divisor_of_layer_sizes, peft_task_type
 from autopeft.settings import Targeted
 
 
 class VBLoRASettings(Targeted):
     r: int = Field(default=4, ge=1)
     num_vectors: int = Field(default=256, ge=1, description="vectors in the shared bank")
-    vector_length: int = Field(default=256, ge=1, description="must divide the hidden sizes of targeted layers")
+    vector_length: int = Field(default=256, ge=1, description="must divide the hidden sizes of targeted layers; "
+                                                             "left unset, the largest up to 256 that does")
     topk: int = Field(default=2, ge=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
@@ -26,6 +27,12 @@ class VBLoRA(PeftMethod):
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
     search_space = SearchSpace(learning_rate=(1e-3, 4e-3, 1e-2))
     Settings = VBLoRASettings
+
+    def build(self, model, settings, task):
+        if "vector_length" not in settings.model_fields_set:
+            fitting = divisor_of_layer_sizes(model, settings.vector_length)
+            settings = settings.model_copy(update={"vector_length": fitting})
+        return super().build(model, settings, task)
 
     def peft_config(self, settings, task):
         from peft import VBLoRAConfig
