@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .errors import AutopeftError, BadInputError
+from .errors import AutopeftError, BadInputError, first_line
 
 
 class _Group(click.Group):
@@ -28,8 +28,7 @@ class _Group(click.Group):
         except Exception as exc:
             if os.environ.get("AUTOPEFT_DEBUG"):
                 raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"autopeft: error: unexpected {type(exc).__name__}: {message} "
+            click.echo(f"autopeft: error: unexpected {type(exc).__name__}: {first_line(exc)} "
                        f"(AUTOPEFT_DEBUG=1 shows the traceback)", err=True)
             sys.exit(1)
 

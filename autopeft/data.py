@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pydantic import BaseModel
 
-from .errors import BadInputError
+from .errors import BadInputError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -328,7 +328,7 @@ def _parse_parquet(path: Path, source: str) -> list[tuple[int, Any]]:
 
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises its own error types for a corrupt or foreign file
-        raise BadInputError(f"not a readable Parquet file ({_first_line(exc)})", source) from None
+        raise BadInputError(f"not a readable Parquet file ({first_line(exc)})", source) from None
     rows = list(enumerate(table.to_pylist(), start=1))
     if not rows:
         raise BadInputError("the file holds no rows", source)
@@ -355,26 +355,26 @@ def _detect(record: dict) -> str | None:
 
 
 def _normalise_all(rows: list[tuple[int, Any]], source: str) -> tuple[str, list[dict]]:
-    first_line, first = rows[0]
+    detected_at, first = rows[0]
     fmt = _detect(first)
     if fmt is None:
         keys = ", ".join(sorted(map(str, first))) or "none"
         raise BadInputError(f"cannot tell the data format from the keys ({keys}); expected {_FORMAT_HELP}",
-                            source, first_line)
+                            source, detected_at)
     normalise = _NORMALISERS[fmt]
     records = []
     for line, raw in rows:
         try:
             records.append(normalise(raw))
         except _Problem as problem:
-            raise BadInputError(_explain(problem, raw, fmt, first_line), source, line) from None
+            raise BadInputError(_explain(problem, raw, fmt, detected_at), source, line) from None
     if fmt == "classification":
         _check_label_types(records, rows, source)
     return fmt, records
 
 
-def _explain(problem: _Problem, raw: dict, fmt: str, first_line: int) -> str:
-    message = f"{problem} (the file is {fmt}, detected from line {first_line})"
+def _explain(problem: _Problem, raw: dict, fmt: str, detected_at: int) -> str:
+    message = f"{problem} (the file is {fmt}, detected from line {detected_at})"
     other = _detect(raw)
     if problem.missing and other not in (None, fmt):
         message += f"; this record looks like {other}: one file must hold one format"
@@ -489,12 +489,8 @@ def _json_problem(exc: BaseException) -> str:
         return f"{exc.msg} at column {exc.colno}"
     if isinstance(exc, RecursionError):
         return "nested too deeply"
-    return _first_line(exc)
+    return first_line(exc)
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -541,7 +537,7 @@ def _render(record: dict, fmt: str, tokenizer, use_template: bool, source: str, 
         prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True) \
             if len(messages) > 1 else ""
     except Exception as exc:  # jinja's raise_exception() and template bugs: name the record
-        raise BadInputError(f"the tokenizer's chat template cannot render this record ({_first_line(exc)})",
+        raise BadInputError(f"the tokenizer's chat template cannot render this record ({first_line(exc)})",
                             source, line) from None
     return prompt, full
 

@@ -43,3 +43,9 @@ class MethodUnavailableError(AutopeftError):
 
 class PluginError(AutopeftError):
     """A plugin broke its contract (raised, or returned the wrong type) while doing its job."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type name): enough for a one-line error."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .errors import AutopeftError, BadInputError
+from .errors import AutopeftError, BadInputError, first_line
 from .method import DATA_DEPENDENT_LORA_INITS
 from .outputs import RECORD_FILE
 
@@ -66,15 +66,12 @@ def merge(run_dir, output_dir, *, allow_pickle: bool = False, trust_remote_code:
     run, out = Path(run_dir), Path(output_dir)
     record = _read_record(run)
     _check_output_dir(run, out)
-    if not (run / ADAPTER_CONFIG).is_file():
-        raise BadInputError(f"the run holds no adapter: it is already a full model; load it with "
-                            f"transformers.{_AUTO_CLASS[record['task']]}.from_pretrained({str(run)!r})",
-                            source=str(run))
-    method = _plugin(record["method"])
-    if method is not None and not method.capabilities.merge:
-        raise BadInputError(f"method {method.name} cannot be merged into the base weights "
-                            f"(its adapter is not a weight update); use the adapter as it is", source=str(run))
-    _check_adapter_files(run, allow_pickle)
+    _check_exportable(
+        run, record, "merge", allow_pickle,
+        full_model=f"the run holds no adapter: it is already a full model; load it with "
+                   f"transformers.{_AUTO_CLASS[record['task']]}.from_pretrained({str(run)!r})",
+        incapable="cannot be merged into the base weights (its adapter is not a weight update); "
+                  "use the adapter as it is")
 
     tokenizer = _run_tokenizer(run, record, trust_remote_code)
     save_dtype = _half_dtype_of_base(record["model"], trust_remote_code)
@@ -89,7 +86,7 @@ def merge(run_dir, output_dir, *, allow_pickle: bool = False, trust_remote_code:
     try:
         merged = peft_model.merge_and_unload()
     except Exception as exc:
-        raise BadInputError(f"the {record['method']} adapter cannot be merged: {_first_line(exc)}",
+        raise BadInputError(f"the {record['method']} adapter cannot be merged: {first_line(exc)}",
                             source=str(run)) from None
     if save_dtype is not None:
         merged = merged.to(save_dtype)
@@ -118,14 +115,10 @@ def to_lora(run_dir, output_dir, *, rank: int | float = 64, allow_pickle: bool =
     record = _read_record(run)
     _check_rank(rank)
     _check_output_dir(run, out)
-    if not (run / ADAPTER_CONFIG).is_file():
-        raise BadInputError("the run holds a full model, not an adapter, so it cannot be converted to LoRA",
-                            source=str(run))
-    method = _plugin(record["method"])
-    if method is not None and not method.capabilities.lora_convertible:
-        raise BadInputError(f"method {method.name} cannot be converted to LoRA (its adapter is not a "
-                            f"per-layer weight update PEFT can factorise)", source=str(run))
-    _check_adapter_files(run, allow_pickle)
+    _check_exportable(
+        run, record, "lora_convertible", allow_pickle,
+        full_model="the run holds a full model, not an adapter, so it cannot be converted to LoRA",
+        incapable="cannot be converted to LoRA (its adapter is not a per-layer weight update PEFT can factorise)")
 
     from peft import PeftModel
     from peft.tuners.lora.conversion import save_as_lora
@@ -145,9 +138,9 @@ def to_lora(run_dir, output_dir, *, rank: int | float = 64, allow_pickle: bool =
                 save_as_lora(staging, peft_model, rank=rank)
         except TypeError as exc:  # PEFT: a layer type that has no LoRA equivalent
             raise BadInputError(f"the {record['method']} adapter cannot be converted to LoRA: "
-                                f"{_first_line(exc)}", source=str(run)) from None
+                                f"{first_line(exc)}", source=str(run)) from None
         except ValueError as exc:  # PEFT: a rank larger than a layer's weight, or an unsupported bias
-            raise BadInputError(f"cannot convert to LoRA at rank {rank}: {_first_line(exc)}; choose a lower "
+            raise BadInputError(f"cannot convert to LoRA at rank {rank}: {first_line(exc)}; choose a lower "
                                 f"rank, or a float such as 0.99 to keep that share of each layer's update",
                                 source="--rank") from None
         tokenizer.save_pretrained(str(staging))
@@ -168,7 +161,7 @@ def _read_record(run: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        why = "missing" if not path.exists() else f"unreadable ({_first_line(exc)})"
+        why = "missing" if not path.exists() else f"unreadable ({first_line(exc)})"
         raise BadInputError(f"not a finished autopeft run: {RECORD_FILE} is {why}", source=str(path)) from None
     if not isinstance(record, dict):
         raise BadInputError("not a finished autopeft run: not a JSON object", source=str(path))
@@ -200,6 +193,17 @@ def _check_rank(rank) -> None:
     if isinstance(rank, float) and not 0 < rank <= 1:
         raise BadInputError(f"a float rank is the share of each layer's update to keep, in (0, 1]; got {rank}",
                             source="--rank")
+
+
+def _check_exportable(run: Path, record: dict, capability: str, allow_pickle: bool, *, full_model: str,
+                      incapable: str) -> None:
+    """The run holds an adapter, of a method able to do ``capability``, in files we may load."""
+    if not (run / ADAPTER_CONFIG).is_file():
+        raise BadInputError(full_model, source=str(run))
+    method = _plugin(record["method"])
+    if method is not None and not getattr(method.capabilities, capability):
+        raise BadInputError(f"method {method.name} {incapable}", source=str(run))
+    _check_adapter_files(run, allow_pickle)
 
 
 def _check_adapter_files(run: Path, allow_pickle: bool) -> None:
@@ -235,7 +239,7 @@ def _run_tokenizer(run: Path, record: dict, trust_remote_code: bool):
     try:
         return AutoTokenizer.from_pretrained(str(run), trust_remote_code=trust_remote_code)
     except Exception as exc:
-        log.info("no tokenizer in %s (%s); using the base model's", run, _first_line(exc))
+        log.info("no tokenizer in %s (%s); using the base model's", run, first_line(exc))
     from .loading import load_tokenizer
 
     return load_tokenizer(record["model"], trust_remote_code=trust_remote_code)
@@ -272,7 +276,7 @@ def _load_trained(record: dict, run: Path, tokenizer, *, allow_pickle: bool, tru
     try:
         model = PeftModel.from_pretrained(base, str(run))
     except Exception as exc:
-        raise BadInputError(f"cannot load the adapter on {record['model']}: {_first_line(exc)}",
+        raise BadInputError(f"cannot load the adapter on {record['model']}: {first_line(exc)}",
                             source=str(run)) from None
     init = getattr(model.peft_config[model.active_adapter], "init_lora_weights", None)
     if isinstance(init, str) and init.startswith(DATA_DEPENDENT_LORA_INITS):
@@ -383,8 +387,3 @@ def _merged_card(record: dict, out: Path) -> str:
         "## Use", "", "```python", f"from transformers import {auto}, AutoTokenizer",
         f"model = {auto}.from_pretrained(\"{out}\")", f"tokenizer = AutoTokenizer.from_pretrained(\"{out}\")",
         "```", ""])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import BadInputError
+from .errors import BadInputError, first_line
 from .models import EMBEDDED, EmbeddedModel, autopeft_home, embedded_dir
 
 
@@ -36,7 +36,7 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False):
     except BadInputError:
         raise
     except Exception as exc:
-        raise BadInputError(f"cannot load the tokenizer of {model!r}: {_first_line(exc)}", source="--model") from None
+        raise BadInputError(f"cannot load the tokenizer of {model!r}: {first_line(exc)}", source="--model") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -77,9 +77,9 @@ def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None,
         if "safetensors" in str(exc) and not allow_pickle:
             raise BadInputError(f"{model} has no safetensors weights; its pickle files can run code when loaded, "
                                 f"so pass --allow-pickle if you trust it", source="--model") from None
-        raise BadInputError(f"cannot load {model!r}: {_first_line(exc)}", source="--model") from None
+        raise BadInputError(f"cannot load {model!r}: {first_line(exc)}", source="--model") from None
     except ValueError as exc:
-        raise BadInputError(f"cannot load {model!r} for {task}: {_first_line(exc)}", source="--model") from None
+        raise BadInputError(f"cannot load {model!r} for {task}: {first_line(exc)}", source="--model") from None
     return net
 
 
@@ -114,8 +114,3 @@ def _convert_gguf(model: EmbeddedModel, target: Path) -> None:
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

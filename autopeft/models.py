@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .errors import BadInputError
+from .errors import BadInputError, first_line
 
 
 class EmbeddedModel(BaseModel):
@@ -95,13 +95,13 @@ def load_config(model: str, *, trust_remote_code: bool = False):
         try:
             return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         except (ValueError, KeyError, OSError) as exc:
-            raise BadInputError(f"not a usable transformers config: {_first_line(exc)}",
+            raise BadInputError(f"not a usable transformers config: {first_line(exc)}",
                                 source=str(path / "config.json")) from None
     try:
         return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as exc:  # offline, gated, unknown id: one clear line
         raise BadInputError(
-            f"cannot get the config of {model!r} ({_first_line(exc)}); pass a local model dir, a dir holding "
+            f"cannot get the config of {model!r} ({first_line(exc)}); pass a local model dir, a dir holding "
             f"its config.json, or an embedded model ({', '.join(EMBEDDED)})", source="--model") from None
 
 
@@ -125,8 +125,3 @@ def _embedded_config(model: EmbeddedModel):
 def _ensure_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BadInputError, MethodUnavailableError, PluginError
+from .errors import BadInputError, MethodUnavailableError, PluginError, first_line
 from .outputs import CHECKPOINTS, OPTIONS_FILE, RECORD_FILE, RunRecord
 
 log = logging.getLogger("autopeft")
@@ -186,7 +186,7 @@ class _Run:
             raise
         except Exception as exc:
             raise PluginError(f"method {self.method.name} failed to build: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+                              f"{first_line(exc)}") from None
         if self.task == "seq-cls":
             _train_head(net)
         self.initial_adapter = _save_initial_adapter(net, self.out / CHECKPOINTS / "initial-adapter")
