@@ -1,3 +1,4 @@
 from .cli import run
 
-run()
+if __name__ == "__main__":  # pilot processes import this module again and must not run the command
+    run()

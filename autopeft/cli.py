@@ -9,6 +9,7 @@ import sys
 import click
 
 from .errors import AutopeftError, BadInputError, first_line
+from .logs import log_to_stderr as _log_to_stderr, quiet_libraries as _quiet_libraries
 
 
 class _Group(click.Group):
@@ -57,23 +58,6 @@ def main():
 
     Exit status: 0 ok, 2 bad input or usage, 3 no method satisfies the constraints, 1 anything else.
     """
-
-
-def _quiet_libraries() -> None:
-    """Library deprecation chatter is for autopeft's developers, not its users."""
-    import logging
-    import warnings
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=category)
-    for name in ("transformers", "peft", "accelerate", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # "Loading weights" bars; autopeft shows its own progress
 
 
 def _emit_json(data) -> None:
@@ -236,6 +220,8 @@ def _training_options(command):
         click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle (.bin) weights, which can run code."),
         click.option("--resume", is_flag=True, help="Continue the unfinished run in --output from its last checkpoint."),
         click.option("--overwrite", is_flag=True, help="Replace a finished run in --output."),
+        click.option("--no-profile-store", "profile_store", flag_value=False, default=None,
+                     help="Do not add the finished run to the local profile store."),
         click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout."),
     ]
     for option in reversed(options):
@@ -279,17 +265,6 @@ def train(method, settings, data, output_dir, resume, overwrite, as_json, **give
         _emit_json(record.summary())
     else:
         _print_run(record)
-
-
-def _log_to_stderr() -> None:
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("autopeft: %(message)s"))
-    logger = logging.getLogger("autopeft")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
 
 
 def _print_run(record) -> None:
@@ -340,3 +315,203 @@ def export(run_dir, merge_to, lora_to, rank, allow_pickle, trust_remote_code, as
     click.echo(f"{what} written to {result.output_dir}")
     click.echo(f"outputs changed by at most {result.max_abs_diff:.3g} in the logits "
                f"({100 * result.relative_diff:.3g}% relative) against the trained adapter")
+
+
+def _choice_options(command):
+    """Options shared by ``recommend`` and ``tune``: constraints, objective and pilots."""
+    options = [
+        click.option("--max-vram", help="Peak memory per device, e.g. 12GB or 12GiB (on CPU: resident memory)."),
+        click.option("--max-adapter-size", help="Size of the saved adapter, e.g. 20MB."),
+        click.option("--max-rank", help="Largest adapter rank."),
+        click.option("--max-trainable-params", help="Most trainable parameters."),
+        click.option("--time-budget", help="Time for the whole fine-tune, e.g. 2h or 45m."),
+        click.option("--methods", "only", help="Only these methods (comma-separated)."),
+        click.option("--exclude", help="Never these methods (comma-separated)."),
+        click.option("--require", multiple=True, type=click.Choice(["merge", "quantized", "lora-convertible"]),
+                     help="A capability the adapter must have; repeatable."),
+        click.option("--objective", help="quality (default), memory, speed, or a mix like quality=0.7,memory=0.3."),
+        click.option("--target-gpu", help="Plan for a known accelerator (see profiles/hardware.json)."),
+        click.option("--pilot-budget", help="Pilot time: a fraction of the estimated fine-tune (default 0.15) "
+                                            "or a duration such as 5m."),
+        click.option("--no-pilot", is_flag=True, help="Rank from the cost model and stored profiles only."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _choice_kwargs(max_vram, max_adapter_size, max_rank, max_trainable_params, time_budget, only, exclude, require,
+                   objective, target_gpu, pilot_budget, no_pilot) -> dict:
+    from .constraints import Constraints, parse_duration
+
+    constraints = Constraints.parse(max_vram=max_vram, max_adapter_size=max_adapter_size, max_rank=max_rank,
+                                    max_trainable_params=max_trainable_params, time_budget=time_budget,
+                                    methods=only, exclude=exclude, require=list(require) or None)
+    kwargs = {"constraints": constraints, "objective": objective, "target_gpu": target_gpu, "pilot": not no_pilot}
+    if pilot_budget:
+        try:
+            fraction = float(pilot_budget)
+        except ValueError:
+            kwargs["pilot_seconds"] = parse_duration(pilot_budget)
+        else:
+            if not 0 < fraction < 1:
+                raise BadInputError(f"--pilot-budget as a fraction must be between 0 and 1, got {pilot_budget}")
+            kwargs["pilot_fraction"] = fraction
+    return kwargs
+
+
+_CHOICE_KEYS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_params", "time_budget", "only", "exclude",
+                "require", "objective", "target_gpu", "pilot_budget", "no_pilot")
+
+
+@main.command()
+@click.argument("data", type=click.Path(dir_okay=True))
+@click.option("--model", "-m", help="Embedded name, local dir or Hub id. Default: the task's embedded model.")
+@click.option("--validation", type=click.Path(dir_okay=True), help="Validation file.")
+@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Default: from the data format.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1))
+@click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True)
+@click.option("--max-examples", type=click.IntRange(min=1))
+@_choice_options
+@click.option("--profiles", multiple=True, type=click.Path(exists=True),
+              help="More profile records to learn from (JSONL, or a dir of PEFT benchmark results); repeatable.")
+@click.option("--leave-out", multiple=True, help="Do not learn from this benchmark's records; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the recommendation as JSON on stdout.")
+def recommend(data, as_json, profiles, leave_out, **given):
+    """Rank the installed methods for DATA under your constraints (pilots only; nothing is kept)."""
+    _quiet_libraries()
+    _log_to_stderr()
+    from .recommend import recommend as run_recommend
+
+    choice = _choice_kwargs(**{k: given.pop(k) for k in _CHOICE_KEYS})
+    rec = run_recommend(data, **choice, **{k: v for k, v in given.items() if v is not None},
+                        profiles=list(profiles), leave_out=list(leave_out),
+                        say=lambda text: click.echo(f"autopeft: {text}", err=True))
+    if as_json:
+        _emit_json(rec.model_dump(mode="json", exclude={"candidates": {"__all__": {"measured": {"curve"}}}}))
+    else:
+        _print_recommendation(rec)
+
+
+def _print_recommendation(rec) -> None:
+    from .sizes import format_size
+
+    click.echo(f"{'method':<14} {'fits':<5} {'predicted':>9} {'pilot loss':>10} {'peak mem':>9}  notes")
+    for c in rec.candidates:
+        m = c.measured
+        peak = (m.peak_memory_bytes if m and m.peak_memory_bytes else None) or (
+            c.estimated.peak_memory_bytes if c.estimated else None)
+        note = "chosen" if c.method == rec.chosen else ("Pareto" if c.pareto else "")
+        if not c.feasible:
+            note = "; ".join(c.excluded_because)[:70]
+        loss = f"{m.pilot_loss:.4f}" if m and m.pilot_loss is not None else ""
+        score = f"{c.predicted_score:.3f}" if c.predicted_score is not None else ""
+        click.echo(f"{c.method:<14} {'yes' if c.feasible else 'no':<5} {score:>9} {loss:>10} "
+                   f"{format_size(peak) if peak else '':>9}  {note}")
+    click.echo(rec.explanation)
+
+
+@main.command()
+@_training_options
+@_choice_options
+def tune(data, output_dir, resume, overwrite, as_json, **given):
+    """Choose the method for DATA (pilots and the recommender), then fine-tune with it."""
+    _quiet_libraries()
+    _log_to_stderr()
+    from .recommend import tune as run_tune
+
+    if resume:
+        raise BadInputError("tune --resume: the fine-tune continues with `autopeft train -o DIR --resume`",
+                            source="--resume")
+    if data is None:
+        raise BadInputError("give a training data file")
+    choice = _choice_kwargs(**{k: given.pop(k) for k in _CHOICE_KEYS})
+    record, rec = run_tune(data, output_dir=output_dir or _default_output(data, "tuned"), overwrite=overwrite,
+                           say=lambda text: click.echo(f"autopeft: {text}", err=True), **choice,
+                           **_train_kwargs(given))
+    if as_json:
+        _emit_json({**record.summary(), "recommendation": rec.model_dump(
+            mode="json", exclude={"candidates": {"__all__": {"measured": {"curve"}}}}),
+            "pilot_seconds": rec.pilot_seconds})
+    else:
+        click.echo(rec.explanation)
+        _print_run(record)
+
+
+@main.command()
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option("--budget-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
+              help="Share of each run's training steps a pilot would have seen.")
+@click.option("--max-vram", help="Only runs whose measured peak fits, e.g. 22.3GB.")
+@click.option("--profiles", "extra", multiple=True, type=click.Path(exists=True),
+              help="More profile records (JSONL file or dir) to learn from; repeatable.")
+@click.option("--json", "as_json", is_flag=True)
+def replay(results_dir, budget_fraction, max_vram, extra, as_json):
+    """Judge the recommender on published results (PEFT method-comparison layout) it did not learn from."""
+    from .profiles import load_records
+    from .replay import replay as run_replay
+    from .sizes import parse_size
+
+    cap = parse_size(max_vram, "--max-vram") if max_vram else None
+    result = run_replay(results_dir, budget_fraction, cap, records=load_records(extra))
+    if as_json:
+        _emit_json(result.model_dump(mode="json"))
+        return
+    click.echo(f"{result.benchmark}: {result.feasible} of {result.candidates} runs fit; pilot {budget_fraction:.0%} "
+               f"of the steps ({result.mode} ranking, learned from {', '.join(result.trained_on) or 'nothing'})")
+    click.echo(f"  chosen  {result.chosen}: {result.chosen_score:.4f} (regret {result.regret:.2f} points)")
+    click.echo(f"  oracle  {result.oracle}: {result.oracle_score:.4f}")
+    for name, pick in result.baselines.items():
+        detail = f"{pick.score:.4f} (regret {pick.regret:.2f})" if pick.score is not None else "-"
+        click.echo(f"  {name}: {pick.choice}: {detail}")
+
+
+@main.group(cls=_Group)
+def profiles():
+    """The profile records the recommender learns from."""
+
+
+@profiles.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def profiles_list(as_json):
+    """What is stored: shipped records and this machine's runs, by benchmark."""
+    from collections import Counter
+
+    from .profiles import SHIPPED, load_records, store_path
+
+    records = load_records()
+    counts = Counter(r.benchmark for r in records)
+    if as_json:
+        _emit_json({"store": str(store_path()), "shipped": str(SHIPPED),
+                    "benchmarks": [{"benchmark": b, "records": n} for b, n in sorted(counts.items())]})
+        return
+    click.echo(f"{len(records)} records (shipped: {SHIPPED}; this machine: {store_path()})")
+    for bench, n in sorted(counts.items()):
+        click.echo(f"  {n:4d}  {bench}")
+
+
+@profiles.command("export")
+@click.argument("output", type=click.Path(dir_okay=False))
+def profiles_export(output):
+    """Write every stored record to OUTPUT as JSONL."""
+    from pathlib import Path
+
+    from .outputs import write_text
+    from .profiles import load_records
+
+    records = load_records()
+    write_text(Path(output), "".join(r.model_dump_json() + "\n" for r in records))
+    click.echo(f"{len(records)} records written to {output}")
+
+
+@profiles.command("import")
+@click.argument("results_dir", type=click.Path(exists=True, file_okay=False))
+def profiles_import(results_dir):
+    """Add results in the PEFT method-comparison layout to this machine's store."""
+    from .profiles import append, import_peft_results
+
+    records = import_peft_results(results_dir)
+    path = append(records)
+    click.echo(f"{len(records)} records from {results_dir} added to {path}")

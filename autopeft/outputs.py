@@ -154,6 +154,8 @@ def versions() -> dict[str, str]:
 def write_report(out: Path, record: RunRecord) -> None:
     """report.md with the loss curves (loss.png) and the model card README.md."""
     _plot_losses(out / "loss.png", record.history)
+    if record.recommendation:
+        _plot_pareto(out / "pareto.png", record.recommendation)
     write_text(out / "report.md", _report(record))
     write_text(out / "README.md", _model_card(record))
 
@@ -175,6 +177,40 @@ def _plot_losses(path: Path, history: list[HistoryPoint]) -> None:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _plot_pareto(path: Path, recommendation: dict) -> None:
+    """Predicted quality against peak memory for every candidate that ran, the frontier joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [c for c in recommendation.get("candidates", []) if c.get("predicted_score") is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+
+    def memory(c):
+        measured = (c.get("measured") or {}).get("peak_memory_bytes")
+        return (measured or (c.get("estimated") or {}).get("peak_memory_bytes") or 0) / 1e9
+
+    for c in rows:
+        chosen = c["method"] == recommendation.get("chosen")
+        ax.scatter(memory(c), c["predicted_score"], s=80 if chosen else 30, marker="*" if chosen else "o",
+                   color="#ee6677" if chosen else ("#4477aa" if c.get("pareto") else "#bbbbbb"), zorder=3)
+        ax.annotate(c["method"], (memory(c), c["predicted_score"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    front = sorted((memory(c), c["predicted_score"]) for c in rows if c.get("pareto"))
+    if len(front) > 1:
+        ax.plot(*zip(*front), color="#4477aa", alpha=0.5, zorder=2, label="Pareto frontier")
+        ax.legend()
+    ax.set_xlabel("peak memory (GB)")
+    ax.set_ylabel("predicted score (higher is better)")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
@@ -211,6 +247,19 @@ def _report(r: RunRecord) -> str:
         f"tokens per example: median {tokens.get('median')}, 95th percentile {tokens.get('p95')}, max "
         f"{tokens.get('max')}, {tokens.get('truncated', 0)} truncated. Fingerprint `{str(data.get('fingerprint'))[:16]}`.",
     ]
+    if r.recommendation:
+        rec = r.recommendation
+        lines += ["", "## Why this method", "", rec.get("explanation", ""), "",
+                  f"Pilots took {rec.get('pilot_seconds', 0):.0f} s. Predicted score against peak memory "
+                  f"(Pareto frontier in blue, the choice starred):", "", "![pareto](pareto.png)", "",
+                  "| method | feasible | predicted | pilot loss | peak memory | why not |", "|---|:-:|---:|---:|---:|---|"]
+        for c in rec.get("candidates", []):
+            m = c.get("measured") or {}
+            peak = m.get("peak_memory_bytes") or (c.get("estimated") or {}).get("peak_memory_bytes")
+            lines.append(f"| {c['method']} | {'yes' if c['feasible'] else 'no'} | "
+                         f"{'' if c.get('predicted_score') is None else format(c['predicted_score'], '.3f')} | "
+                         f"{'' if m.get('pilot_loss') is None else format(m['pilot_loss'], '.4f')} | "
+                         f"{format_size(peak) if peak else ''} | {'; '.join(c.get('excluded_because') or [])} |")
     if r.samples:
         lines += ["", "## Sample generations", ""]
         for s in r.samples:

@@ -58,6 +58,9 @@ class TrainOptions(BaseModel):
     keep_checkpoints: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    profile_store: bool = Field(default=True, description="add the finished run to the local profile store")
+    pilot_steps: int | None = Field(default=None, ge=1, description="a pilot: stop after this many optimizer steps "
+                                    "of the full run's schedule, without evaluations, checkpoints or report")
 
 
 def train(data: str | None = None, *, output_dir: str, resume: bool = False, overwrite: bool = False,
@@ -129,7 +132,7 @@ class _Run:
         train_started = time.perf_counter()
         trainer.train(resume_from_checkpoint=self._last_checkpoint())
         self.train_seconds = time.perf_counter() - train_started
-        return self.finish(trainer)
+        return self.finish_pilot(trainer) if opts.pilot_steps else self.finish(trainer)
 
     # -- data and model ------------------------------------------------------------------------
 
@@ -176,7 +179,7 @@ class _Run:
                          pad_token_id=self.tokenizer.pad_token_id).to(self.device)
         self.base_config = net.config
         self.loss_before = None
-        if self.task == "causal-lm" and opts.forgetting:
+        if self.task == "causal-lm" and opts.forgetting and not opts.pilot_steps:
             self.loss_before = _general_loss(net, self.tokenizer)
         self.total_steps = _total_steps(opts, len(self.data.train))
         self.settings = self.method.settings_for_run(self.settings, self.total_steps)
@@ -189,7 +192,8 @@ class _Run:
                               f"{first_line(exc)}") from None
         if self.task == "seq-cls":
             _train_head(net)
-        self.initial_adapter = _save_initial_adapter(net, self.out / CHECKPOINTS / "initial-adapter")
+        self.initial_adapter = (None if opts.pilot_steps else
+                                _save_initial_adapter(net, self.out / CHECKPOINTS / "initial-adapter"))
         if not any(p.requires_grad for p in net.parameters()):
             raise PluginError(f"method {self.method.name} left no trainable parameter")
         if opts.gradient_checkpointing:
@@ -208,7 +212,8 @@ class _Run:
         from .progress import ProgressCallback
 
         opts = self.opts
-        has_eval = self.data.validation is not None and len(self.data.validation) > 0
+        pilot = opts.pilot_steps is not None
+        has_eval = not pilot and self.data.validation is not None and len(self.data.validation) > 0
         eval_steps = opts.eval_steps or max(1, self.total_steps // 5)
         save_steps = opts.save_steps or eval_steps
         early = has_eval and opts.early_stopping_patience > 0
@@ -223,10 +228,10 @@ class _Run:
             learning_rate=self.learning_rate, weight_decay=opts.weight_decay,
             warmup_steps=opts.warmup_ratio, lr_scheduler_type="linear",
             eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps, eval_on_start=has_eval,
-            save_strategy="steps", save_steps=save_steps, save_total_limit=2,
+            save_strategy="no" if pilot else "steps", save_steps=save_steps, save_total_limit=2,
             load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
             greater_is_better=False if early else None,
-            logging_strategy="steps", logging_steps=max(1, self.total_steps // 50),
+            logging_strategy="steps", logging_steps=1 if pilot else max(1, self.total_steps // 50),
             report_to="none", disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
             bf16=self.precision == "bf16", fp16=self.precision == "fp16", use_cpu=self.device == "cpu",
             train_sampling_strategy="group_by_length" if opts.group_by_length and not opts.pack else "random",
@@ -239,6 +244,8 @@ class _Run:
         callbacks += self.method.training_callbacks(self.net, self.settings)
         if self.progress:
             callbacks.append(ProgressCallback())
+        if pilot:
+            callbacks.append(_stop_after(opts.pilot_steps))
         trainer = Trainer(
             model=self.net, args=args, train_dataset=self.data.train,
             eval_dataset=self.data.validation if has_eval else None, data_collator=make_collator(self.task, self.tokenizer),
@@ -317,9 +324,29 @@ class _Run:
             hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation)
         write_report(self.out, record)
         write_json(self.out / RECORD_FILE, record.model_dump(mode="json"))  # last: marks the run finished
+        if opts.profile_store:
+            _remember(record)
         if not opts.keep_checkpoints:
             shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
         return record
+
+    def finish_pilot(self, trainer):
+        """A pilot's measurements: the loss curve, step time and peak memory; nothing else is written."""
+        from .evaluation import peak_memory_bytes
+        from .pilot import PilotResult
+        from .profiles import CurvePoint
+
+        state = trainer.state
+        losses = [(e["step"], e["loss"]) for e in state.log_history if "loss" in e and "step" in e]
+        steps = max(1, state.global_step)
+        tokens = state.num_input_tokens_seen or 0
+        return PilotResult(
+            status="ok", steps=steps, curve=[CurvePoint(step=s, train_loss=v) for s, v in losses],
+            peak_memory_bytes=peak_memory_bytes(self.device), train_seconds=self.train_seconds,
+            seconds_per_step=self.train_seconds / steps, total_steps=self.total_steps,
+            tokens_per_second=tokens / self.train_seconds if tokens else None, learning_rate=self.learning_rate,
+            trainable_params=sum(p.numel() for p in _unique_trainable(trainer.model)),
+            total_params=sum(p.numel() for p in _unique_params(trainer.model)))
 
     def _estimate(self) -> int | None:
         """The cost model's prediction for this run, kept beside the measurement so both can be compared."""
@@ -335,6 +362,30 @@ class _Run:
             log.warning("no memory estimate for this run: %s", exc)
             return None
         return est.peak_memory_bytes
+
+
+def _remember(record) -> None:
+    """Append the run to the local profile store, so the next recommendation here knows more."""
+    from .profiles import append, record_from_run
+
+    try:
+        append([record_from_run(record)])
+    except Exception as exc:  # the store is a by-product; a failure must not lose the finished run
+        log.warning("could not add this run to the profile store: %s", exc)
+
+
+def _stop_after(steps: int):
+    """A callback that ends a pilot after ``steps`` while the schedule stays that of the full run,
+    so that a pilot sees exactly the start of the run it stands for."""
+    from transformers import TrainerCallback
+
+    class StopAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= steps:
+                control.should_training_stop = True
+            return control
+
+    return StopAfter()
 
 
 def _total_steps(opts: TrainOptions, num_train: int) -> int:

@@ -77,7 +77,7 @@ def run(task: str, method: str, extra: list[str]) -> dict:
     spec = TASKS[task]
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "autopeft", "train", str(spec["data"]), "--method", method, "-o",
-               str(Path(tmp) / "run"), "--json", *spec["args"], *extra]
+               str(Path(tmp) / "run"), "--json", "--no-profile-store", *spec["args"], *extra]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
         seconds = time.perf_counter() - started
@@ -88,7 +88,9 @@ def run(task: str, method: str, extra: list[str]) -> dict:
     return {"metrics": record["metrics"], "seconds": seconds, "learning_rate": record["learning_rate"],
             "steps": record["steps"], "trainable_params": record["trainable_params"],
             "peak_memory_bytes": record["peak_memory_bytes"],
-            "estimated_peak_memory_bytes": record["estimated_peak_memory_bytes"]}
+            "estimated_peak_memory_bytes": record["estimated_peak_memory_bytes"],
+            "adapter_bytes": record["adapter_bytes"], "total_params": record["total_params"],
+            "train_seconds": record["train_seconds"], "history": record["history"]}
 
 
 def summary(result: dict) -> str:

@@ -24,6 +24,19 @@ class PrefixTuning(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-3, 5e-3, 1e-2))
     Settings = PrefixSettings
 
+    def build(self, model, settings, task):
+        import inspect
+
+        from autopeft.errors import BadInputError
+
+        # PEFT feeds the prefixes to a classifier's backbone as past key values; encoders whose
+        # forward no longer takes them (BERT since transformers 5.24) cannot be prefix-tuned
+        backbone = getattr(model, "base_model", model)
+        if task == "seq-cls" and "past_key_values" not in inspect.signature(backbone.forward).parameters:
+            raise BadInputError(f"prefix tuning needs a model that accepts past key values, and "
+                                f"{type(backbone).__name__} does not here; prompt_tuning or ptuning work instead")
+        return super().build(model, settings, task)
+
     def peft_config(self, settings, task):
         from peft import PrefixTuningConfig
 

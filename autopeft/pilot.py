@@ -1,0 +1,310 @@
+"""Pilots: short real training runs of the candidates on the user's data, each in its own process.
+
+A pilot is the first few steps of exactly the run it stands for (same data, batch, and learning-rate
+schedule: see ``TrainOptions.pilot_steps``), so its loss curve is the start of that run's curve.
+Each pilot runs in a child process watched by this one: an out-of-memory, a crash or a hang marks
+that pilot, never the whole recommendation, and a child that goes over the memory budget is stopped
+at once with the figure it reached. On Linux the child is forked after the heavy
+libraries are imported (by a fork server), so a pilot costs its steps and the model load, not a
+fresh interpreter.
+
+:func:`successive_halving` spends a time budget over many (method, learning rate) configurations:
+every configuration runs a few steps, the best learning rate of each method and the better half of
+the methods go on to a pilot twice as long, and so on, so most of the budget goes to contenders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from pydantic import BaseModel, Field
+
+from .profiles import CurvePoint
+
+log = logging.getLogger("autopeft")
+
+MIN_STEPS = 3
+_POLL_SECONDS = 0.02
+#: a watched child is stopped this far below its memory budget: the watcher samples, and memory
+#: can grow between two samples
+_GUARD_MARGIN = 0.01
+
+
+class PilotResult(BaseModel):
+    """What one pilot measured."""
+
+    status: Literal["ok", "oom", "failed", "timeout"]
+    error: str | None = None
+    steps: int = 0
+    total_steps: int | None = Field(default=None, description="steps of the full run this pilot stands for")
+    curve: list[CurvePoint] = Field(default_factory=list)
+    peak_memory_bytes: int | None = None
+    train_seconds: float | None = None
+    seconds: float | None = Field(default=None, description="wall time of the whole pilot process")
+    seconds_per_step: float | None = None
+    tokens_per_second: float | None = None
+    learning_rate: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+
+
+class PilotConfig(BaseModel):
+    """One configuration to pilot: a method, its settings, a learning rate and how it fits in memory."""
+
+    name: str
+    method: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    learning_rate: float
+    batch_size: int
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+
+    def options(self) -> dict[str, Any]:
+        return {"method": self.method, "settings": self.settings, "learning_rate": self.learning_rate,
+                "batch_size": self.batch_size, "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                "gradient_checkpointing": self.gradient_checkpointing}
+
+
+class Rung(BaseModel):
+    """One round of successive halving."""
+
+    steps: int
+    results: dict[str, PilotResult]
+
+
+def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, max_memory: int | None = None,
+              timeout: float | None = None) -> PilotResult:
+    """Run one pilot of ``steps`` steps in a child process and return what it measured.
+
+    :param base_options: the full run's :class:`autopeft.training.TrainOptions` (data, model, ...).
+    :param max_memory: bytes; on CPU the child's resident memory is watched and the child is stopped
+        beyond it (status ``oom``); on CUDA the child's allocator is capped to it.
+    """
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="autopeft-pilot-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        options = {**base_options, **config.options(), "pilot_steps": steps, "output_dir": str(Path(tmp) / "run"),
+                   "forgetting": False, "samples": 0}
+        peak, failure = run_watched(_child, (options, str(result_path), max_memory), max_memory=max_memory,
+                                    timeout=timeout)
+        if failure is not None:
+            result = PilotResult(status=failure[0], error=failure[1], peak_memory_bytes=peak or None)
+        elif result_path.is_file():
+            result = PilotResult.model_validate_json(result_path.read_text())
+        else:
+            result = PilotResult(status="failed", error="the pilot process ended with no result",
+                                 peak_memory_bytes=peak or None)
+    result.seconds = time.perf_counter() - started
+    if result.status == "ok" and peak:
+        # the watcher's sampled peak can miss a spike; the child's own high-water mark cannot
+        result.peak_memory_bytes = max(result.peak_memory_bytes or 0, peak)
+    return result
+
+
+def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
+                timeout: float | None = None) -> tuple[int, tuple[str, str] | None]:
+    """Run ``target(*args)`` in a child process and watch it: on CPU, a child whose resident memory
+    (with its own children) goes over ``max_memory`` is stopped at once, as is one running past
+    ``timeout`` seconds. Returns (peak resident bytes seen, None or (status, reason))."""
+    import psutil
+
+    started = time.perf_counter()
+    # the fork server keeps the environment it started with; the child gets this process's own now
+    child = _context().Process(target=_in_environment, args=(dict(os.environ), target, args), daemon=True)
+    child.start()
+    watched = psutil.Process(child.pid)
+    peak, failure = 0, None
+    while child.is_alive():
+        try:
+            rss = watched.memory_info().rss + sum(c.memory_info().rss for c in watched.children(recursive=True))
+        except psutil.Error:
+            rss = 0
+        peak = max(peak, rss)
+        if max_memory is not None and rss > (1 - _GUARD_MARGIN) * max_memory and _device() == "cpu":
+            failure = ("oom", f"stopped at {rss:,} bytes resident, at the budget of {max_memory:,}")
+        elif timeout is not None and time.perf_counter() - started > timeout:
+            failure = ("timeout", f"no result after {timeout:.0f} s")
+        if failure:
+            child.kill()
+            child.join()
+            break
+        child.join(_POLL_SECONDS)
+    if failure is None and child.exitcode not in (0, None):
+        failure = ("failed", f"the process ended with exit code {child.exitcode}")
+    return peak, failure
+
+
+def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, Any], *,
+                       budget: Callable[[float, float], float], total_steps: int,
+                       rank: Callable[[list[PilotConfig], dict[str, PilotResult]], list[float]],
+                       max_memory: int | None = None, max_fraction: float = 0.5,
+                       on_pilot: Callable[[PilotConfig, int, PilotResult], None] | None = None,
+                       announce: Callable[[str], None] | None = None) -> list[Rung]:
+    """Spend a time budget over ``configs``: a few steps each, then the best learning rate per
+    method and the better half of the methods (by ``rank``, higher is better) twice as long, until
+    one or two methods are left or the budget is spent. Returns every rung's results.
+
+    The first configuration runs first, for ``MIN_STEPS`` steps, to measure the process overhead and
+    the step time; ``budget(overhead, seconds_per_step)`` then gives the seconds to spend, and the
+    rungs are planned to fit what is left of it.
+    """
+    started = time.perf_counter()
+    configs = list(configs)
+    calibration = run_pilot(configs[0], base_options, MIN_STEPS, max_memory=max_memory)
+    if on_pilot:
+        on_pilot(configs[0], MIN_STEPS, calibration)
+    overhead, per_step = _costs(calibration)
+    budget_seconds = budget(overhead, per_step)
+    if announce:
+        announce(f"pilots will take about {budget_seconds:.0f} s ({overhead:.1f} s to start a pilot, "
+                 f"{per_step:.2f} s a step)")
+    cap = max(MIN_STEPS, int(max_fraction * total_steps))
+    rungs: list[Rung] = []
+    alive = _affordable(configs, budget_seconds - (time.perf_counter() - started), overhead, per_step)
+    if announce and len(alive) < len(configs):
+        announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
+                 f"without a pilot")
+    while len(alive) > 1 or not rungs:
+        rounds_left = max(1, math.ceil(math.log2(max(2, _methods(alive)))))
+        left = budget_seconds - (time.perf_counter() - started)
+        steps = _steps_for(left / rounds_left, len(alive), overhead, per_step, cap)
+        if rungs and steps < 2 * rungs[-1].steps:
+            break  # no budget left for pilots longer than the last: decide on what is known
+        steps = max(steps, MIN_STEPS)
+        results = {}
+        for config in alive:
+            if steps == MIN_STEPS and config is configs[0]:
+                results[config.name] = calibration
+                continue
+            result = run_pilot(config, base_options, steps, max_memory=max_memory,
+                               timeout=max(120.0, 5 * (overhead + steps * per_step)))
+            if on_pilot:
+                on_pilot(config, steps, result)
+            overhead, per_step = _costs(result, overhead, per_step)
+            results[config.name] = result
+        rungs.append(Rung(steps=steps, results=results))
+        alive = _survivors(alive, results, rank)
+        if steps >= cap:
+            break
+    return rungs
+
+
+def _affordable(configs: list[PilotConfig], seconds: float, overhead: float, per_step: float) -> list[PilotConfig]:
+    """The configurations a first rung of ``MIN_STEPS``-step pilots can afford, taken in the order
+    given (most promising first): all of them; else one learning rate per method; else the first
+    methods, at least two."""
+    def cost(group):
+        rounds = max(1, math.ceil(math.log2(max(2, _methods(group)))))
+        return rounds * plan_seconds(len(group), overhead, per_step)
+
+    if cost(configs) <= seconds:
+        return configs
+    firsts, seen = [], set()
+    for c in configs:
+        if c.method not in seen:
+            seen.add(c.method)
+            firsts.append(c)
+    while len(firsts) > 2 and cost(firsts) > seconds:
+        firsts.pop()
+    return firsts
+
+
+def plan_seconds(n_configs: int, overhead: float, per_step: float, steps: int = MIN_STEPS) -> float:
+    """Seconds a first rung of ``n_configs`` pilots of ``steps`` steps takes, roughly."""
+    return n_configs * (overhead + steps * per_step)
+
+
+def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult], rank) -> list[PilotConfig]:
+    """The best learning rate of each method, then the better half of the methods."""
+    ok = [c for c in alive if results.get(c.name) and results[c.name].status == "ok" and results[c.name].curve]
+    best: dict[str, PilotConfig] = {}
+    for c in ok:
+        loss = _end_loss(results[c.name].curve)
+        if c.method not in best or loss < _end_loss(results[best[c.method].name].curve):
+            best[c.method] = c
+    methods = list(best.values())
+    if len(methods) <= 2:
+        return methods
+    scores = rank(methods, {c.name: results[c.name] for c in methods})
+    order = sorted(range(len(methods)), key=lambda i: -scores[i])
+    return [methods[i] for i in order[: max(2, math.ceil(len(methods) / 2))]]
+
+
+def _end_loss(curve: list[CurvePoint]) -> float:
+    """The mean training loss over the last quarter of a curve (single steps are noisy)."""
+    last = curve[-1].step
+    tail = [p.train_loss for p in curve if p.step > 0.75 * last and p.train_loss is not None]
+    return sum(tail) / len(tail) if tail else math.inf
+
+
+def _methods(configs: Sequence[PilotConfig]) -> int:
+    return len({c.method for c in configs})
+
+
+def _steps_for(seconds: float, n: int, overhead: float, per_step: float, cap: int) -> int:
+    if n == 0:
+        return 0
+    return min(cap, int((seconds / n - overhead) / max(per_step, 1e-6)))
+
+
+def _costs(result: PilotResult, overhead: float = 10.0, per_step: float = 1.0) -> tuple[float, float]:
+    """Process overhead and seconds per step measured by a pilot (the previous guesses if it failed)."""
+    if result.status != "ok" or not result.seconds_per_step or result.seconds is None:
+        return overhead, per_step
+    return max(0.0, result.seconds - (result.train_seconds or 0)), result.seconds_per_step
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _context():
+    """Forkserver on Linux: a clean single-threaded server process that has imported the heavy
+    libraries once forks each child, so a pilot starts in about a second. Forking this process
+    itself would be faster still but is not safe: it has run threads (tokenizers, torch) whose locks
+    a forked child inherits held, and such a child hangs. Spawn elsewhere."""
+    if sys.platform.startswith("linux"):
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "transformers", "peft", "autopeft.training", "autopeft.pilot"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _in_environment(environ: dict[str, str], target: Callable, args: tuple) -> None:
+    os.environ.clear()
+    os.environ.update(environ)
+    target(*args)
+
+
+def _child(options: dict[str, Any], result_path: str, max_memory: int | None) -> None:
+    """Entry point of a pilot process: train, then write the result (or the failure) as JSON."""
+    from .errors import first_line
+    from .logs import quiet_libraries
+
+    quiet_libraries()
+
+    try:
+        import torch
+
+        if max_memory is not None and torch.cuda.is_available():
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, max_memory / total))
+        from .training import train
+
+        data = options.pop("data")
+        output_dir = options.pop("output_dir")
+        result = train(data, output_dir=output_dir, progress=False, **options)
+    except Exception as exc:  # the child reports every failure as its result; the parent decides
+        status = "oom" if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError" else "failed"
+        result = PilotResult(status=status, error=f"{type(exc).__name__}: {first_line(exc)}")
+    Path(result_path).write_text(result.model_dump_json())

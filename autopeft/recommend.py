@@ -1,0 +1,449 @@
+"""``autopeft recommend`` and ``tune``: choose the method for this data, model and machine, then train it.
+
+The pipeline (see the design brief): candidates are the installed methods for the task; the static
+cost model checks each against the constraints, trying gradient checkpointing and smaller
+micro-batches before excluding it; pilots of the survivors run with successive halving under a
+time budget (default 15% of the estimated full fine-tune); the recommender ranks them from their
+pilot curves and priors; the objective picks one; ``tune`` trains it in a watched process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Callable
+
+from pydantic import BaseModel, Field
+
+from .constraints import Constraints, check, method_reasons, nearest_misses
+from .errors import AutopeftError, BadInputError
+from .profiler import DeviceProfile
+from .profiles import CurvePoint
+from .sizes import format_size
+
+log = logging.getLogger("autopeft")
+
+#: plan memory with this share of the budget: the cost model is within ~10% of what is measured
+PLANNING_MARGIN = 0.9
+DEFAULT_PILOT_FRACTION = 0.15
+
+
+class NoFeasibleMethodError(AutopeftError):
+    """No candidate satisfies the constraints; the message lists the nearest misses."""
+
+    exit_code = 3
+
+
+class Estimated(BaseModel):
+    trainable_params: int
+    total_params: int
+    adapter_bytes: int
+    peak_memory_bytes: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+
+
+class Measured(BaseModel):
+    status: str
+    error: str | None = None
+    learning_rate: float | None = None
+    pilot_steps: int = 0
+    pilot_loss: float | None = None
+    peak_memory_bytes: int | None = None
+    seconds_per_step: float | None = None
+    estimated_full_seconds: float | None = None
+    curve: list[CurvePoint] = Field(default_factory=list, description="the pilot's training loss, step by step")
+
+
+class CandidateReport(BaseModel):
+    """One row of ``recommend --json``."""
+
+    method: str
+    settings: dict[str, Any]
+    feasible: bool
+    excluded_because: list[str] = Field(default_factory=list)
+    estimated: Estimated | None = None
+    measured: Measured | None = None
+    predicted_score: float | None = None
+    pareto: bool = False
+
+
+class Recommendation(BaseModel):
+    """What ``recommend --json`` prints (and ``tune`` stores in run.json)."""
+
+    chosen: str | None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    explanation: str
+    mode: str = Field(description="pilot: ranked from pilot runs; static: from the cost model and priors only")
+    candidates: list[CandidateReport]
+    device: DeviceProfile
+    constraints: dict[str, Any]
+    objective: dict[str, float]
+    pilot_seconds: float = 0.0
+    seconds: float = Field(default=0.0, description="wall time of the whole recommendation, pilots included")
+    total_steps: int | None = None
+    trained_on: list[str] = Field(default_factory=list, description="profile benchmarks the recommender learned from")
+
+
+def recommend(data: str, *, model: str | None = None, task: str | None = None, validation: str | None = None,
+              constraints: Constraints | None = None, objective: str | None = None, target_gpu: str | None = None,
+              pilot: bool = True, pilot_fraction: float = DEFAULT_PILOT_FRACTION, pilot_seconds: float | None = None,
+              learning_rates_per_method: int = 2, batch_size: int = 8, epochs: float = 3.0,
+              max_steps: int | None = None, max_length: int = 512, max_examples: int | None = None,
+              trust_remote_code: bool = False, profiles: list[str] | None = None, leave_out: list[str] | None = None,
+              say: Callable[[str], None] | None = None) -> Recommendation:
+    """Rank the installed methods for ``data`` under ``constraints``; see the module docstring.
+
+    :param profiles: more profile records to learn from (JSONL files, or dirs of results in the PEFT
+        method-comparison layout), besides the shipped ones and this machine's store.
+    :param leave_out: benchmarks whose records are not learned from (to evaluate on one of them).
+    """
+    from .data import prepare_data
+    from .loading import load_tokenizer
+    from .models import DEFAULT_MODEL, load_config
+    from .plugins import get_methods
+    from .profiler import profile_device, target_device
+    from .profiles import load_records
+    from .recommender import Candidate, Objective, Recommender, objective_scores, pareto_front
+    from .training import _total_steps, TrainOptions
+
+    started = time.perf_counter()
+    say = say or (lambda text: log.info(text))
+    constraints = constraints or Constraints()
+    goal = Objective.parse(objective)
+    device = target_device(target_gpu) if target_gpu else profile_device()
+    if not 0 < pilot_fraction < 1:
+        raise BadInputError(f"--pilot-budget as a fraction must be in (0, 1), got {pilot_fraction}")
+
+    if model is None:
+        from .data import read_records
+
+        task = task or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
+        model = DEFAULT_MODEL[task]
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    prepared = prepare_data(data, tokenizer, task=task, validation_path=validation, max_length=max_length,
+                            max_examples=max_examples)
+    task = prepared.info.task
+    options = TrainOptions(data=data, output_dir="-", model=model, task=task, validation=validation, epochs=epochs,
+                           max_steps=max_steps, batch_size=batch_size, max_length=max_length, max_examples=max_examples,
+                           trust_remote_code=trust_remote_code)
+    total_steps = _total_steps(options, len(prepared.train))
+    config = load_config(model, trust_remote_code=trust_remote_code)
+    seq_len = prepared.info.tokens.max
+    limit = constraints.max_vram
+    planned = constraints.model_copy(update={"max_vram": int(limit * PLANNING_MARGIN)}) if limit else constraints
+    if target_gpu and limit is None:
+        planned = constraints.model_copy(update={"max_vram": int(device.total_memory_bytes * PLANNING_MARGIN)})
+
+    reports: dict[str, CandidateReport] = {}
+    verdicts = {}
+    for method in get_methods().values():
+        if task not in method.tasks:
+            continue
+        settings = method.settings()
+        reasons = method_reasons(method, constraints)
+        if reasons:
+            reports[method.name] = CandidateReport(method=method.name, settings=settings.model_dump(mode="json"),
+                                                   feasible=False, excluded_because=reasons)
+            continue
+
+        def estimate_at(micro: int, checkpointing: bool = False, method=method, settings=settings):
+            from .costmodel import estimate
+
+            return estimate(model, method, settings=settings, task=task, batch_size=micro, seq_len=seq_len,
+                            device=device.kind if device.kind != "mps" else "cpu",
+                            num_labels=len(prepared.label2id or {}) or 2, config=config)
+
+        try:
+            verdict = check(method, settings, planned, batch_size, estimate_at)
+        except Exception as exc:  # a plugin's cost model failing rules out that plugin, not the run
+            from .errors import first_line
+
+            verdict = None
+            reasons = [f"its cost model failed: {type(exc).__name__}: {first_line(exc)}"]
+        if verdict is not None and planned.max_vram != constraints.max_vram:
+            verdict.reasons = [_with_margin(r, planned.max_vram, constraints.max_vram) for r in verdict.reasons]
+        if verdict is None or not verdict.feasible:
+            reports[method.name] = CandidateReport(method=method.name, settings=settings.model_dump(mode="json"),
+                                                   feasible=False, excluded_because=reasons if verdict is None
+                                                   else verdict.reasons)
+            if verdict is not None:
+                verdicts[method.name] = verdict
+            continue
+        verdicts[method.name] = verdict
+        est = estimate_at(verdict.fit.batch_size)
+        reports[method.name] = CandidateReport(
+            method=method.name, settings=settings.model_dump(mode="json"), feasible=True,
+            estimated=Estimated(trainable_params=est.trainable_params, total_params=est.total_params,
+                                adapter_bytes=est.adapter_bytes,
+                                peak_memory_bytes=verdict.fit.peak_memory_bytes, batch_size=verdict.fit.batch_size,
+                                gradient_accumulation_steps=verdict.fit.gradient_accumulation_steps,
+                                gradient_checkpointing=verdict.fit.gradient_checkpointing))
+    feasible = [r for r in reports.values() if r.feasible]
+    if not feasible:
+        misses = nearest_misses(verdicts)
+        detail = "; ".join(f"{name}: {'; '.join(v.reasons)}" for name, v in misses) or "no method supports this task"
+        raise NoFeasibleMethodError(f"no method satisfies the constraints. Nearest misses: {detail}")
+    say(f"{len(feasible)} of {len(reports)} methods fit the constraints on {device.name} "
+        f"({task}, {len(prepared.train)} training examples, {total_steps} steps at batch {batch_size})")
+
+    recommender = Recommender().fit([r for r in load_records(profiles) if r.benchmark not in set(leave_out or ())])
+    pilot_started = time.perf_counter()
+    pilots: dict[str, Any] = {}
+    if pilot:
+        pilots = _run_pilots(feasible, get_methods(), options, total_steps, pilot_fraction, pilot_seconds,
+                             learning_rates_per_method, limit if not device.planned else None, recommender, say,
+                             spent=lambda: time.perf_counter() - started)
+    pilot_took = time.perf_counter() - pilot_started
+
+    candidates, rows = [], []
+    for row in feasible:
+        result = pilots.get(row.method)
+        if result is not None:
+            row.measured = result
+            if result.status != "ok":
+                row.feasible = False
+                row.excluded_because.append(f"pilot {result.status}: {result.error}")
+                continue
+            if limit is not None and result.peak_memory_bytes and result.peak_memory_bytes > limit and not device.planned:
+                row.feasible = False
+                row.excluded_because.append(f"pilot measured {format_size(result.peak_memory_bytes)} > "
+                                            f"--max-vram {format_size(limit)}")
+                continue
+        method = get_methods()[row.method]
+        candidates.append(Candidate(
+            name=row.method, method=row.method, family=method.family, settings=row.settings,
+            learning_rate=result.learning_rate if result else None,
+            trainable_params=row.estimated.trainable_params, total_params=row.estimated.total_params,
+            adapter_bytes=row.estimated.adapter_bytes,
+            peak_memory_bytes=(result.peak_memory_bytes if result and not device.planned
+                               else row.estimated.peak_memory_bytes),
+            seconds=result.estimated_full_seconds if result else None, pilot=result.curve if result else []))
+        rows.append(row)
+    if not candidates:
+        raise NoFeasibleMethodError("every candidate failed its pilot: " + "; ".join(
+            f"{r.method}: {r.excluded_because[-1]}" for r in feasible if r.excluded_because))
+    groups = _by_pilot_length(candidates)
+    predicted = [0.0] * len(candidates)
+    mode = "pilot"
+    for depth, members in enumerate(groups):
+        sub = [candidates[i] for i in members]
+        scores = recommender.predict(sub)
+        mode = recommender.mode(sub) if depth == 0 else mode
+        for i, s in zip(members, scores):
+            predicted[i] = float(s) - depth  # a longer pilot that survived halving ranks above
+    scores = objective_scores(candidates, predicted, goal)
+    front = pareto_front(candidates, predicted)
+    for row, p, f in zip(rows, predicted, front):
+        row.predicted_score, row.pareto = round(p, 4), f
+    best = max(range(len(candidates)), key=lambda i: scores[i])
+    chosen, row = candidates[best], rows[best]
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+    explanation = _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots)
+    say(explanation)
+    return Recommendation(
+        chosen=chosen.method, settings=chosen.settings,
+        learning_rate=chosen.learning_rate, batch_size=row.estimated.batch_size,
+        gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
+        gradient_checkpointing=row.estimated.gradient_checkpointing, explanation=explanation, mode=mode,
+        candidates=sorted(reports.values(), key=lambda r: (not r.feasible, -(r.predicted_score or -math.inf))),
+        device=device, constraints=constraints.model_dump(mode="json"), objective=goal.model_dump(),
+        pilot_seconds=pilot_took, seconds=time.perf_counter() - started, total_steps=total_steps,
+        trained_on=recommender.benchmarks_)
+
+
+def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_method, max_memory, recommender,
+                say, spent: Callable[[], float]) -> dict[str, Any]:
+    """Successive halving over (method, learning rate) configurations; each method's best pilot."""
+    from .pilot import PilotConfig, successive_halving
+    from .recommender import Candidate
+
+    # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
+    # budget too small for every pilot drops configurations from the end
+    static = recommender.predict([Candidate(name=r.method, method=r.method, total_params=r.estimated.total_params,
+                                            trainable_params=r.estimated.trainable_params) for r in feasible]) \
+        if recommender.mode([Candidate(name="x", method="x")]) == "static" else [0.0] * len(feasible)
+    order = sorted(range(len(feasible)), key=lambda i: (feasible[i].method != "lora", -static[i]))
+    configs = []
+    for row in (feasible[i] for i in order):
+        method = methods[row.method]
+        for lr in _learning_rates(method, options.task, per_method):
+            configs.append(PilotConfig(
+                name=f"{row.method} lr={lr:g}", method=row.method, settings=row.settings, learning_rate=lr,
+                batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
+                gradient_checkpointing=row.estimated.gradient_checkpointing))
+    base = options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",
+                                       "gradient_accumulation_steps", "gradient_checkpointing"})
+
+    def budget(overhead: float, per_step: float) -> float:
+        if seconds is not None:
+            return seconds
+        # choosing (this far, plus the pilots) is to be ``fraction`` of the whole run's wall time:
+        # choose <= fraction / (1 - fraction) x the fine-tune, estimated without its evaluations
+        full = overhead + total_steps * per_step
+        return max(0.0, fraction / (1 - fraction) * full - spent())
+
+    def rank(configs_, results):
+        cands = [Candidate(name=c.name, method=c.method, pilot=results[c.name].curve,
+                           trainable_params=results[c.name].trainable_params,
+                           total_params=results[c.name].total_params) for c in configs_]
+        return list(recommender.predict(cands))
+
+    def on_pilot(config, steps, result):
+        detail = (f"loss {result.curve[-1].train_loss:.3f}, {format_size(result.peak_memory_bytes or 0)}"
+                  if result.status == "ok" and result.curve else f"{result.status}: {result.error}")
+        say(f"  pilot {config.name}: {steps} steps, {result.seconds or 0:.0f} s, {detail}")
+
+    say(f"pilots: {len(configs)} configurations of {len(feasible)} methods, with successive halving; "
+        f"budget {'%.0f s' % seconds if seconds else f'{fraction:.0%} of the estimated full fine-tune'}")
+    rungs = successive_halving(configs, base, budget=budget, total_steps=total_steps, rank=rank,
+                               max_memory=max_memory, on_pilot=on_pilot, announce=say)
+    best: dict[str, Any] = {}
+    from .pilot import _end_loss
+
+    for rung in rungs:  # later rungs (longer pilots) replace earlier ones
+        by_method: dict[str, list] = {}
+        for config in configs:
+            if config.name in rung.results:
+                by_method.setdefault(config.method, []).append((config, rung.results[config.name]))
+        for method, pairs in by_method.items():
+            ok = [(c, r) for c, r in pairs if r.status == "ok" and r.curve]
+            config, result = min(ok, key=lambda cr: _end_loss(cr[1].curve)) if ok else pairs[0]
+            best[method] = Measured(
+                status=result.status, error=result.error, learning_rate=config.learning_rate, pilot_steps=result.steps,
+                pilot_loss=_end_loss(result.curve) if result.curve else None,
+                peak_memory_bytes=result.peak_memory_bytes, seconds_per_step=result.seconds_per_step,
+                estimated_full_seconds=(result.seconds_per_step or 0) * total_steps or None, curve=result.curve)
+    return best
+
+
+def _with_margin(reason: str, planned: int, limit: int | None) -> str:
+    """Say that the memory limit checked is the user's less the planning margin."""
+    what = f"--max-vram {format_size(limit)}" if limit else "the device's memory"
+    return reason.replace(f"--max-vram {format_size(planned)}",
+                          f"{format_size(planned)} ({what} less {1 - PLANNING_MARGIN:.0%} for estimate error)")
+
+
+def _learning_rates(method, task: str, n: int) -> list[float]:
+    """The method's default learning rate first, then its neighbours in the search space."""
+    from .training import _default_learning_rate
+
+    grid = sorted(method.search_space.learning_rate)
+    default = _default_learning_rate(method, task)
+    ordered = sorted(grid, key=lambda lr: abs(math.log(lr / default)))
+    return ordered[:max(1, n)]
+
+
+def _by_pilot_length(candidates) -> list[list[int]]:
+    """Candidate indices grouped by how long their pilot ran, longest first (survivors of halving)."""
+    lengths = sorted({c.pilot[-1].step if c.pilot else 0 for c in candidates}, reverse=True)
+    return [[i for i, c in enumerate(candidates) if (c.pilot[-1].step if c.pilot else 0) == n] for n in lengths]
+
+
+def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots) -> str:
+    n = len(candidates)
+    parts = [f"{chosen.method} is recommended"]
+    if mode == "pilot" and chosen.pilot:
+        place = sorted(range(n), key=lambda i: (candidates[i].pilot[-1].train_loss if candidates[i].pilot else math.inf))
+        loss_rank = place.index(candidates.index(chosen)) + 1
+        piloted = sum(1 for c in candidates if c.pilot)
+        parts.append(f"its pilot ran {chosen.pilot[-1].step} steps at learning rate {chosen.learning_rate:g}, "
+                     f"with the {'' if loss_rank == 1 else _ordinal(loss_rank) + ' '}lowest loss of the "
+                     f"{piloted} methods piloted ({n - piloted} more ranked without a pilot), "
+                     f"and the recommender predicts "
+                     f"it will finish best")
+    elif mode == "static":
+        parts.append("ranked without pilots, from its cost and how the method did in the stored profiles")
+    elif mode == "pilot-loss":
+        parts.append(f"its pilot (learning rate {chosen.learning_rate:g}) reached the lowest loss; the stored "
+                     f"profiles hold pilot curves of too few benchmarks to learn more from")
+    else:
+        parts.append("no pilot ran and no profiles are stored: the first feasible method")
+    memory = chosen.peak_memory_bytes
+    if memory:
+        parts.append(f"it needs about {format_size(memory)}" + (f" of the {format_size(limit)} allowed" if limit else ""))
+    if goal.quality < 1:
+        parts.append(f"objective: {', '.join(f'{k} {v:.0%}' for k, v in goal.model_dump().items() if v)}")
+    if chosen.method != "lora":
+        lora = next((k for k, i in enumerate(order) if candidates[i].method == "lora"), None)
+        if lora is not None:
+            parts.append(f"LoRA, the usual choice, ranks {_ordinal(lora + 1)}")
+    return "; ".join(parts[:1]) + ": " + "; ".join(parts[1:]) + "."
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def tune(data: str, *, output_dir: str, overwrite: bool = False, constraints: Constraints | None = None,
+         objective: str | None = None, target_gpu: str | None = None, pilot: bool = True,
+         pilot_fraction: float = DEFAULT_PILOT_FRACTION, pilot_seconds: float | None = None,
+         progress: bool = True, say: Callable[[str], None] | None = None, **options):
+    """Recommend, then fine-tune the winner into ``output_dir`` (the outputs of ``train``, with the
+    recommendation in run.json and a Pareto plot in the report). The fine-tune runs in a watched
+    process, so that ``max_vram`` bounds it as it bounds the pilots. Returns (RunRecord, Recommendation).
+
+    :param options: :class:`autopeft.training.TrainOptions` fields; ``learning_rate`` given here
+        replaces the one the pilots found.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from .outputs import RECORD_FILE, RunRecord, check_output_dir
+    from .pilot import run_watched
+
+    constraints = constraints or Constraints()
+    out = Path(output_dir).expanduser()
+    check_output_dir(out, resume=False, overwrite=overwrite)
+    keys = ("model", "task", "validation", "batch_size", "epochs", "max_steps", "max_length", "max_examples",
+            "trust_remote_code")
+    rec = recommend(data, constraints=constraints, objective=objective, target_gpu=target_gpu, pilot=pilot,
+                    pilot_fraction=pilot_fraction, pilot_seconds=pilot_seconds, say=say,
+                    **{k: options[k] for k in keys if options.get(k) is not None})
+    chosen = {"method": rec.chosen, "settings": rec.settings, "batch_size": rec.batch_size,
+              "gradient_accumulation_steps": rec.gradient_accumulation_steps,
+              "gradient_checkpointing": rec.gradient_checkpointing or bool(options.get("gradient_checkpointing"))}
+    if rec.learning_rate is not None:
+        chosen["learning_rate"] = rec.learning_rate
+    train_options = {**options, **chosen, **({"learning_rate": options["learning_rate"]}
+                                             if options.get("learning_rate") else {})}
+    if rec.gradient_accumulation_steps > 1:
+        train_options["batch_size"] = rec.batch_size  # the fit's micro-batch; accumulation keeps the effective batch
+    (say or log.info)(f"fine-tuning with {rec.chosen} into {out}")
+    with tempfile.TemporaryDirectory(prefix="autopeft-tune-") as tmp:
+        error_path = Path(tmp) / "error.txt"
+        peak, failure = run_watched(_train_child, (data, str(out), overwrite, progress, rec.model_dump(mode="json"),
+                                                   train_options, str(error_path)),
+                                    max_memory=constraints.max_vram if not rec.device.planned else None)
+        if error_path.is_file():
+            kind, _, message = error_path.read_text().partition("\n")
+            raise (BadInputError(message) if kind == "bad-input" else AutopeftError(message))
+    if failure is not None:
+        raise AutopeftError(f"the fine-tune with {rec.chosen} failed ({failure[0]}): {failure[1]}")
+    record = RunRecord.model_validate(json.loads((out / RECORD_FILE).read_text()))
+    return record, rec
+
+
+def _train_child(data, output_dir, overwrite, progress, recommendation, options, error_path) -> None:
+    from pathlib import Path
+
+    from .errors import first_line
+    from .logs import log_to_stderr, quiet_libraries
+    from .training import train
+
+    quiet_libraries()
+    log_to_stderr()
+    try:
+        train(data, output_dir=output_dir, overwrite=overwrite, progress=progress, recommendation=recommendation,
+              **options)
+    except BadInputError as exc:
+        Path(error_path).write_text(f"bad-input\n{exc}")
+    except Exception as exc:  # reported by the parent as one line
+        Path(error_path).write_text(f"error\n{type(exc).__name__}: {first_line(exc)}")

@@ -1,0 +1,66 @@
+"""Turn the training-quality benchmark's results into shipped profile records (profiles/*.jsonl).
+
+Each task of ``benchmarks/train_quality.py`` becomes one benchmark of records in the schema of
+:mod:`autopeft.profiles`: every method's settings, learning rate, cost, measured peak memory, loss
+curve and final score. Runs that failed are kept with no score, so the recommender knows them.
+
+    python benchmarks/make_profiles.py [--results benchmarks/results/train_quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from autopeft.plugins import get_methods
+from autopeft.profiles import CurvePoint, ProfileRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {
+    "causal-lm": dict(benchmark="autopeft/instructions-smollm2-135m", model="smollm2-135m",
+                      dataset="examples/instructions.jsonl", metric="eval_loss", higher_is_better=False,
+                      batch_size=8, file="autopeft-instructions-smollm2.jsonl"),
+    "seq-cls": dict(benchmark="autopeft/sst2-2k-minilm-l6", model="minilm-l6",
+                    dataset="sst2 train (2,000 sampled), dev 872", metric="accuracy", higher_is_better=True,
+                    batch_size=32, file="autopeft-sst2-minilm.jsonl"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "train_quality.json"))
+    parser.add_argument("--out", default=str(ROOT / "profiles"))
+    args = parser.parse_args()
+    results = json.loads(Path(args.results).read_text())
+    methods = get_methods()
+    for task, spec in TASKS.items():
+        records = []
+        for key, r in sorted(results.items()):
+            kind, _, name = key.partition("/")
+            if kind != task or name == "base":
+                continue
+            method = methods.get(name)
+            curve = [CurvePoint(step=h["step"], train_loss=h.get("loss"), eval_loss=h.get("eval_loss"),
+                                eval_score=h.get("eval_accuracy")) for h in r.get("history", [])
+                     if h.get("loss") is not None or h.get("eval_loss") is not None]
+            failed = "error" in r
+            records.append(ProfileRecord(
+                benchmark=spec["benchmark"], experiment=name, task=task, model=spec["model"], dataset=spec["dataset"],
+                method=name, family=method.family if method else None,
+                settings=method.settings().model_dump(mode="json") if method else {},
+                learning_rate=r.get("learning_rate"), batch_size=spec["batch_size"], total_steps=r.get("steps") or 1,
+                trainable_params=r.get("trainable_params"), total_params=r.get("total_params"),
+                adapter_bytes=r.get("adapter_bytes"), peak_memory_bytes=r.get("peak_memory_bytes"),
+                train_seconds=r.get("train_seconds") or r.get("seconds"), device="CPU, 2 cores", curve=curve,
+                metric=spec["metric"], higher_is_better=spec["higher_is_better"],
+                score=None if failed else r["metrics"].get(spec["metric"]),
+                source="python benchmarks/train_quality.py (autopeft train on this project's CPU machine)"))
+        path = Path(args.out) / spec["file"]
+        path.write_text("".join(rec.model_dump_json() + "\n" for rec in records))
+        print(f"{len(records)} records ({sum(bool(r.curve) for r in records)} with curves) -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Pilots, `recommend` and `tune` end to end on tiny models: pilots in their own processes, the
+memory budget, the JSON contract, exit status 3, and the outputs of a tuned run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from autopeft.cli import main
+from autopeft.outputs import RunRecord
+from autopeft.pilot import PilotConfig, run_pilot
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FAST = ["--max-length", "64", "--max-examples", "40", "--batch-size", "4", "--epochs", "1"]
+
+
+def _base(model_dir):
+    return {"data": str(EXAMPLES / "instructions.jsonl"), "model": str(model_dir), "max_length": 64,
+            "max_examples": 40, "epochs": 1}
+
+
+def test_a_pilot_runs_its_steps_of_the_full_schedule_in_its_own_process(trainable_llama):
+    result = run_pilot(PilotConfig(name="lora", method="lora", learning_rate=1e-2, batch_size=4),
+                       _base(trainable_llama), 4)
+    assert result.status == "ok" and result.steps == 4
+    assert [p.step for p in result.curve] == [1, 2, 3, 4] and all(p.train_loss > 0 for p in result.curve)
+    assert result.total_steps > 4  # the pilot stopped early in the full run's schedule
+    assert result.peak_memory_bytes > 0 and result.seconds_per_step > 0
+
+
+def test_a_pilot_over_its_memory_budget_is_stopped_and_marked(trainable_llama):
+    result = run_pilot(PilotConfig(name="lora", method="lora", learning_rate=1e-2, batch_size=4),
+                       _base(trainable_llama), 4, max_memory=50_000_000)
+    assert result.status == "oom" and "budget" in result.error
+
+
+def test_a_pilot_that_crashes_marks_only_itself(trainable_llama):
+    result = run_pilot(PilotConfig(name="bad", method="lora", settings={"r": 0}, learning_rate=1e-2, batch_size=4),
+                       _base(trainable_llama), 2)
+    assert result.status == "failed" and result.error
+
+
+def test_recommend_json_follows_the_contract(trainable_llama):
+    res = CliRunner().invoke(main, ["recommend", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
+                                    *FAST, "--methods", "lora,ia3,vera", "--pilot-budget", "60s", "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    assert rec["chosen"] in {"lora", "ia3", "vera"}
+    rows = {c["method"]: c for c in rec["candidates"]}
+    assert set(rows) >= {"lora", "ia3", "vera", "dora"}
+    assert rows["dora"]["feasible"] is False and rows["dora"]["excluded_because"] == ["not among --methods"]
+    for name in ("lora", "ia3", "vera"):
+        row = rows[name]
+        assert {"method", "settings", "feasible", "excluded_because", "estimated", "measured", "predicted_score",
+                "pareto"} <= set(row)
+        assert row["measured"]["status"] == "ok" and row["measured"]["pilot_steps"] >= 3
+    assert any(c["pareto"] for c in rec["candidates"] if c["feasible"])
+    assert rec["explanation"].startswith(rec["chosen"])
+
+
+def test_constraints_nothing_satisfies_exit_3_with_the_nearest_misses(trainable_llama):
+    res = CliRunner().invoke(main, ["recommend", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
+                                    *FAST, "--max-vram", "1MB", "--no-pilot"])
+    assert res.exit_code == 3
+    assert "Nearest misses" in res.output and "(--max-vram 1 MB less 10% for estimate error)" in res.output
+
+
+def test_tune_trains_the_winner_and_records_why(trainable_llama, tmp_path):
+    out = tmp_path / "tuned"
+    res = CliRunner().invoke(main, ["tune", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
+                                    *FAST, "--methods", "lora,ia3", "--pilot-budget", "60s", "-o", str(out),
+                                    "--json", "--max-vram", "8GB"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["method"] == summary["recommendation"]["chosen"] and summary["pilot_seconds"] > 0
+    record = RunRecord.model_validate_json((out / "run.json").read_text())
+    assert record.recommendation["chosen"] == record.method
+    assert (out / "pareto.png").is_file() and "pareto.png" in (out / "report.md").read_text()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(trainable_llama)), str(out))
+    # the run joined this machine's profile store
+    from autopeft.profiles import load_records
+
+    assert [r.method for r in load_records(shipped=False)] == [record.method]
+
+
+def test_profiles_commands(tmp_path):
+    res = CliRunner().invoke(main, ["profiles", "list", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["benchmarks"]
+    res = CliRunner().invoke(main, ["profiles", "export", str(tmp_path / "all.jsonl")])
+    assert res.exit_code == 0 and (tmp_path / "all.jsonl").read_text().count("\n") > 10

@@ -1,0 +1,132 @@
+"""The recommender, profile records, the PEFT-results import and replay, on synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autopeft.errors import BadInputError
+from autopeft.profiles import CurvePoint, ProfileRecord, append, import_peft_results, load_records, read_jsonl
+from autopeft.recommender import Candidate, Objective, Recommender, pareto_front
+
+
+def _record(bench, name, final, losses, trainable=1000, method=None):
+    curve = [CurvePoint(step=10 * (i + 1), train_loss=v) for i, v in enumerate(losses)]
+    return ProfileRecord(benchmark=bench, experiment=name, task="causal-lm", model="m", dataset="d",
+                         method=method or name, total_steps=10 * len(losses), trainable_params=trainable,
+                         total_params=10**6, curve=curve, metric="accuracy", score=final, source="test")
+
+
+def _benchmark(bench, n=6, seed=0):
+    """Runs whose final score follows their late loss: what the recommender must learn."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        end = 1.0 + 0.1 * i + rng.normal(0, 0.01)
+        losses = list(np.linspace(3.0, end, 20))
+        out.append(_record(bench, f"m{i}", 0.9 - 0.05 * i, losses))
+    return out
+
+
+def test_recommender_learns_that_lower_pilot_loss_finishes_better():
+    rec = Recommender().fit(_benchmark("a") + _benchmark("b", seed=1) + _benchmark("c", seed=2))
+    test = [Candidate.from_record(r, 0.3) for r in _benchmark("d", seed=3)]
+    assert rec.mode(test) == "pilot"
+    predicted = rec.predict(test)
+    assert int(np.argmax(predicted)) == 0  # m0 has the lowest loss and the best score
+
+
+def test_one_benchmark_is_too_few_to_learn_from_and_the_mode_says_so():
+    rec = Recommender().fit(_benchmark("only"))
+    test = [Candidate.from_record(r, 0.3) for r in _benchmark("d", seed=3)]
+    assert rec.mode(test) == "pilot-loss"
+    assert int(np.argmax(rec.predict(test))) == 0
+    with pytest.raises(RuntimeError, match="fit"):
+        Recommender().predict(test)
+
+
+def test_without_pilots_the_static_model_ranks():
+    rec = Recommender().fit(_benchmark("a") + _benchmark("b", seed=1))
+    test = [Candidate.from_record(r, None) for r in _benchmark("d", seed=3)]
+    assert rec.mode(test) == "static"
+    assert rec.predict(test).shape == (6,)
+
+
+def test_pareto_front_keeps_only_undominated_candidates():
+    cands = [Candidate(name=n, method=n, peak_memory_bytes=m, seconds=1, adapter_bytes=1)
+             for n, m in (("a", 10), ("b", 20), ("c", 30))]
+    assert pareto_front(cands, [0.5, 0.9, 0.7]) == [True, True, False]  # c: more memory and worse than b
+
+
+def test_objective_parsing():
+    assert Objective.parse(None).quality == 1
+    mix = Objective.parse("quality=3,memory=1")
+    assert mix.quality == pytest.approx(0.75) and mix.memory == pytest.approx(0.25)
+    for bad in ("accuracy", "quality=-1", "memory=x"):
+        with pytest.raises(BadInputError, match="--objective"):
+            Objective.parse(bad)
+
+
+def _peft_result(path, name, acc, mem, losses, method_dir="lora"):
+    metrics = [{"step": 250 * (i + 1), "train loss": v, "valid accuracy": 0.1} for i, v in enumerate(losses)]
+    metrics.append({"step": 250 * len(losses), "test accuracy": acc, "train loss": losses[-1]})
+    doc = {"run_info": {"experiment_name": f"{method_dir}/{name}", "train_config": {
+        "model_id": "llama", "batch_size": 4, "max_steps": 250 * len(losses), "optimizer_kwargs": {"lr": 1e-4}},
+        "peft_config": {"r": 8}},
+        "train_info": {"status": "success", "accelerator_memory_max": mem, "num_trainable_params": 100,
+                       "num_total_params": 1000, "file_size": 400, "train_time": 100.0, "metrics": metrics}}
+    (path / f"{method_dir}--{name}.json").write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    d = tmp_path / "Bench"
+    d.mkdir()
+    losses = lambda end: [2.0, 1.5, end, end - 0.1, end - 0.2, end - 0.3, end - 0.3, end - 0.3, end - 0.3, end - 0.3]
+    _peft_result(d, "rank32", 0.40, 20e9, losses(1.2))
+    _peft_result(d, "rank32-dora", 0.50, 24e9, losses(1.0))
+    _peft_result(d, "default", 0.45, 18e9, losses(1.1), method_dir="ia3")
+    return d
+
+
+def test_import_of_peft_results_maps_methods_and_measurements(results_dir):
+    records = {r.experiment: r for r in import_peft_results(results_dir)}
+    dora = records["lora/rank32-dora"]
+    assert dora.method == "dora" and records["ia3/default"].method == "ia3"
+    assert dora.score == 0.5 and dora.peak_memory_bytes == 24e9 and dora.licence == "Apache-2.0"
+    assert [p.step for p in dora.pilot(0.2)] == [250, 500]
+
+
+def test_a_malformed_result_file_is_named(results_dir):
+    (results_dir / "broken.json").write_text("{not json")
+    with pytest.raises(BadInputError, match="broken.json"):
+        import_peft_results(results_dir)
+
+
+def test_replay_scores_the_choice_against_the_oracle_and_baselines(results_dir):
+    from autopeft.replay import replay
+
+    free = replay(results_dir, 0.3, records=[])
+    assert free.oracle == "lora/rank32-dora" and free.chosen == "lora/rank32-dora" and free.regret == 0
+    capped = replay(results_dir, 0.3, max_vram=int(21e9), records=[])
+    assert capped.feasible == 2 and capped.oracle == "ia3/default"
+    assert capped.baselines["lora_default"].choice == "lora/rank32"
+    assert capped.baselines["lora_default"].regret == pytest.approx(5.0)
+    assert capped.compute_fraction == pytest.approx(0.3)
+
+
+def test_store_appends_whole_records_and_reads_them_back(tmp_path):
+    path = tmp_path / "store.jsonl"
+    append(_benchmark("x", n=3), path)
+    append(_benchmark("y", n=3), path)
+    assert [r.benchmark for r in read_jsonl(path)] == ["x"] * 3 + ["y"] * 3
+    path.write_text(path.read_text() + '{"benchmark": "z"}\n')
+    with pytest.raises(BadInputError, match=":7:"):
+        read_jsonl(path)
+
+
+def test_shipped_profiles_load():
+    records = load_records(store=False)
+    assert records and all(r.benchmark for r in records)
