@@ -7,6 +7,8 @@ needs them runs.
     autopeft.list_methods()                      # installed methods, typed
     autopeft.estimate("smollm2-135m", "lora", batch_size=8, seq_len=256, device="cpu")
     run = autopeft.train("data.jsonl", method="dora", output_dir="runs/x")   # a RunRecord
+    rec = autopeft.recommend("data.jsonl", max_vram="12GB")                # a Recommendation
+    run, rec = autopeft.tune("data.jsonl", output_dir="runs/y", max_vram="12GB")
     autopeft.export_merged("runs/x", "runs/x-merged")
 """
 
@@ -22,8 +24,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AutopeftError", "BadInputError", "Capabilities", "Estimate", "Method", "MethodInfo", "MethodSettings",
     "MethodUnavailableError", "PeftMethod", "PluginError", "SearchSpace", "UnknownMethodError", "estimate",
-    "export_lora", "export_merged", "get_method", "hookimpl", "list_methods", "plugin_failures", "train",
+    "export_lora", "export_merged", "get_method", "hookimpl", "list_methods", "plugin_failures", "recommend",
+    "replay", "train", "tune",
 ]
+
+_CONSTRAINTS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_params", "time_budget", "methods",
+                "exclude", "require")
 
 
 def list_methods(task: str | None = None) -> list[MethodInfo]:
@@ -63,6 +69,36 @@ def train(data=None, *, output_dir: str, **options):
     from .training import train as _train
 
     return _train(data, output_dir=output_dir, progress=options.pop("progress", False), **options)
+
+
+def recommend(data, **options):
+    """Rank the installed methods for ``data``: constraints as a person types them (``max_vram="12GB"``,
+    ``max_adapter_size``, ``max_rank``, ``max_trainable_params``, ``time_budget="2h"``, ``methods``,
+    ``exclude``, ``require``), plus the options of :func:`autopeft.recommend.recommend`. Returns a
+    :class:`autopeft.recommend.Recommendation`; raises ``NoFeasibleMethodError`` when nothing fits."""
+    from .constraints import Constraints
+    from .recommend import recommend as _recommend
+
+    limits = Constraints.parse(**{k: options.pop(k) for k in _CONSTRAINTS if k in options})
+    return _recommend(data, constraints=limits, **options)
+
+
+def tune(data, *, output_dir: str, **options):
+    """Recommend (see :func:`recommend`), then fine-tune the winner into ``output_dir``. Other options
+    are those of :class:`autopeft.training.TrainOptions`. Returns (RunRecord, Recommendation)."""
+    from .constraints import Constraints
+    from .recommend import tune as _tune
+
+    limits = Constraints.parse(**{k: options.pop(k) for k in _CONSTRAINTS if k in options})
+    return _tune(data, output_dir=output_dir, constraints=limits, progress=options.pop("progress", False), **options)
+
+
+def replay(results_dir, budget_fraction: float = 0.1, max_vram=None, **kwargs):
+    """Judge the recommender on published results (see :mod:`autopeft.replay`); a ReplayResult."""
+    from .replay import replay as _replay
+    from .sizes import parse_size
+
+    return _replay(results_dir, budget_fraction, parse_size(max_vram, "max_vram") if max_vram else None, **kwargs)
 
 
 def export_merged(run_dir, output_dir, **kwargs):

@@ -15,7 +15,6 @@ the methods go on to a pilot twice as long, and so on, so most of the budget goe
 
 from __future__ import annotations
 
-import logging
 import math
 import multiprocessing
 import os
@@ -28,8 +27,6 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import BaseModel, Field
 
 from .profiles import CurvePoint
-
-log = logging.getLogger("autopeft")
 
 MIN_STEPS = 3
 _POLL_SECONDS = 0.02

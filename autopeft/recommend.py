@@ -141,50 +141,9 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     if target_gpu and limit is None:
         planned = constraints.model_copy(update={"max_vram": int(device.total_memory_bytes * PLANNING_MARGIN)})
 
-    reports: dict[str, CandidateReport] = {}
-    verdicts = {}
-    for method in get_methods().values():
-        if task not in method.tasks:
-            continue
-        settings = method.settings()
-        reasons = method_reasons(method, constraints)
-        if reasons:
-            reports[method.name] = CandidateReport(method=method.name, settings=settings.model_dump(mode="json"),
-                                                   feasible=False, excluded_because=reasons)
-            continue
-
-        def estimate_at(micro: int, checkpointing: bool = False, method=method, settings=settings):
-            from .costmodel import estimate
-
-            return estimate(model, method, settings=settings, task=task, batch_size=micro, seq_len=seq_len,
-                            device=device.kind if device.kind != "mps" else "cpu",
-                            num_labels=len(prepared.label2id or {}) or 2, config=config)
-
-        try:
-            verdict = check(method, settings, planned, batch_size, estimate_at)
-        except Exception as exc:  # a plugin's cost model failing rules out that plugin, not the run
-            from .errors import first_line
-
-            verdict = None
-            reasons = [f"its cost model failed: {type(exc).__name__}: {first_line(exc)}"]
-        if verdict is not None and planned.max_vram != constraints.max_vram:
-            verdict.reasons = [_with_margin(r, planned.max_vram, constraints.max_vram) for r in verdict.reasons]
-        if verdict is None or not verdict.feasible:
-            reports[method.name] = CandidateReport(method=method.name, settings=settings.model_dump(mode="json"),
-                                                   feasible=False, excluded_because=reasons if verdict is None
-                                                   else verdict.reasons)
-            if verdict is not None:
-                verdicts[method.name] = verdict
-            continue
-        verdicts[method.name] = verdict
-        est = estimate_at(verdict.fit.batch_size)
-        reports[method.name] = CandidateReport(
-            method=method.name, settings=settings.model_dump(mode="json"), feasible=True,
-            estimated=Estimated(trainable_params=est.trainable_params, total_params=est.total_params,
-                                adapter_bytes=est.adapter_bytes,
-                                peak_memory_bytes=verdict.fit.peak_memory_bytes, batch_size=verdict.fit.batch_size,
-                                gradient_accumulation_steps=verdict.fit.gradient_accumulation_steps,
-                                gradient_checkpointing=verdict.fit.gradient_checkpointing))
+    reports, verdicts = _screen(get_methods().values(), task, constraints, planned, batch_size, model=model,
+                                seq_len=seq_len, device=device, num_labels=len(prepared.label2id or {}) or 2,
+                                config=config)
     feasible = [r for r in reports.values() if r.feasible]
     if not feasible:
         misses = nearest_misses(verdicts)
@@ -199,7 +158,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     if pilot:
         pilots = _run_pilots(feasible, get_methods(), options, total_steps, pilot_fraction, pilot_seconds,
                              learning_rates_per_method, limit if not device.planned else None, recommender, say,
-                             spent=lambda: time.perf_counter() - started)
+                             spent=lambda: time.perf_counter() - started, time_budget=constraints.time_budget)
     pilot_took = time.perf_counter() - pilot_started
 
     candidates, rows = [], []
@@ -207,14 +166,10 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         result = pilots.get(row.method)
         if result is not None:
             row.measured = result
-            if result.status != "ok":
+            reason = _pilot_reason(result, constraints, device, elapsed=time.perf_counter() - started)
+            if reason:
                 row.feasible = False
-                row.excluded_because.append(f"pilot {result.status}: {result.error}")
-                continue
-            if limit is not None and result.peak_memory_bytes and result.peak_memory_bytes > limit and not device.planned:
-                row.feasible = False
-                row.excluded_because.append(f"pilot measured {format_size(result.peak_memory_bytes)} > "
-                                            f"--max-vram {format_size(limit)}")
+                row.excluded_because.append(reason)
                 continue
         method = get_methods()[row.method]
         candidates.append(Candidate(
@@ -258,8 +213,66 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         trained_on=recommender.benchmarks_)
 
 
+def _pilot_reason(result: Measured, constraints: Constraints, device: DeviceProfile, elapsed: float) -> str | None:
+    """Why a piloted candidate is out after all (its pilot failed, or measured more than the
+    budget allows), or None."""
+    if result.status != "ok":
+        return f"pilot {result.status}: {result.error}"
+    if constraints.time_budget and result.estimated_full_seconds:
+        left = constraints.time_budget - elapsed
+        if result.estimated_full_seconds > left:
+            return f"the fine-tune would take about {result.estimated_full_seconds:.0f} s; {left:.0f} s of --time-budget are left"
+    limit = constraints.max_vram
+    if limit is not None and not device.planned and (result.peak_memory_bytes or 0) > limit:
+        return f"pilot measured {format_size(result.peak_memory_bytes)} > --max-vram {format_size(limit)}"
+    return None
+
+
+def _screen(methods, task, constraints, planned, batch_size, *, model, seq_len, device, num_labels, config):
+    """Check every method for the task against the constraints with the static cost model.
+    Returns (a report per method, the verdicts of those the cost model judged)."""
+    from .costmodel import estimate
+    from .errors import first_line
+
+    reports: dict[str, CandidateReport] = {}
+    verdicts = {}
+    for method in methods:
+        if task not in method.tasks:
+            continue
+        settings = method.settings()
+        row = CandidateReport(method=method.name, settings=settings.model_dump(mode="json"), feasible=False)
+        reports[method.name] = row
+        row.excluded_because = method_reasons(method, constraints)
+        if row.excluded_because:
+            continue
+
+        def estimate_at(micro: int, method=method, settings=settings):
+            return estimate(model, method, settings=settings, task=task, batch_size=micro, seq_len=seq_len,
+                            device="cuda" if device.kind == "cuda" else "cpu", num_labels=num_labels, config=config)
+
+        try:
+            verdict = check(method, settings, planned, batch_size, estimate_at)
+        except Exception as exc:  # a plugin's cost model failing rules out that plugin, not the run
+            row.excluded_because = [f"its cost model failed: {type(exc).__name__}: {first_line(exc)}"]
+            continue
+        if planned.max_vram != constraints.max_vram:
+            verdict.reasons = [_with_margin(r, planned.max_vram, constraints.max_vram) for r in verdict.reasons]
+        verdicts[method.name] = verdict
+        if not verdict.feasible:
+            row.excluded_because = verdict.reasons
+            continue
+        est = estimate_at(verdict.fit.batch_size)
+        row.feasible = True
+        row.estimated = Estimated(
+            trainable_params=est.trainable_params, total_params=est.total_params, adapter_bytes=est.adapter_bytes,
+            peak_memory_bytes=verdict.fit.peak_memory_bytes, batch_size=verdict.fit.batch_size,
+            gradient_accumulation_steps=verdict.fit.gradient_accumulation_steps,
+            gradient_checkpointing=verdict.fit.gradient_checkpointing)
+    return reports, verdicts
+
+
 def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_method, max_memory, recommender,
-                say, spent: Callable[[], float]) -> dict[str, Any]:
+                say, spent: Callable[[], float], time_budget: float | None = None) -> dict[str, Any]:
     """Successive halving over (method, learning rate) configurations; each method's best pilot."""
     from .pilot import PilotConfig, successive_halving
     from .recommender import Candidate
@@ -287,6 +300,8 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
         # choosing (this far, plus the pilots) is to be ``fraction`` of the whole run's wall time:
         # choose <= fraction / (1 - fraction) x the fine-tune, estimated without its evaluations
         full = overhead + total_steps * per_step
+        if time_budget is not None:
+            full = min(full, (1 - fraction) * time_budget)
         return max(0.0, fraction / (1 - fraction) * full - spent())
 
     def rank(configs_, results):
@@ -416,6 +431,8 @@ def tune(data: str, *, output_dir: str, overwrite: bool = False, constraints: Co
                                              if options.get("learning_rate") else {})}
     if rec.gradient_accumulation_steps > 1:
         train_options["batch_size"] = rec.batch_size  # the fit's micro-batch; accumulation keeps the effective batch
+    if constraints.time_budget:
+        train_options["max_seconds"] = max(1.0, constraints.time_budget - rec.seconds)
     (say or log.info)(f"fine-tuning with {rec.chosen} into {out}")
     with tempfile.TemporaryDirectory(prefix="autopeft-tune-") as tmp:
         error_path = Path(tmp) / "error.txt"

@@ -58,6 +58,8 @@ class TrainOptions(BaseModel):
     keep_checkpoints: bool = False
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    max_seconds: float | None = Field(default=None, gt=0, description="end training after this long (from the "
+                                      "start of the run), then evaluate and write the outputs as usual")
     profile_store: bool = Field(default=True, description="add the finished run to the local profile store")
     pilot_steps: int | None = Field(default=None, ge=1, description="a pilot: stop after this many optimizer steps "
                                     "of the full run's schedule, without evaluations, checkpoints or report")
@@ -72,7 +74,7 @@ def train(data: str | None = None, *, output_dir: str, resume: bool = False, ove
         with ``resume`` (continue from the last checkpoint, with the stored options) or ``overwrite``.
     :param options: any field of :class:`TrainOptions`.
     """
-    from .outputs import check_output_dir, write_json
+    from .outputs import check_output_dir
 
     out = Path(output_dir).expanduser()
     check_output_dir(out, resume=resume, overwrite=overwrite)
@@ -246,6 +248,8 @@ class _Run:
             callbacks.append(ProgressCallback())
         if pilot:
             callbacks.append(_stop_after(opts.pilot_steps))
+        if opts.max_seconds:
+            callbacks.append(_stop_at_deadline(self.started + opts.max_seconds))
         trainer = Trainer(
             model=self.net, args=args, train_dataset=self.data.train,
             eval_dataset=self.data.validation if has_eval else None, data_collator=make_collator(self.task, self.tokenizer),
@@ -372,6 +376,25 @@ def _remember(record) -> None:
         append([record_from_run(record)])
     except Exception as exc:  # the store is a by-product; a failure must not lose the finished run
         log.warning("could not add this run to the profile store: %s", exc)
+
+
+def _stop_at_deadline(deadline: float):
+    """A callback that ends training when the next step would pass ``deadline`` (perf_counter
+    seconds), leaving time for the final evaluation and the outputs (as long again as one step)."""
+    from transformers import TrainerCallback
+
+    class StopAtDeadline(TrainerCallback):
+        last = None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.perf_counter()
+            step = now - self.last if self.last else 0.0
+            self.last = now
+            if now + 2 * step >= deadline:
+                control.should_training_stop = True
+            return control
+
+    return StopAtDeadline()
 
 
 def _stop_after(steps: int):

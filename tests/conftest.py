@@ -93,3 +93,20 @@ def trainable_bert(tmp_path_factory) -> Path:
     BertModel(BertConfig(**{**TINY_BERT, "vocab_size": 320, "pad_token_id": 0})).save_pretrained(str(directory))
     tiny_tokenizer().save_pretrained(str(directory))
     return directory
+
+
+@pytest.fixture
+def write_peft_result():
+    return _write_peft_result
+
+
+def _write_peft_result(path, name, acc, mem, losses, method_dir="lora"):
+    """One result file in the PEFT method-comparison layout, with a loss curve every 250 steps."""
+    metrics = [{"step": 250 * (i + 1), "train loss": v, "valid accuracy": 0.1} for i, v in enumerate(losses)]
+    metrics.append({"step": 250 * len(losses), "test accuracy": acc, "train loss": losses[-1]})
+    doc = {"run_info": {"experiment_name": f"{method_dir}/{name}", "train_config": {
+        "model_id": "llama", "batch_size": 4, "max_steps": 250 * len(losses), "optimizer_kwargs": {"lr": 1e-4}},
+        "peft_config": {"r": 8}},
+        "train_info": {"status": "success", "accelerator_memory_max": mem, "num_trainable_params": 100,
+                       "num_total_params": 1000, "file_size": 400, "train_time": 100.0, "metrics": metrics}}
+    (path / f"{method_dir}--{name}.json").write_text(json.dumps(doc))

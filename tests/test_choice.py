@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from autopeft.cli import main
@@ -94,3 +93,33 @@ def test_profiles_commands(tmp_path):
     assert res.exit_code == 0 and json.loads(res.stdout)["benchmarks"]
     res = CliRunner().invoke(main, ["profiles", "export", str(tmp_path / "all.jsonl")])
     assert res.exit_code == 0 and (tmp_path / "all.jsonl").read_text().count("\n") > 10
+
+
+def test_replay_cli_prints_the_contract(tmp_path, write_peft_result):
+    _peft_result = write_peft_result
+    d = tmp_path / "Bench"
+    d.mkdir()
+    losses = [2.0, 1.5, 1.2, 1.1, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    _peft_result(d, "rank32", 0.40, 20e9, losses)
+    _peft_result(d, "default", 0.45, 18e9, [v - 0.1 for v in losses], method_dir="ia3")
+    res = CliRunner().invoke(main, ["replay", str(d), "--budget-fraction", "0.2", "--max-vram", "19GB", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {"chosen", "chosen_score", "oracle", "oracle_score", "regret", "baselines", "compute_fraction"} <= set(out)
+    assert out["chosen"] == out["oracle"] == "ia3/default" and out["regret"] == 0
+    assert set(out["baselines"]) == {"lora_default", "lowest_pilot_loss"}
+    bad = CliRunner().invoke(main, ["replay", str(tmp_path / "missing")])
+    assert bad.exit_code == 2
+
+
+def test_target_gpu_plans_for_a_known_accelerator_and_names_the_known_ones(trainable_llama):
+    from autopeft.errors import BadInputError
+    from autopeft.profiler import target_device
+
+    assert target_device("a100-40gb").total_memory_bytes == 40 * 2**30
+    try:
+        target_device("gtx-9999")
+    except BadInputError as exc:
+        assert "H100" in str(exc)
+    else:
+        raise AssertionError("an unknown accelerator must be refused")

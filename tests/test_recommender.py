@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -69,19 +68,9 @@ def test_objective_parsing():
             Objective.parse(bad)
 
 
-def _peft_result(path, name, acc, mem, losses, method_dir="lora"):
-    metrics = [{"step": 250 * (i + 1), "train loss": v, "valid accuracy": 0.1} for i, v in enumerate(losses)]
-    metrics.append({"step": 250 * len(losses), "test accuracy": acc, "train loss": losses[-1]})
-    doc = {"run_info": {"experiment_name": f"{method_dir}/{name}", "train_config": {
-        "model_id": "llama", "batch_size": 4, "max_steps": 250 * len(losses), "optimizer_kwargs": {"lr": 1e-4}},
-        "peft_config": {"r": 8}},
-        "train_info": {"status": "success", "accelerator_memory_max": mem, "num_trainable_params": 100,
-                       "num_total_params": 1000, "file_size": 400, "train_time": 100.0, "metrics": metrics}}
-    (path / f"{method_dir}--{name}.json").write_text(json.dumps(doc))
-
-
 @pytest.fixture
-def results_dir(tmp_path):
+def results_dir(tmp_path, write_peft_result):
+    _peft_result = write_peft_result
     d = tmp_path / "Bench"
     d.mkdir()
     losses = lambda end: [2.0, 1.5, end, end - 0.1, end - 0.2, end - 0.3, end - 0.3, end - 0.3, end - 0.3, end - 0.3]

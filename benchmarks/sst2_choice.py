@@ -1,0 +1,97 @@
+"""Is `recommend` worth it? On SST-2 with MiniLM, its pick against training every method (brute force).
+
+The brute force is ``benchmarks/train_quality.py --task seq-cls``: every method trained fully once
+(2,000 sentences, 2 epochs, batch 32, each method's default learning rate), dev accuracy measured.
+Here ``autopeft recommend`` runs with the same data and settings, learning only from profiles of
+*other* tasks (SST-2's own records are left out; the PEFT MetaMathQA results are added), under a
+pilot budget. Its pick is then trained fully if the brute force did not train that learning rate.
+Printed: the pick, its regret against the best method, and its cost (the whole `recommend` wall
+time) as a fraction of the brute force's (the sum of every method's run).
+
+    python benchmarks/sst2_choice.py [--pilot-budget 4m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_quality import TASKS  # noqa: E402  the brute force's exact settings
+
+LEAVE_OUT = "autopeft/sst2-2k-minilm-l6"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pilot-budget", default="4m")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    results = json.loads((ROOT / "benchmarks" / "results" / "train_quality.json").read_text())
+    brute = {k.split("/", 1)[1]: v for k, v in results.items() if k.startswith("seq-cls/") and "metrics" in v}
+    if not brute:
+        sys.exit("run `python benchmarks/train_quality.py --task seq-cls` first (the brute force)")
+    spec = TASKS["seq-cls"]
+    settings = [a for a in spec["args"] if a not in ("--eval-steps", "1000")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "autopeft", "recommend", str(spec["data"]), *settings, "--json",
+           "--pilot-budget", args.pilot_budget, "--leave-out", LEAVE_OUT,
+           "--profiles", str(SHARED / "peft-method-comparison" / "MetaMathQA")]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    recommend_seconds = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"recommend failed: {proc.stderr.strip().splitlines()[-1]}")
+    rec = json.loads(proc.stdout)
+    chosen, lr = rec["chosen"], rec["learning_rate"]
+    best_name, best = max(brute.items(), key=lambda kv: kv[1]["metrics"]["accuracy"])
+    known = brute.get(chosen)
+    if known and abs(known["learning_rate"] - lr) <= 1e-12 * max(lr, 1):
+        pick_acc, trained = known["metrics"]["accuracy"], "brute force run"
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            run = subprocess.run([sys.executable, "-m", "autopeft", "train", str(spec["data"]), "--method", chosen,
+                                  "--learning-rate", str(lr), "-o", str(Path(tmp) / "run"), "--json",
+                                  "--no-profile-store", *spec["args"]], capture_output=True, text=True, env=env)
+            if run.returncode:
+                sys.exit(f"training the pick failed: {run.stderr.strip().splitlines()[-1]}")
+            pick_acc, trained = json.loads(run.stdout)["metrics"]["accuracy"], "trained here at the chosen lr"
+    brute_seconds = sum(v["seconds"] for v in brute.values())
+    lora = brute.get("lora", {}).get("metrics", {}).get("accuracy")
+    summary = {
+        "chosen": chosen, "learning_rate": lr, "chosen_accuracy": pick_acc, "pick_source": trained,
+        "best": best_name, "best_accuracy": best["metrics"]["accuracy"],
+        "regret_points": 100 * (best["metrics"]["accuracy"] - pick_acc),
+        "lora_default_regret_points": 100 * (best["metrics"]["accuracy"] - lora) if lora else None,
+        "recommend_seconds": recommend_seconds, "pilot_seconds": rec["pilot_seconds"],
+        "brute_force_seconds": brute_seconds, "cost_fraction": recommend_seconds / brute_seconds,
+        "mode": rec["mode"], "trained_on": rec["trained_on"], "explanation": rec["explanation"],
+        "piloted": sum(1 for c in rec["candidates"] if (c.get("measured") or {}).get("status") == "ok"),
+        "methods": len(brute),
+    }
+    lines = [f"# `python benchmarks/sst2_choice.py --pilot-budget {args.pilot_budget}` ({time.strftime('%Y-%m-%d')}, 2-core CPU)",
+             "", f"Brute force: {len(brute)} methods trained fully, {brute_seconds / 60:.0f} min in all; best "
+             f"{best_name} at {100 * best['metrics']['accuracy']:.1f}% dev accuracy.", "",
+             f"`recommend` ({rec['mode']} mode, learned from {', '.join(rec['trained_on'])}): **{chosen}** at "
+             f"lr {lr:g}, {100 * pick_acc:.1f}% ({trained}); regret {summary['regret_points']:.2f} points; "
+             f"{summary['piloted']} methods piloted; cost {recommend_seconds:.0f} s = "
+             f"{100 * summary['cost_fraction']:.1f}% of the brute force.",
+             "", f"LoRA at its default: regret {summary['lora_default_regret_points']:.2f} points." if lora else "",
+             "", f"> {rec['explanation']}", ""]
+    out = Path(args.out)
+    (out / "sst2_choice.md").write_text("\n".join(lines))
+    (out / "sst2_choice.json").write_text(json.dumps({**summary, "recommendation": rec}, indent=2))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
