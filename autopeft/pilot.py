@@ -153,25 +153,25 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
     the step time; ``budget(overhead, seconds_per_step)`` then gives the seconds to spend, and the
     rungs are planned to fit what is left of it.
     """
-    started = time.perf_counter()
     configs = list(configs)
     calibration = run_pilot(configs[0], base_options, MIN_STEPS, max_memory=max_memory)
     if on_pilot:
         on_pilot(configs[0], MIN_STEPS, calibration)
     overhead, per_step = _costs(calibration)
     budget_seconds = budget(overhead, per_step)
+    deadline = time.perf_counter() + budget_seconds
     if announce:
         announce(f"pilots will take about {budget_seconds:.0f} s ({overhead:.1f} s to start a pilot, "
                  f"{per_step:.2f} s a step)")
     cap = max(MIN_STEPS, int(max_fraction * total_steps))
     rungs: list[Rung] = []
-    alive = _affordable(configs, budget_seconds - (time.perf_counter() - started), overhead, per_step)
+    alive = _affordable(configs, budget_seconds, overhead, per_step)
     if announce and len(alive) < len(configs):
         announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
                  f"without a pilot")
     while len(alive) > 1 or not rungs:
         rounds_left = max(1, math.ceil(math.log2(max(2, _methods(alive)))))
-        left = budget_seconds - (time.perf_counter() - started)
+        left = deadline - time.perf_counter()
         steps = _steps_for(left / rounds_left, len(alive), overhead, per_step, cap)
         if rungs and steps < 2 * rungs[-1].steps:
             break  # no budget left for pilots longer than the last: decide on what is known
@@ -195,12 +195,12 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
 
 
 def _affordable(configs: list[PilotConfig], seconds: float, overhead: float, per_step: float) -> list[PilotConfig]:
-    """The configurations a first rung of ``MIN_STEPS``-step pilots can afford, taken in the order
-    given (most promising first): all of them; else one learning rate per method; else the first
-    methods, at least two."""
+    """The configurations that ``seconds`` can afford, taken in the order given (most promising
+    first; the first has already run, as the calibration): all of them; else one learning rate per
+    method; else the first methods, down to the calibration alone."""
     def cost(group):
         rounds = max(1, math.ceil(math.log2(max(2, _methods(group)))))
-        return rounds * plan_seconds(len(group), overhead, per_step)
+        return rounds * plan_seconds(len(group) - 1, overhead, per_step)
 
     if cost(configs) <= seconds:
         return configs
@@ -209,7 +209,7 @@ def _affordable(configs: list[PilotConfig], seconds: float, overhead: float, per
         if c.method not in seen:
             seen.add(c.method)
             firsts.append(c)
-    while len(firsts) > 2 and cost(firsts) > seconds:
+    while len(firsts) > 1 and cost(firsts) > seconds:
         firsts.pop()
     return firsts
 
