@@ -198,15 +198,23 @@ def _plot_pareto(path: Path, recommendation: dict) -> None:
         measured = (c.get("measured") or {}).get("peak_memory_bytes")
         return (measured or (c.get("estimated") or {}).get("peak_memory_bytes") or 0) / 1e9
 
-    for c in rows:
+    # the frontier drawn is that of the two axes shown (run.json's "pareto" also weighs time and size)
+    points = sorted(((memory(c), c["predicted_score"], c) for c in rows), key=lambda p: (p[0], -p[1]))
+    front, best = [], -float("inf")
+    for x, y, c in points:
+        if y > best:
+            front.append((x, y, c))
+            best = y
+    on_front = {id(c) for _, _, c in front}
+    for x, y, c in points:
         chosen = c["method"] == recommendation.get("chosen")
-        ax.scatter(memory(c), c["predicted_score"], s=80 if chosen else 30, marker="*" if chosen else "o",
-                   color="#ee6677" if chosen else ("#4477aa" if c.get("pareto") else "#bbbbbb"), zorder=3)
-        ax.annotate(c["method"], (memory(c), c["predicted_score"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
-    front = sorted((memory(c), c["predicted_score"]) for c in rows if c.get("pareto"))
+        ax.scatter(x, y, s=90 if chosen else 28, marker="*" if chosen else "o", zorder=3,
+                   color="#ee6677" if chosen else ("#4477aa" if id(c) in on_front else "#bbbbbb"))
+        if chosen or id(c) in on_front:
+            ax.annotate(c["method"], (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
     if len(front) > 1:
-        ax.plot(*zip(*front), color="#4477aa", alpha=0.5, zorder=2, label="Pareto frontier")
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#4477aa", alpha=0.5, zorder=2,
+                label="Pareto frontier (memory, predicted score)")
         ax.legend()
     ax.set_xlabel("peak memory (GB)")
     ax.set_ylabel("predicted score (higher is better)")
@@ -251,7 +259,7 @@ def _report(r: RunRecord) -> str:
         rec = r.recommendation
         lines += ["", "## Why this method", "", rec.get("explanation", ""), "",
                   f"Pilots took {rec.get('pilot_seconds', 0):.0f} s. Predicted score against peak memory "
-                  f"(Pareto frontier in blue, the choice starred):", "", "![pareto](pareto.png)", "",
+                  f"(the frontier in blue, the choice starred; methods without a pilot rank below those with one):", "", "![pareto](pareto.png)", "",
                   "| method | feasible | predicted | pilot loss | peak memory | why not |", "|---|:-:|---:|---:|---:|---|"]
         for c in rec.get("candidates", []):
             m = c.get("measured") or {}

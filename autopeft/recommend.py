@@ -368,10 +368,11 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots) ->
         place = sorted(range(n), key=lambda i: (candidates[i].pilot[-1].train_loss if candidates[i].pilot else math.inf))
         loss_rank = place.index(candidates.index(chosen)) + 1
         piloted = sum(1 for c in candidates if c.pilot)
+        standing = ("the only pilot the budget allowed" if piloted == 1 else
+                    f"the {'' if loss_rank == 1 else _ordinal(loss_rank) + ' '}lowest loss of the {piloted} "
+                    f"methods piloted")
         parts.append(f"its pilot ran {chosen.pilot[-1].step} steps at learning rate {chosen.learning_rate:g}, "
-                     f"with the {'' if loss_rank == 1 else _ordinal(loss_rank) + ' '}lowest loss of the "
-                     f"{piloted} methods piloted ({n - piloted} more ranked without a pilot), "
-                     f"and the recommender predicts "
+                     f"{standing} ({n - piloted} more ranked without a pilot), and the recommender predicts "
                      f"it will finish best")
     elif mode == "static":
         parts.append("ranked without pilots, from its cost and how the method did in the stored profiles")
