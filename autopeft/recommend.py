@@ -9,6 +9,7 @@ pilot curves and priors; the objective picks one; ``tune`` trains it in a watche
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -246,6 +247,7 @@ def _screen(methods, task, constraints, planned, batch_size, *, model, seq_len, 
         if row.excluded_because:
             continue
 
+        @functools.lru_cache(maxsize=None)  # the fit is asked at a micro-batch already traced
         def estimate_at(micro: int, method=method, settings=settings):
             return estimate(model, method, settings=settings, task=task, batch_size=micro, seq_len=seq_len,
                             device="cuda" if device.kind == "cuda" else "cpu", num_labels=num_labels, config=config)
