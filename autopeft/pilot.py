@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, Field
 
-from .profiles import CurvePoint
+from .profiles import CurvePoint, end_loss
 
 MIN_STEPS = 3
 _POLL_SECONDS = 0.02
@@ -224,8 +224,8 @@ def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult], rank) 
     ok = [c for c in alive if results.get(c.name) and results[c.name].status == "ok" and results[c.name].curve]
     best: dict[str, PilotConfig] = {}
     for c in ok:
-        loss = _end_loss(results[c.name].curve)
-        if c.method not in best or loss < _end_loss(results[best[c.method].name].curve):
+        loss = end_loss(results[c.name].curve)
+        if c.method not in best or loss < end_loss(results[best[c.method].name].curve):
             best[c.method] = c
     methods = list(best.values())
     if len(methods) <= 2:
@@ -233,13 +233,6 @@ def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult], rank) 
     scores = rank(methods, {c.name: results[c.name] for c in methods})
     order = sorted(range(len(methods)), key=lambda i: -scores[i])
     return [methods[i] for i in order[: max(2, math.ceil(len(methods) / 2))]]
-
-
-def _end_loss(curve: list[CurvePoint]) -> float:
-    """The mean training loss over the last quarter of a curve (single steps are noisy)."""
-    last = curve[-1].step
-    tail = [p.train_loss for p in curve if p.step > 0.75 * last and p.train_loss is not None]
-    return sum(tail) / len(tail) if tail else math.inf
 
 
 def _methods(configs: Sequence[PilotConfig]) -> int:

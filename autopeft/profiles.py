@@ -84,6 +84,21 @@ class ProfileRecord(BaseModel):
         return self.score if self.higher_is_better else -self.score
 
 
+def window_loss(curve: list[CurvePoint], start: float, end: float) -> float:
+    """Mean training loss over the points in (start, end] of the curve's length: single logged
+    steps are noisy. The nearest point when none falls inside."""
+    last = curve[-1].step
+    inside = [p.train_loss for p in curve if start * last < p.step <= end * last and p.train_loss is not None]
+    if inside:
+        return sum(inside) / len(inside)
+    return min(curve, key=lambda p: abs(p.step - end * last)).train_loss
+
+
+def end_loss(curve: list[CurvePoint]) -> float:
+    """Where a (pilot) loss curve ended: the mean over its last quarter; infinite for no curve."""
+    return window_loss(curve, 0.75, 1.0) if curve else float("inf")
+
+
 def store_path() -> Path:
     from .models import autopeft_home
 

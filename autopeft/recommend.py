@@ -322,7 +322,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     rungs = successive_halving(configs, base, budget=budget, total_steps=total_steps, rank=rank,
                                max_memory=max_memory, on_pilot=on_pilot, announce=say)
     best: dict[str, Any] = {}
-    from .pilot import _end_loss
+    from .profiles import end_loss
 
     for rung in rungs:  # later rungs (longer pilots) replace earlier ones
         by_method: dict[str, list] = {}
@@ -331,10 +331,10 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 by_method.setdefault(config.method, []).append((config, rung.results[config.name]))
         for method, pairs in by_method.items():
             ok = [(c, r) for c, r in pairs if r.status == "ok" and r.curve]
-            config, result = min(ok, key=lambda cr: _end_loss(cr[1].curve)) if ok else pairs[0]
+            config, result = min(ok, key=lambda cr: end_loss(cr[1].curve)) if ok else pairs[0]
             best[method] = Measured(
                 status=result.status, error=result.error, learning_rate=config.learning_rate, pilot_steps=result.steps,
-                pilot_loss=_end_loss(result.curve) if result.curve else None,
+                pilot_loss=end_loss(result.curve) if result.curve else None,
                 peak_memory_bytes=result.peak_memory_bytes, seconds_per_step=result.seconds_per_step,
                 estimated_full_seconds=(result.seconds_per_step or 0) * total_steps or None, curve=result.curve)
     return best
@@ -367,7 +367,9 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots) ->
     n = len(candidates)
     parts = [f"{chosen.method} is recommended"]
     if mode == "pilot" and chosen.pilot:
-        place = sorted(range(n), key=lambda i: (candidates[i].pilot[-1].train_loss if candidates[i].pilot else math.inf))
+        from .profiles import end_loss
+
+        place = sorted(range(n), key=lambda i: end_loss(candidates[i].pilot))
         loss_rank = place.index(candidates.index(chosen)) + 1
         piloted = sum(1 for c in candidates if c.pilot)
         standing = ("the only pilot the budget allowed" if piloted == 1 else

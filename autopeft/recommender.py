@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from .profiles import CurvePoint, ProfileRecord
+from .profiles import CurvePoint, ProfileRecord, end_loss, window_loss
 
 PILOT_FEATURES = ("loss_gap", "loss_rank", "drop_rank", "drop", "log_trainable_fraction", "prior")
 STATIC_FEATURES = ("log_trainable_fraction", "prior")
@@ -111,7 +111,7 @@ class Recommender:
         if mode == "static":
             return self.static_model_.predict(_features(candidates, self.priors_, STATIC_FEATURES))
         # not enough learned: the lowest pilot loss wins, or failing that the order given
-        losses = [_window_loss(c.pilot, 0.75, 1.0) if c.pilot else math.inf for c in candidates]
+        losses = [end_loss(c.pilot) for c in candidates]
         return _percentile(-np.array(losses)) if any(map(math.isfinite, losses)) else np.zeros(len(candidates))
 
     def mode(self, candidates: Sequence[Candidate]) -> str:
@@ -168,7 +168,7 @@ def _features(candidates: Sequence[Candidate], priors: dict[str, float], names: 
     columns["log_trainable_fraction"] = np.log10(np.clip(fraction, 1e-7, 1.0))
     columns["prior"] = np.array([priors.get(c.method, 0.5) for c in candidates])
     if "loss_gap" in names:
-        last = np.array([_window_loss(c.pilot, 0.75, 1.0) for c in candidates])
+        last = np.array([end_loss(c.pilot) for c in candidates])
         columns["loss_gap"] = last / np.min(last) - 1
         columns["loss_rank"] = _percentile(-last)
         drop = np.array([_late_drop(c.pilot) for c in candidates])
@@ -177,22 +177,12 @@ def _features(candidates: Sequence[Candidate], priors: dict[str, float], names: 
     return np.column_stack([columns[k] for k in names])
 
 
-def _window_loss(curve: list[CurvePoint], start: float, end: float) -> float:
-    """Mean training loss over the points in (start, end] of the pilot's length (single steps are
-    noisy); the nearest point when none falls inside."""
-    last = curve[-1].step
-    inside = [p.train_loss for p in curve if start * last < p.step <= end * last]
-    if inside:
-        return float(np.mean(inside))
-    return min(curve, key=lambda p: abs(p.step - end * last)).train_loss
-
-
 def _late_drop(curve: list[CurvePoint]) -> float:
     """How much the loss fell from the second quarter of the pilot to its last, relative to the end."""
     if len(curve) < 2:
         return 0.0
-    end = _window_loss(curve, 0.75, 1.0)
-    return (_window_loss(curve, 0.25, 0.5) - end) / max(abs(end), 1e-8)
+    end = end_loss(curve)
+    return (window_loss(curve, 0.25, 0.5) - end) / max(abs(end), 1e-8)
 
 
 # -- choosing among ranked candidates -------------------------------------------------------------

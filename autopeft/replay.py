@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from .errors import BadInputError
-from .profiles import ProfileRecord, import_peft_results, load_records
+from .profiles import ProfileRecord, end_loss, import_peft_results, load_records
 
 
 class Pick(BaseModel):
@@ -72,7 +72,7 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
     predicted = recommender.predict(candidates)
     chosen = fitting[int(predicted.argmax())]
     oracle = max(fitting, key=lambda r: r.quality())
-    lowest = min((r for r, c in zip(fitting, candidates) if c.pilot), key=lambda r: r.pilot(budget_fraction)[-1].train_loss,
+    lowest = min((r for r, c in zip(fitting, candidates) if c.pilot), key=lambda r: end_loss(r.pilot(budget_fraction)),
                  default=None)
     lora = _default_lora(runs)
 
