@@ -105,10 +105,12 @@ def method_reasons(method, constraints: Constraints) -> list[str]:
 
 
 def check(method, settings, constraints: Constraints, batch_size: int,
-          estimate_at: Callable[[int], object]) -> Verdict:
+          estimate_at: Callable[[int], object], *, margin: float = 1.0, memory_name: str = "--max-vram") -> Verdict:
     """Check one candidate against every limit, finding a micro-batch and checkpointing that fit.
 
     :param estimate_at: the cost model at a micro-batch size (an :class:`autopeft.Estimate`).
+    :param margin: plan memory with this share of ``max_vram``, leaving the rest for estimate error.
+    :param memory_name: what ``max_vram`` is called in reasons (an accelerator's memory when planning for one).
     """
     reasons = method_reasons(method, constraints)
     if reasons:
@@ -126,11 +128,14 @@ def check(method, settings, constraints: Constraints, batch_size: int,
     if constraints.max_adapter_size is not None and full.adapter_bytes > constraints.max_adapter_size:
         reasons.append(f"adapter {format_size(full.adapter_bytes)} > {format_size(constraints.max_adapter_size)}")
         over.append(full.adapter_bytes / constraints.max_adapter_size)
-    fit, smallest = _fit_memory(full, batch_size, constraints.max_vram, estimate_at)
+    limit = int(constraints.max_vram * margin) if constraints.max_vram is not None else None
+    fit, smallest = _fit_memory(full, batch_size, limit, estimate_at)
     if fit is None:
-        reasons.append(f"needs {format_size(smallest)} even at micro-batch 1 with gradient checkpointing "
-                       f"> --max-vram {format_size(constraints.max_vram)}")
-        over.append(smallest / constraints.max_vram)
+        allowed = f"{memory_name} {format_size(constraints.max_vram)}"
+        if margin < 1:
+            allowed = f"{format_size(limit)} ({allowed} less {1 - margin:.0%} for estimate error)"
+        reasons.append(f"needs {format_size(smallest)} even at micro-batch 1 with gradient checkpointing > {allowed}")
+        over.append(smallest / limit)
     if reasons:
         return Verdict(feasible=False, reasons=reasons, overshoot=max(over) - 1)
     return Verdict(feasible=True, fit=fit)

@@ -138,11 +138,11 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     config = load_config(model, trust_remote_code=trust_remote_code)
     seq_len = prepared.info.tokens.max
     limit = constraints.max_vram
-    planned = constraints.model_copy(update={"max_vram": int(limit * PLANNING_MARGIN)}) if limit else constraints
-    if target_gpu and limit is None:
-        planned = constraints.model_copy(update={"max_vram": int(device.total_memory_bytes * PLANNING_MARGIN)})
-
-    reports, verdicts = _screen(get_methods().values(), task, constraints, planned, batch_size, model=model,
+    screened, memory_name = constraints, "--max-vram"
+    if device.planned and limit is None:  # planning for a known accelerator: its memory is the limit
+        screened = constraints.model_copy(update={"max_vram": device.total_memory_bytes})
+        memory_name = f"{device.name}'s memory"
+    reports, verdicts = _screen(get_methods().values(), task, screened, memory_name, batch_size, model=model,
                                 seq_len=seq_len, device=device, num_labels=len(prepared.label2id or {}) or 2,
                                 config=config)
     feasible = [r for r in reports.values() if r.feasible]
@@ -229,7 +229,7 @@ def _pilot_reason(result: Measured, constraints: Constraints, device: DeviceProf
     return None
 
 
-def _screen(methods, task, constraints, planned, batch_size, *, model, seq_len, device, num_labels, config):
+def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_len, device, num_labels, config):
     """Check every method for the task against the constraints with the static cost model.
     Returns (a report per method, the verdicts of those the cost model judged)."""
     from .costmodel import estimate
@@ -253,12 +253,11 @@ def _screen(methods, task, constraints, planned, batch_size, *, model, seq_len, 
                             device="cuda" if device.kind == "cuda" else "cpu", num_labels=num_labels, config=config)
 
         try:
-            verdict = check(method, settings, planned, batch_size, estimate_at)
+            verdict = check(method, settings, constraints, batch_size, estimate_at, margin=PLANNING_MARGIN,
+                            memory_name=memory_name)
         except Exception as exc:  # a plugin's cost model failing rules out that plugin, not the run
             row.excluded_because = [f"its cost model failed: {type(exc).__name__}: {first_line(exc)}"]
             continue
-        if planned.max_vram != constraints.max_vram:
-            verdict.reasons = [_with_margin(r, planned.max_vram, constraints.max_vram) for r in verdict.reasons]
         verdicts[method.name] = verdict
         if not verdict.feasible:
             row.excluded_because = verdict.reasons
@@ -338,13 +337,6 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 peak_memory_bytes=result.peak_memory_bytes, seconds_per_step=result.seconds_per_step,
                 estimated_full_seconds=(result.seconds_per_step or 0) * total_steps or None, curve=result.curve)
     return best
-
-
-def _with_margin(reason: str, planned: int, limit: int | None) -> str:
-    """Say that the memory limit checked is the user's less the planning margin."""
-    what = f"--max-vram {format_size(limit)}" if limit else "the device's memory"
-    return reason.replace(f"--max-vram {format_size(planned)}",
-                          f"{format_size(planned)} ({what} less {1 - PLANNING_MARGIN:.0%} for estimate error)")
 
 
 def _learning_rates(method, task: str, n: int) -> list[float]:
