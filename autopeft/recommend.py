@@ -280,9 +280,9 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
 
     # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
     # budget too small for every pilot drops configurations from the end
-    static = recommender.predict([Candidate(name=r.method, method=r.method, total_params=r.estimated.total_params,
-                                            trainable_params=r.estimated.trainable_params) for r in feasible]) \
-        if recommender.mode([Candidate(name="x", method="x")]) == "static" else [0.0] * len(feasible)
+    unpiloted = [Candidate(name=r.method, method=r.method, total_params=r.estimated.total_params,
+                           trainable_params=r.estimated.trainable_params) for r in feasible]
+    static = recommender.predict(unpiloted) if recommender.mode(unpiloted) == "static" else [0.0] * len(feasible)
     order = sorted(range(len(feasible)), key=lambda i: (feasible[i].method != "lora", -static[i]))
     configs = []
     for row in (feasible[i] for i in order):
@@ -419,15 +419,12 @@ def tune(data: str, *, output_dir: str, overwrite: bool = False, constraints: Co
     rec = recommend(data, constraints=constraints, objective=objective, target_gpu=target_gpu, pilot=pilot,
                     pilot_fraction=pilot_fraction, pilot_seconds=pilot_seconds, say=say,
                     **{k: options[k] for k in keys if options.get(k) is not None})
+    # the fit's micro-batch, accumulation and checkpointing; a learning rate the user gave wins over the pilots'
     chosen = {"method": rec.chosen, "settings": rec.settings, "batch_size": rec.batch_size,
               "gradient_accumulation_steps": rec.gradient_accumulation_steps,
-              "gradient_checkpointing": rec.gradient_checkpointing or bool(options.get("gradient_checkpointing"))}
-    if rec.learning_rate is not None:
-        chosen["learning_rate"] = rec.learning_rate
-    train_options = {**options, **chosen, **({"learning_rate": options["learning_rate"]}
-                                             if options.get("learning_rate") else {})}
-    if rec.gradient_accumulation_steps > 1:
-        train_options["batch_size"] = rec.batch_size  # the fit's micro-batch; accumulation keeps the effective batch
+              "gradient_checkpointing": rec.gradient_checkpointing or bool(options.get("gradient_checkpointing")),
+              "learning_rate": options.get("learning_rate") or rec.learning_rate}
+    train_options = {**options, **{k: v for k, v in chosen.items() if v is not None}}
     if constraints.time_budget:
         train_options["max_seconds"] = max(1.0, constraints.time_budget - rec.seconds)
     (say or log.info)(f"fine-tuning with {rec.chosen} into {out}")
