@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from functools import partial
 
 import click
 
@@ -190,12 +191,12 @@ def _print_estimate(r) -> None:
     click.echo(f"  {'without' if r.gradient_checkpointing else 'with'} gradient checkpointing: {format_size(other)}")
 
 
-def _training_options(command):
-    """Options shared by ``train`` and ``tune``: data, model, schedule and outputs."""
+def _training_options(command, outputs: bool = True):
+    """Options shared by ``train``, ``tune`` and ``bench``: data, model, schedule and (unless
+    ``outputs`` is false) where a single run's outputs go."""
     options = [
         click.argument("data", required=False, type=click.Path(dir_okay=True)),
         click.option("--model", "-m", help="Embedded name, local dir or Hub id. Default: the task's embedded model."),
-        click.option("--output", "-o", "output_dir", help="Output dir. Default: runs/<data>-<method>."),
         click.option("--validation", type=click.Path(dir_okay=True), help="Validation file. Default: split 10% off."),
         click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Default: from the data format."),
         click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Default 3."),
@@ -218,15 +219,23 @@ def _training_options(command):
         click.option("--seed", type=int, help="Default 0."),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code."),
         click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle (.bin) weights, which can run code."),
+    ]
+    if outputs:
+        options += _output_options()
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _output_options() -> list:
+    return [
+        click.option("--output", "-o", "output_dir", help="Output dir. Default: runs/<data>-<method>."),
         click.option("--resume", is_flag=True, help="Continue the unfinished run in --output from its last checkpoint."),
         click.option("--overwrite", is_flag=True, help="Replace a finished run in --output."),
         click.option("--no-profile-store", "profile_store", flag_value=False, default=None,
                      help="Do not add the finished run to the local profile store."),
         click.option("--json", "as_json", is_flag=True, help="Print the run's summary as JSON on stdout."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
 
 
 _RENAMED = {"gradient_accumulation": "gradient_accumulation_steps"}
@@ -443,29 +452,67 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
 @main.command()
 @click.argument("results_dir", type=click.Path(file_okay=False))
 @click.option("--budget-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
-              help="Share of each run's training steps a pilot would have seen.")
+              help="Pilot compute as a share of training every run that fits.")
+@click.option("--pilots", type=click.Choice(["halving", "flat"]), default="halving", show_default=True,
+              help="halving: spend the budget as tune does (short pilots for all, longer ones for the best); "
+                   "flat: every run piloted for exactly that share of its steps.")
 @click.option("--max-vram", help="Only runs whose measured peak fits, e.g. 22.3GB.")
 @click.option("--profiles", "extra", multiple=True, type=click.Path(exists=True),
               help="More profile records (JSONL file or dir) to learn from; repeatable.")
 @click.option("--json", "as_json", is_flag=True)
-def replay(results_dir, budget_fraction, max_vram, extra, as_json):
+def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
     """Judge the recommender on published results (PEFT method-comparison layout) it did not learn from."""
     from .profiles import load_records
     from .replay import replay as run_replay
     from .sizes import parse_size
 
     cap = parse_size(max_vram, "--max-vram") if max_vram else None
-    result = run_replay(results_dir, budget_fraction, cap, records=load_records(extra))
+    result = run_replay(results_dir, budget_fraction, cap, records=load_records(extra), pilots=pilots)
     if as_json:
         _emit_json(result.model_dump(mode="json"))
         return
-    click.echo(f"{result.benchmark}: {result.feasible} of {result.candidates} runs fit; pilot {budget_fraction:.0%} "
-               f"of the steps ({result.mode} ranking, learned from {', '.join(result.trained_on) or 'nothing'})")
+    plan = ", then ".join(f"{n} pilots of {x:.0%}" for n, x in result.rungs)
+    click.echo(f"{result.benchmark}: {result.feasible} of {result.candidates} runs fit; {plan} of the steps "
+               f"({result.compute_fraction:.1%} of training them all; {result.mode} ranking, learned from "
+               f"{', '.join(result.trained_on) or 'nothing'})")
     click.echo(f"  chosen  {result.chosen}: {result.chosen_score:.4f} (regret {result.regret:.2f} points)")
     click.echo(f"  oracle  {result.oracle}: {result.oracle_score:.4f}")
     for name, pick in result.baselines.items():
         detail = f"{pick.score:.4f} (regret {pick.regret:.2f})" if pick.score is not None else "-"
         click.echo(f"  {name}: {pick.choice}: {detail}")
+
+
+@main.command()
+@click.option("--benchmark", required=True, help="Name the records share, e.g. my-team/support-chats-smollm2.")
+@click.option("--output", "-o", "output_dir", required=True, type=click.Path(file_okay=False),
+              help="The bench directory; give an existing one to continue it.")
+@click.option("--methods", "only", help="Comma-separated. Default: every available method for the task.")
+@click.option("--learning-rates", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Learning rates per method, from its search space (its default first).")
+@click.option("--run-timeout", type=click.FloatRange(min=0, min_open=True), help="Stop a run after N seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines on stdout.")
+@partial(_training_options, outputs=False)
+def bench(data, benchmark, output_dir, only, learning_rates, run_timeout, as_json, **given):
+    """Train every method on DATA at a few learning rates each, keeping profile records of how each
+    run went (resumable: finished runs are never repeated)."""
+    _quiet_libraries()
+    _log_to_stderr()
+    from .bench import bench as run_bench
+
+    if data is None:
+        raise BadInputError("give a training data file")
+    methods = [m.strip() for m in only.split(",") if m.strip()] if only else None
+    records = run_bench(data, benchmark=benchmark, output_dir=output_dir, methods=methods,
+                        learning_rates=learning_rates, timeout=run_timeout,
+                        say=lambda text: click.echo(f"autopeft: {text}", err=True), **_train_kwargs(given))
+    if as_json:
+        for record in records:
+            click.echo(record.model_dump_json())
+        return
+    scored = sorted((r for r in records if r.score is not None), key=lambda r: -r.quality())
+    click.echo(f"{len(records)} runs in {output_dir} ({len(records) - len(scored)} failed); best first:")
+    for r in scored:
+        click.echo(f"  {r.experiment:32s} {r.metric} {r.score:.4f}")
 
 
 @main.group(cls=_Group)

@@ -9,13 +9,13 @@ libraries are imported (by a fork server), so a pilot costs its steps and the mo
 fresh interpreter.
 
 :func:`successive_halving` spends a time budget over many (method, learning rate) configurations:
-every configuration runs a few steps, the best learning rate of each method and the better half of
-the methods go on to a pilot twice as long, and so on, so most of the budget goes to contenders.
+every configuration runs a few steps, the best learning rate of each method and the best quarter of
+the methods go on to a pilot at least twice as long, and so on, so most of the budget goes to
+contenders (the plan is :mod:`autopeft.halving`'s, which ``replay`` also follows).
 """
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import sys
@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, Field
 
+from .halving import MAX_FRACTION, next_length, plan_cost, survivors
 from .profiles import CurvePoint, end_loss
 
 MIN_STEPS = 3
@@ -142,12 +143,12 @@ def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
 def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, Any], *,
                        budget: Callable[[float, float], float], total_steps: int,
                        rank: Callable[[list[PilotConfig], dict[str, PilotResult]], list[float]],
-                       max_memory: int | None = None, max_fraction: float = 0.5,
+                       max_memory: int | None = None, max_fraction: float = MAX_FRACTION,
                        on_pilot: Callable[[PilotConfig, int, PilotResult], None] | None = None,
                        announce: Callable[[str], None] | None = None) -> list[Rung]:
     """Spend a time budget over ``configs``: a few steps each, then the best learning rate per
-    method and the better half of the methods (by ``rank``, higher is better) twice as long, until
-    one or two methods are left or the budget is spent. Returns every rung's results.
+    method and the best quarter of the methods (by ``rank``, higher is better) at least twice as
+    long, until one or two methods are left or the budget is spent (see :mod:`autopeft.halving`). Returns every rung's results.
 
     The first configuration runs first, for ``MIN_STEPS`` steps, to measure the process overhead and
     the step time; ``budget(overhead, seconds_per_step)`` then gives the seconds to spend, and the
@@ -170,12 +171,12 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
         announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
                  f"without a pilot")
     while len(alive) > 1 or not rungs:
-        rounds_left = max(1, math.ceil(math.log2(max(2, _methods(alive)))))
-        left = deadline - time.perf_counter()
-        steps = _steps_for(left / rounds_left, len(alive), overhead, per_step, cap)
-        if rungs and steps < 2 * rungs[-1].steps:
+        shortest = 2 * rungs[-1].steps if rungs else MIN_STEPS
+        length = next_length(len(alive), _methods(alive), deadline - time.perf_counter(), overhead=overhead,
+                             per_unit=per_step, shortest=shortest, cap=cap)
+        if rungs and (length is None or int(length) < shortest):
             break  # no budget left for pilots longer than the last: decide on what is known
-        steps = max(steps, MIN_STEPS)
+        steps = max(int(length or 0), MIN_STEPS)
         results = {}
         for config in alive:
             if steps == MIN_STEPS and config is configs[0]:
@@ -199,8 +200,7 @@ def _affordable(configs: list[PilotConfig], seconds: float, overhead: float, per
     first; the first has already run, as the calibration): all of them; else one learning rate per
     method; else the first methods, down to the calibration alone."""
     def cost(group):
-        rounds = max(1, math.ceil(math.log2(max(2, _methods(group)))))
-        return rounds * plan_seconds(len(group) - 1, overhead, per_step)
+        return plan_cost(len(group) - 1, _methods(group), overhead=overhead, per_unit=per_step, shortest=MIN_STEPS)
 
     if cost(configs) <= seconds:
         return configs
@@ -214,13 +214,8 @@ def _affordable(configs: list[PilotConfig], seconds: float, overhead: float, per
     return firsts
 
 
-def plan_seconds(n_configs: int, overhead: float, per_step: float, steps: int = MIN_STEPS) -> float:
-    """Seconds a first rung of ``n_configs`` pilots of ``steps`` steps takes, roughly."""
-    return n_configs * (overhead + steps * per_step)
-
-
 def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult], rank) -> list[PilotConfig]:
-    """The best learning rate of each method, then the better half of the methods."""
+    """The best learning rate of each method, then the best of the methods (``halving.survivors``)."""
     ok = [c for c in alive if results.get(c.name) and results[c.name].status == "ok" and results[c.name].curve]
     best: dict[str, PilotConfig] = {}
     for c in ok:
@@ -232,17 +227,11 @@ def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult], rank) 
         return methods
     scores = rank(methods, {c.name: results[c.name] for c in methods})
     order = sorted(range(len(methods)), key=lambda i: -scores[i])
-    return [methods[i] for i in order[: max(2, math.ceil(len(methods) / 2))]]
+    return [methods[i] for i in order[:survivors(len(methods))]]
 
 
 def _methods(configs: Sequence[PilotConfig]) -> int:
     return len({c.method for c in configs})
-
-
-def _steps_for(seconds: float, n: int, overhead: float, per_step: float, cap: int) -> int:
-    if n == 0:
-        return 0
-    return min(cap, int((seconds / n - overhead) / max(per_step, 1e-6)))
 
 
 def _costs(result: PilotResult, overhead: float = 10.0, per_step: float = 1.0) -> tuple[float, float]:

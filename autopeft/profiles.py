@@ -63,12 +63,14 @@ class ProfileRecord(BaseModel):
     total_params: int | None = None
     adapter_bytes: int | None = None
     peak_memory_bytes: int | None = None
+    estimated_peak_memory_bytes: int | None = Field(default=None, description="the cost model's prediction")
     train_seconds: float | None = None
     device: str | None = None
     curve: list[CurvePoint] = Field(default_factory=list)
     metric: str = Field(description="what score measures, e.g. test_accuracy or eval_loss")
     higher_is_better: bool = True
     score: float | None = Field(default=None, description="the final metric; None when the run failed")
+    error: str | None = Field(default=None, description="why the run failed")
     source: str = Field(description="where the record came from")
     licence: str | None = None
 
@@ -175,7 +177,8 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
         family=method.family if method else None, settings=run.settings, learning_rate=run.learning_rate,
         batch_size=run.batch_size, total_steps=max(1, run.steps), trainable_params=run.trainable_params,
         total_params=run.total_params, adapter_bytes=run.adapter_bytes, peak_memory_bytes=run.peak_memory_bytes,
-        train_seconds=run.train_seconds, device=run.hardware.device_name, curve=curve, metric=metric,
+        estimated_peak_memory_bytes=run.estimated_peak_memory_bytes, train_seconds=run.train_seconds,
+        device=run.hardware.device_name, curve=curve, metric=metric,
         higher_is_better=higher, score=run.metrics.get(metric), source="autopeft run on this machine")
 
 

@@ -277,6 +277,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     """Successive halving over (method, learning rate) configurations; each method's best pilot."""
     from .pilot import PilotConfig, successive_halving
     from .recommender import Candidate
+    from .training import learning_rate_grid
 
     # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
     # budget too small for every pilot drops configurations from the end
@@ -287,7 +288,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     configs = []
     for row in (feasible[i] for i in order):
         method = methods[row.method]
-        for lr in _learning_rates(method, options.task, per_method):
+        for lr in learning_rate_grid(method, options.task, per_method):
             configs.append(PilotConfig(
                 name=f"{row.method} lr={lr:g}", method=row.method, settings=row.settings, learning_rate=lr,
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
@@ -337,16 +338,6 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 peak_memory_bytes=result.peak_memory_bytes, seconds_per_step=result.seconds_per_step,
                 estimated_full_seconds=(result.seconds_per_step or 0) * total_steps or None, curve=result.curve)
     return best
-
-
-def _learning_rates(method, task: str, n: int) -> list[float]:
-    """The method's default learning rate first, then its neighbours in the search space."""
-    from .training import _default_learning_rate
-
-    grid = sorted(method.search_space.learning_rate)
-    default = _default_learning_rate(method, task)
-    ordered = sorted(grid, key=lambda lr: abs(math.log(lr / default)))
-    return ordered[:max(1, n)]
 
 
 def _by_pilot_length(candidates) -> list[list[int]]:

@@ -1,21 +1,28 @@
 """``autopeft replay``: judge the recommender on published benchmark results.
 
 For a directory of results in the PEFT method-comparison layout, replay what a recommendation would
-have done: every run is a candidate; the recommender sees only what a pilot of ``budget_fraction``
-of the training steps would have seen (the start of each loss curve and the peak memory measured
-while training) and the static facts of each candidate, and it is trained only on profiles from
-*other* benchmarks. Its choice is then scored against the best run that fits the memory cap (the
-oracle) and against two baselines: LoRA with the benchmark's default settings, and the candidate
-with the lowest pilot loss.
+have done: every run is a candidate, and the pilots spend ``budget_fraction`` of what training
+every candidate that fits would cost, by the same successive-halving plan as ``tune``
+(:mod:`autopeft.halving`): every candidate for a short pilot, then the best quarter for pilots at
+least twice as long, and so on. A pilot of ``x`` of the run sees the start of the recorded loss
+curve up to ``x`` of the steps. The recommender ranks each rung from those curves, the peak memory
+measured while training and the static facts of each candidate, and it is trained only on profiles
+from *other* benchmarks. Its choice is scored against the best run that fits the memory cap (the
+oracle) and against three baselines: LoRA with the benchmark's default settings; the lowest loss
+after a flat pilot of ``budget_fraction`` of every candidate; and the same halving plan ranked by
+pilot loss alone (what the learned model adds).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from .errors import BadInputError
+from .halving import MAX_FRACTION, next_length, survivors
 from .profiles import ProfileRecord, end_loss, import_peft_results, load_records
 
 
@@ -43,21 +50,27 @@ class ReplayResult(BaseModel):
     regret: float = Field(description="oracle_score - chosen_score, in points (x100)")
     baselines: dict[str, Pick]
     compute_fraction: float = Field(description="pilot compute as a fraction of training every feasible candidate")
+    rungs: list[tuple[int, float]] = Field(default_factory=list,
+                                           description="the halving plan: (candidates, fraction of the run) per rung")
     mode: str = Field(description="pilot: ranked from pilot curves; static: from static features and priors only")
     trained_on: list[str] = Field(description="the benchmarks the recommender learned from")
 
 
 def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int | None = None,
-           records: list[ProfileRecord] | None = None) -> ReplayResult:
+           records: list[ProfileRecord] | None = None, pilots: str = "halving") -> ReplayResult:
     """Replay a recommendation on the results in ``results_dir`` (see the module docstring).
 
     :param records: what the recommender may learn from; default: every profile on this machine.
         Records of the replayed benchmark itself are always left out.
+    :param pilots: ``halving`` (as ``tune`` spends a budget) or ``flat`` (every candidate piloted for
+        exactly ``budget_fraction`` of its steps, and ranked once).
     """
     from .recommender import Candidate, Recommender
 
     if not 0 < budget_fraction <= 1:
         raise BadInputError(f"--budget-fraction must be in (0, 1], got {budget_fraction}")
+    if pilots not in ("halving", "flat"):
+        raise BadInputError(f"--pilots is halving or flat, got {pilots!r}")
     runs = [r for r in import_peft_results(Path(results_dir)) if r.score is not None]
     if len(runs) < 2:
         raise BadInputError("fewer than two finished runs to choose among", source=str(results_dir))
@@ -68,11 +81,20 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
     learn_from = [r for r in (records if records is not None else load_records()) if r.benchmark != benchmark]
     recommender = Recommender().fit(learn_from)
 
-    candidates = [Candidate.from_record(r, budget_fraction) for r in fitting]
-    predicted = recommender.predict(candidates)
-    chosen = fitting[int(predicted.argmax())]
+    def learned(records_at: list[ProfileRecord], fraction: float) -> np.ndarray:
+        return recommender.predict([Candidate.from_record(r, fraction) for r in records_at])
+
+    def pilot_loss(records_at: list[ProfileRecord], fraction: float) -> np.ndarray:
+        return -np.array([end_loss(r.pilot(fraction)) for r in records_at])
+
+    if pilots == "flat":
+        chosen = fitting[int(learned(fitting, budget_fraction).argmax())]
+        plan, spent = [(len(fitting), budget_fraction)], budget_fraction
+    else:
+        chosen, plan, spent = _halving(fitting, budget_fraction, learned)
+    by_loss, _, _ = _halving(fitting, budget_fraction, pilot_loss)
     oracle = max(fitting, key=lambda r: r.quality())
-    lowest = min((r for r, c in zip(fitting, candidates) if c.pilot), key=lambda r: end_loss(r.pilot(budget_fraction)),
+    lowest = min((r for r in fitting if r.pilot(budget_fraction)), key=lambda r: end_loss(r.pilot(budget_fraction)),
                  default=None)
     lora = _default_lora(runs)
 
@@ -81,14 +103,47 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
             return Pick(choice=None if record is None else f"{record.experiment} (does not fit)")
         return Pick(choice=record.experiment, score=record.score, regret=_points(oracle, record))
 
-    steps = sum(r.total_steps for r in fitting)
+    last = [Candidate.from_record(r, plan[-1][1]) for r in fitting]
     return ReplayResult(
         benchmark=benchmark, metric=runs[0].metric, budget_fraction=budget_fraction, max_vram=max_vram,
         candidates=len(runs), feasible=len(fitting), chosen=chosen.experiment, chosen_score=chosen.score,
         oracle=oracle.experiment, oracle_score=oracle.score, regret=_points(oracle, chosen),
-        baselines={"lora_default": pick(lora), "lowest_pilot_loss": pick(lowest)},
-        compute_fraction=sum(budget_fraction * r.total_steps for r in fitting) / steps,
-        mode=recommender.mode(candidates), trained_on=recommender.benchmarks_)
+        baselines={"lora_default": pick(lora), "lowest_pilot_loss": pick(lowest), "halving_pilot_loss": pick(by_loss)},
+        compute_fraction=spent, rungs=plan, mode=recommender.mode(last), trained_on=recommender.benchmarks_)
+
+
+def _halving(runs: list[ProfileRecord], budget_fraction: float,
+             score: Callable[[list[ProfileRecord], float], np.ndarray]) -> tuple[ProfileRecord, list, float]:
+    """Successive halving over recorded runs, as ``tune`` plans it; ``score(runs, fraction)`` ranks
+    (higher is better) what pilots of ``fraction`` of the run saw. Pilot lengths are fractions of a
+    run, and a rung of ``n`` pilots of ``x`` costs ``n * x``; each candidate counts as its own method.
+
+    :returns: the choice, the plan as (candidates, fraction) per rung, and the compute spent as a
+        fraction of training every run.
+    """
+    # the shortest pilot that sees a logged loss in every run
+    shortest = max(min(p.step for p in r.curve if p.train_loss is not None) / r.total_steps for r in runs)
+    left = budget_fraction * len(runs)
+    alive, plan, scores = list(runs), [], None
+    while len(alive) > 1 or not plan:
+        floor = 2 * plan[-1][1] if plan else shortest
+        length = next_length(len(alive), len(alive), left, overhead=0.0, per_unit=1.0, shortest=floor * (1 - 1e-9),
+                             cap=MAX_FRACTION)
+        if length is None:
+            if not plan:
+                raise BadInputError(f"--budget-fraction {budget_fraction:g} cannot pilot every candidate once: the "
+                                    f"loss curves start at {shortest:.0%} of the run, so at least "
+                                    f"{shortest:.2g} is needed")
+            break
+        left -= length * len(alive)
+        plan.append((len(alive), length))
+        scores = score(alive, length)
+        order = np.argsort(-scores, kind="stable")
+        alive = [alive[i] for i in order[:survivors(len(alive))]]
+        if length >= MAX_FRACTION:
+            break
+    spent = sum(n * x for n, x in plan) / len(runs)
+    return alive[0], plan, spent
 
 
 def _points(oracle: ProfileRecord, record: ProfileRecord) -> float:
@@ -96,6 +151,81 @@ def _points(oracle: ProfileRecord, record: ProfileRecord) -> float:
 
 
 def _default_lora(runs: list[ProfileRecord]) -> ProfileRecord | None:
-    """LoRA with the benchmark's default settings: the plain LoRA run with the plainest name."""
+    """LoRA with the benchmark's default settings: the plain LoRA run nearest autopeft's default
+    learning rate for LoRA, then with the plainest name."""
+    import math
+
+    from .plugins import get_methods
+    from .training import _default_learning_rate
+
     loras = [r for r in runs if r.method == "lora"]
-    return min(loras, key=lambda r: (r.experiment.count("-"), len(r.experiment)), default=None)
+    lora = get_methods().get("lora")
+
+    def distance(r: ProfileRecord) -> float:
+        if lora is None or not r.learning_rate:
+            return 0.0
+        return abs(math.log(r.learning_rate / _default_learning_rate(lora, r.task)))
+
+    return min(loras, key=lambda r: (r.experiment.count("-"), round(distance(r), 6), len(r.experiment)), default=None)
+
+
+# -- leave one task out ---------------------------------------------------------------------------
+
+class TaskEvaluation(BaseModel):
+    """How the recommender did on one task it did not learn from, beside the baselines."""
+
+    benchmark: str
+    metric: str
+    candidates: int
+    trained_on: list[str]
+    chosen: str
+    oracle: str
+    top1: bool = Field(description="the choice is the best run")
+    regret: float = Field(description="oracle minus choice, in the metric's points (x100 for accuracy)")
+    regret_of_spread: float = Field(description="regret as a fraction of the best-to-worst spread")
+    spearman: float | None = Field(description="rank correlation of predicted and final quality at the flat pilot")
+    compute_fraction: float
+    baselines: dict[str, float | None] = Field(
+        description="regret as a fraction of the spread: always LoRA, lowest flat-pilot loss, a random pick "
+                    "(its expectation)")
+
+
+def leave_one_task_out(records: list[ProfileRecord], budget_fraction: float = 0.1) -> list[TaskEvaluation]:
+    """For every benchmark in ``records`` with pilot curves: learn from all the others, choose by
+    successive halving as :func:`replay` does, and score the choice and the baselines."""
+    from scipy.stats import spearmanr
+
+    from .recommender import Candidate, Recommender
+
+    usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)]
+    results = []
+    for benchmark in sorted({r.benchmark for r in usable}):
+        runs = [r for r in usable if r.benchmark == benchmark]
+        if len(runs) < 3:
+            continue
+        recommender = Recommender().fit([r for r in records if r.benchmark != benchmark])
+
+        def learned(at: list[ProfileRecord], fraction: float) -> np.ndarray:
+            return recommender.predict([Candidate.from_record(r, fraction) for r in at])
+
+        chosen, _, spent = _halving(runs, budget_fraction, learned)
+        quality = np.array([r.quality() for r in runs])
+        best, spread = quality.max(), quality.max() - quality.min()
+        scale = 100 if runs[0].metric.endswith("accuracy") else 1
+        flat = learned(runs, budget_fraction)
+        lowest = min(runs, key=lambda r: end_loss(r.pilot(budget_fraction)))
+        lora = _default_lora(runs)
+
+        def of_spread(record: ProfileRecord | None) -> float | None:
+            return None if record is None or not spread else (best - record.quality()) / spread
+
+        results.append(TaskEvaluation(
+            benchmark=benchmark, metric=runs[0].metric, candidates=len(runs), trained_on=recommender.benchmarks_,
+            chosen=chosen.experiment, oracle=max(runs, key=lambda r: r.quality()).experiment,
+            top1=chosen.quality() == best, regret=scale * (best - chosen.quality()),
+            regret_of_spread=of_spread(chosen) or 0.0,
+            spearman=float(spearmanr(flat, quality).statistic) if len(set(flat)) > 1 else None,
+            compute_fraction=spent,
+            baselines={"always_lora": of_spread(lora), "lowest_pilot_loss": of_spread(lowest),
+                       "random": float(np.mean([(best - q) / spread for q in quality])) if spread else 0.0}))
+    return results

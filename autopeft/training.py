@@ -446,6 +446,13 @@ def _default_learning_rate(method, task: str) -> float:
     return rates[-1] if task == "seq-cls" else rates[len(rates) // 2]
 
 
+def learning_rate_grid(method, task: str, n: int) -> list[float]:
+    """``n`` learning rates from the method's search space: its default first, then the nearest."""
+    grid = sorted(method.search_space.learning_rate)
+    default = _default_learning_rate(method, task)
+    return sorted(grid, key=lambda lr: abs(math.log(lr / default)))[:max(1, n)]
+
+
 def _method_optimizer(method, net, settings, learning_rate: float, weight_decay: float):
     try:
         return method.optimizer(net, settings, learning_rate=learning_rate, weight_decay=weight_decay)

@@ -1,8 +1,12 @@
-"""Turn the training-quality benchmark's results into shipped profile records (profiles/*.jsonl).
+"""Write the shipped profile records (profiles/*.jsonl) from the benchmarks' results.
 
-Each task of ``benchmarks/train_quality.py`` becomes one benchmark of records in the schema of
-:mod:`autopeft.profiles`: every method's settings, learning rate, cost, measured peak memory, loss
-curve and final score. Runs that failed are kept with no score, so the recommender knows them.
+- Each task of ``benchmarks/train_quality.py`` becomes one benchmark of records in the schema of
+  :mod:`autopeft.profiles`: every method's settings, learning rate, cost, measured peak memory, loss
+  curve and final score. Runs that failed are kept with no score, so the recommender knows them.
+- Each ``autopeft bench`` directory under ``benchmarks/results/bench/`` (its ``records.jsonl``)
+  becomes ``profiles/autopeft-<directory>.jsonl``.
+- The PEFT method-comparison results (``--peft-results``, Apache-2.0) are imported as
+  ``profiles/peft-<directory>.jsonl``, each record naming its source file and licence.
 
     python benchmarks/make_profiles.py [--results benchmarks/results/train_quality.json]
 """
@@ -14,7 +18,7 @@ import json
 from pathlib import Path
 
 from autopeft.plugins import get_methods
-from autopeft.profiles import CurvePoint, ProfileRecord
+from autopeft.profiles import CurvePoint, ProfileRecord, import_peft_results, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
@@ -30,8 +34,19 @@ TASKS = {
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "train_quality.json"))
+    parser.add_argument("--benches", default=str(ROOT / "benchmarks" / "results" / "bench"))
+    parser.add_argument("--peft-results", action="append",
+                        help="a directory in the PEFT method-comparison layout; repeatable "
+                             "(default: ../shared/data/peft-method-comparison/MetaMathQA)")
     parser.add_argument("--out", default=str(ROOT / "profiles"))
     args = parser.parse_args()
+    out = Path(args.out)
+    for bench in sorted(Path(args.benches).glob("*/records.jsonl")):
+        records = read_jsonl(bench)
+        _write(out / f"autopeft-{bench.parent.name}.jsonl", records)
+    for results in args.peft_results or [str(ROOT.parent / "shared" / "data" / "peft-method-comparison" / "MetaMathQA")]:
+        if Path(results).is_dir():
+            _write(out / f"peft-{Path(results).name.lower()}.jsonl", import_peft_results(Path(results)))
     results = json.loads(Path(args.results).read_text())
     methods = get_methods()
     for task, spec in TASKS.items():
@@ -56,10 +71,13 @@ def main() -> int:
                 metric=spec["metric"], higher_is_better=spec["higher_is_better"],
                 score=None if failed else r["metrics"].get(spec["metric"]),
                 source="python benchmarks/train_quality.py (autopeft train on this project's CPU machine)"))
-        path = Path(args.out) / spec["file"]
-        path.write_text("".join(rec.model_dump_json() + "\n" for rec in records))
-        print(f"{len(records)} records ({sum(bool(r.curve) for r in records)} with curves) -> {path}")
+        _write(out / spec["file"], records)
     return 0
+
+
+def _write(path: Path, records) -> None:
+    path.write_text("".join(rec.model_dump_json() + "\n" for rec in records))
+    print(f"{len(records)} records ({sum(bool(r.curve) for r in records)} with curves) -> {path}")
 
 
 if __name__ == "__main__":

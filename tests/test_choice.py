@@ -107,7 +107,7 @@ def test_replay_cli_prints_the_contract(tmp_path, write_peft_result):
     out = json.loads(res.stdout)
     assert {"chosen", "chosen_score", "oracle", "oracle_score", "regret", "baselines", "compute_fraction"} <= set(out)
     assert out["chosen"] == out["oracle"] == "ia3/default" and out["regret"] == 0
-    assert set(out["baselines"]) == {"lora_default", "lowest_pilot_loss"}
+    assert {"lora_default", "lowest_pilot_loss"} <= set(out["baselines"])
     bad = CliRunner().invoke(main, ["replay", str(tmp_path / "missing")])
     assert bad.exit_code == 2
 

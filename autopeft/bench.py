@@ -1,0 +1,160 @@
+"""``autopeft bench``: train every candidate method on one task, each at a few learning rates, and
+keep what happened as profile records (:mod:`autopeft.profiles`) the recommender can learn from.
+
+A bench is a directory: ``bench.json`` (the task: data, model and training options, fixed when the
+bench starts), ``records.jsonl`` (one record per finished run, failures included, appended as each
+run ends) and ``runs/<experiment>.json`` (each run's ``run.json``). Starting the same bench again
+continues it: finished runs are never repeated, so it can run in the background for hours, be
+stopped at any point and be resumed. Each run is a full ``autopeft train`` in its own process, so a
+crash or an out-of-memory marks that run only.
+
+The sweep is fair: every method gets the same number of learning rates, its default first and then
+its nearest neighbours in its own search space, since untuned learning rates are the main reason
+published comparisons disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, Field
+
+from .errors import BadInputError, first_line
+from .profiles import ProfileRecord, append, read_jsonl, record_from_run
+
+BENCH_FILE = "bench.json"
+RECORDS_FILE = "records.jsonl"
+
+
+class BenchRun(BaseModel):
+    """One run of a bench: a method at one learning rate."""
+
+    experiment: str = Field(description="unique in the bench, e.g. 'lora lr=0.0003'")
+    method: str
+    learning_rate: float
+
+
+class BenchSpec(BaseModel):
+    """What ``bench.json`` holds: the task every run of the bench shares."""
+
+    benchmark: str
+    data: str
+    task: str
+    options: dict[str, Any] = Field(description="training options shared by every run (model, epochs, ...)")
+    learning_rates: int = Field(ge=1, description="learning rates per method")
+
+
+def plan(task: str, methods: list[str] | None, learning_rates: int) -> list[BenchRun]:
+    """The runs of a bench: each available method for ``task`` (or those named) at ``learning_rates``
+    learning rates from its search space, the default first."""
+    from .plugins import get_method, get_methods
+    from .training import learning_rate_grid
+
+    if methods:
+        chosen = [get_method(name) for name in methods]
+        wrong = [m.name for m in chosen if task not in m.tasks]
+        if wrong:
+            raise BadInputError(f"--methods: {', '.join(wrong)} cannot train a {task} model")
+    else:
+        chosen = [m for m in get_methods().values() if task in m.tasks and m.unavailable_reason() is None]
+    return [BenchRun(experiment=f"{m.name} lr={lr:g}", method=m.name, learning_rate=lr)
+            for m in chosen for lr in learning_rate_grid(m, task, learning_rates)]
+
+
+def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | None = None, learning_rates: int = 3,
+          timeout: float | None = None, say: Callable[[str], None] = print, **options) -> list[ProfileRecord]:
+    """Run (or continue) the bench in ``output_dir`` and return every record it holds.
+
+    :param benchmark: the name the records share, e.g. ``autopeft/sst2-2k-minilm-l6``.
+    :param options: training options shared by every run (any field of ``TrainOptions``).
+    :param timeout: seconds after which one run is stopped and recorded as failed.
+    """
+    from .data import read_records
+
+    out = Path(output_dir).expanduser()
+    task = options.get("task") or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
+    spec = BenchSpec(benchmark=benchmark, data=str(data), task=task, options=options, learning_rates=learning_rates)
+    _start_or_continue(out, spec)
+    runs = plan(task, methods, learning_rates)
+    records_path = out / RECORDS_FILE
+    done = {r.experiment for r in read_jsonl(records_path)} if records_path.is_file() else set()
+    todo = [r for r in runs if r.experiment not in done]
+    say(f"bench {benchmark}: {len(runs)} runs ({len(runs) // max(1, learning_rates)} methods x {learning_rates} "
+        f"learning rates), {len(runs) - len(todo)} already finished, {len(todo)} to go")
+    spent: list[float] = []
+    for i, run in enumerate(todo, 1):
+        started = time.perf_counter()
+        record = _run_one(spec, run, out, timeout)
+        append([record], records_path)
+        spent.append(time.perf_counter() - started)
+        left = (len(todo) - i) * sum(spent) / len(spent)
+        outcome = f"{record.metric} {record.score:.4f}" if record.score is not None else f"failed: {record.error}"
+        say(f"  [{i}/{len(todo)}] {run.experiment}: {outcome} ({spent[-1]:.0f} s; about {left / 60:.0f} min left)")
+    return read_jsonl(records_path)
+
+
+def _start_or_continue(out: Path, spec: BenchSpec) -> None:
+    """Write ``bench.json`` in a new bench; in an existing one, insist on the same task."""
+    path = out / BENCH_FILE
+    if path.is_file():
+        stored = BenchSpec.model_validate_json(path.read_text())
+        if stored != spec:
+            raise BadInputError(f"this bench was started with other settings ({stored.model_dump_json()}); give "
+                                f"the same ones to continue it, or another --output", source=str(path))
+        return
+    if out.exists() and any(out.iterdir()):
+        raise BadInputError("not a bench directory (no bench.json) and not empty", source=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    from .outputs import write_text
+
+    write_text(path, spec.model_dump_json(indent=2))
+
+
+def _run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None) -> ProfileRecord:
+    """Train ``run`` in a watched child process; a failure becomes a record with no score. The
+    run's ``run.json`` is kept in ``out/runs``; its adapter is not (the record holds what counts)."""
+    from .pilot import run_watched
+
+    with tempfile.TemporaryDirectory(prefix="autopeft-bench-") as tmp:
+        result_path = Path(tmp) / "record.json"
+        # a bench measures training: the forgetting check and sample generations only cost time here
+        options = {"forgetting": False, "samples": 0, **spec.options, "data": spec.data, "output_dir": str(Path(tmp) / "run"), "method": run.method,
+                   "learning_rate": run.learning_rate, "profile_store": False}
+        peak, failure = run_watched(_child, (options, spec.benchmark, run.experiment, str(result_path)),
+                                    timeout=timeout)
+        if failure is None and result_path.is_file():
+            from .outputs import write_text
+
+            name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in run.experiment)
+            (out / "runs").mkdir(exist_ok=True)
+            write_text(out / "runs" / f"{name}.json", (Path(tmp) / "run.json").read_text())
+            return ProfileRecord.model_validate_json(result_path.read_text())
+        error = (failure[1] if failure else None) or "the run ended with no result"
+        if result_path.with_suffix(".error").is_file():
+            error = result_path.with_suffix(".error").read_text()
+        return ProfileRecord(benchmark=spec.benchmark, experiment=run.experiment, task=spec.task,
+                             model=str(spec.options.get("model") or "default"), dataset=spec.data, method=run.method,
+                             learning_rate=run.learning_rate, total_steps=1, peak_memory_bytes=peak or None,
+                             metric="none", score=None, error=error, source="autopeft bench on this machine")
+
+
+def _child(options: dict[str, Any], benchmark: str, experiment: str, result_path: str) -> None:
+    """Entry point of a bench run's process: train, then write the record (or the error)."""
+    from .logs import quiet_libraries
+
+    quiet_libraries()
+    try:
+        from .training import train
+
+        data = options.pop("data")
+        output_dir = options.pop("output_dir")
+        run = train(data, output_dir=output_dir, progress=False, **options)
+        record = record_from_run(run, benchmark).model_copy(update={"experiment": experiment})
+        Path(result_path).write_text(record.model_dump_json())
+        Path(result_path).with_name("run.json").write_text(json.dumps(run.model_dump(mode="json")))
+    except Exception as exc:  # the child reports every failure; the parent records it
+        Path(result_path).with_suffix(".error").write_text(f"{type(exc).__name__}: {first_line(exc)}")

@@ -1,0 +1,66 @@
+"""`autopeft bench` on a tiny model: a learning-rate sweep per method, records the recommender can
+load, a failure that marks only its run, and a resumed bench that repeats nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from autopeft.cli import main
+from autopeft.profiles import load_records, read_jsonl
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FAST = ["--max-length", "64", "--max-examples", "24", "--batch-size", "4", "--epochs", "1", "--eval-steps", "2"]
+
+
+def _bench(model, out, *extra):
+    return CliRunner().invoke(main, ["bench", str(EXAMPLES / "instructions.jsonl"), "--model", str(model), *FAST,
+                                     "--benchmark", "test/tiny", "-o", str(out), *extra])
+
+
+def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_llama, tmp_path):
+    out = tmp_path / "bench"
+    res = _bench(trainable_llama, out, "--methods", "lora,ia3", "--learning-rates", "2")
+    assert res.exit_code == 0, res.output
+    records = read_jsonl(out / "records.jsonl")
+    assert sorted(r.method for r in records) == ["ia3", "ia3", "lora", "lora"]
+    assert len({(r.method, r.learning_rate) for r in records}) == 4
+    for r in records:
+        assert r.benchmark == "test/tiny" and r.score is not None and r.metric == "eval_loss"
+        assert r.curve and r.peak_memory_bytes and r.estimated_peak_memory_bytes and r.trainable_params
+    assert len(list((out / "runs").glob("*.json"))) == 4
+    # the recommender can learn from a bench directory as it is
+    assert len([r for r in load_records([out], shipped=False, store=False)]) == 4
+
+    # continuing adds only what is new
+    res = _bench(trainable_llama, out, "--methods", "lora,ia3,vera", "--learning-rates", "2")
+    assert res.exit_code == 0, res.output
+    assert "4 already finished, 2 to go" in res.output
+    again = read_jsonl(out / "records.jsonl")
+    assert [r.experiment for r in again[:4]] == [r.experiment for r in records]
+    assert sorted(r.method for r in again[4:]) == ["vera", "vera"]
+
+
+def test_bench_refuses_other_settings_in_a_started_bench(trainable_llama, tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "bench.json").write_text(json.dumps({"benchmark": "test/tiny", "data": "x", "task": "causal-lm",
+                                                "options": {}, "learning_rates": 1}))
+    res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "1")
+    assert res.exit_code == 2 and "other settings" in res.output and "Traceback" not in res.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    res = _bench(trainable_llama, tmp_path / "other", "--methods", "lora")
+    assert res.exit_code == 2 and "not a bench directory" in res.output
+
+
+def test_a_failed_run_is_recorded_once_with_its_reason(trainable_llama, tmp_path):
+    out = tmp_path / "bench"
+    res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "1", "--run-timeout", "0.5")
+    assert res.exit_code == 0, res.output
+    (record,) = read_jsonl(out / "records.jsonl")
+    assert record.score is None and "no result after" in record.error
+    res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "1", "--run-timeout", "0.5")
+    assert "1 already finished, 0 to go" in res.output and len(read_jsonl(out / "records.jsonl")) == 1
