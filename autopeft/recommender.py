@@ -1,18 +1,25 @@
 """The recommender: which candidate will be best after full training?
 
 A scikit-learn regressor learns, from profile records (:mod:`autopeft.profiles`), how a candidate's
-final standing among its rivals follows from what is known before the full fine-tune:
+final standing among its rivals follows from what is known before the full fine-tune.
 
-- the pilot: its last training loss relative to the best pilot of the group, the rank of that loss,
-  and how fast the loss was still falling at the end of the pilot (a method that is still dropping
-  fast tends to overtake one that started well and flattened);
-- static features: the trainable fraction of the model (from the exact cost model);
-- a prior: how well the same method ranked in the other benchmarks it learned from.
+With pilots, from the pilot alone: its last training loss relative to the best pilot of the group,
+the rank of that loss, and how fast the loss was still falling at the end of the pilot (a method
+that is still dropping fast tends to overtake one that started well and flattened). Static features
+and priors learned on other tasks are left out here: they carry what was true of *those* tasks (on
+autopeft's own CPU tasks full fine-tuning wins; on a 3B model trained for 5,000 steps it does not),
+while the pilot measures this one. In leave-one-task-out evaluation
+(``benchmarks/leave_one_task_out.py``) adding them never lowered the regret on autopeft's own tasks
+and raised it on the PEFT benchmark.
+
+Without pilots, a second regressor ranks from the static features, the trainable fraction of the
+model (from the exact cost model) and a prior (how well the same method ranked in the other
+benchmarks it learned from), and the result says so; this ranking also decides which candidates
+get pilots first when the budget cannot cover them all.
 
 The target is the candidate's percentile rank of final quality within its benchmark (1 = best),
 which makes benchmarks with different metrics (accuracy, loss) comparable. Training rows are made
-by cutting each record's curve at several pilot fractions. Without a pilot, a second regressor
-over the static features and the prior ranks the candidates, and the result says so.
+by cutting each record's curve at several pilot fractions.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from pydantic import BaseModel, Field
 
 from .profiles import CurvePoint, ProfileRecord, end_loss, window_loss
 
-PILOT_FEATURES = ("loss_gap", "loss_rank", "drop_rank", "drop", "log_trainable_fraction", "prior")
+PILOT_FEATURES = ("loss_gap", "loss_rank", "drop_rank", "drop")
 STATIC_FEATURES = ("log_trainable_fraction", "prior")
 TRAINING_FRACTIONS = (0.05, 0.1, 0.15, 0.2)
 

@@ -64,3 +64,21 @@ def test_a_failed_run_is_recorded_once_with_its_reason(trainable_llama, tmp_path
     assert record.score is None and "no result after" in record.error
     res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "1", "--run-timeout", "0.5")
     assert "1 already finished, 0 to go" in res.output and len(read_jsonl(out / "records.jsonl")) == 1
+
+
+def test_the_results_page_is_built_from_the_results_with_its_plots(tmp_path, monkeypatch):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results_page.py"
+    spec = importlib.util.spec_from_file_location("results_page", path)
+    page = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page)
+    monkeypatch.setattr(page, "DOCS", tmp_path)
+    monkeypatch.setattr(page, "IMG", tmp_path / "img")
+    assert page.main() == 0
+    text = (tmp_path / "benchmarks.md").read_text()
+    images = [line[line.index("(") + 1:-1] for line in text.splitlines() if line.startswith("![")]
+    assert len(images) >= 3 and all((tmp_path / image).is_file() for image in images)
+    assert "## Choosing: the recommender" in text and "python benchmarks/replay_peft.py" in text
+    front = page._front([(1, 0.5, "a"), (2, 0.4, "b"), (3, 0.7, "c"), (1.5, 0.6, "d")], higher=True)
+    assert [name for *_, name in front] == ["a", "d", "c"]

@@ -152,3 +152,20 @@ def test_store_appends_whole_records_and_reads_them_back(tmp_path):
 def test_shipped_profiles_load():
     records = load_records(store=False)
     assert records and all(r.benchmark for r in records)
+
+
+def test_leave_one_task_out_scores_each_task_with_the_others_and_the_baselines():
+    from autopeft.replay import leave_one_task_out
+
+    def bench(name, shift):
+        # the lower the loss at every point, the better it ends: a pilot tells the truth
+        return [_record(name, f"{m}", 0.9 - 0.1 * i, [3 + i + shift, 2 + i + shift, 1.5 + i, 1 + i, 0.9 + i] * 4,
+                        method=m) for i, m in enumerate(["ia3", "lora", "vera", "oft"])]
+
+    rows = leave_one_task_out(bench("a", 0) + bench("b", 0.5) + bench("c", 0.2), budget_fraction=0.3)
+    assert [r.benchmark for r in rows] == ["a", "b", "c"]
+    for r in rows:
+        assert r.benchmark not in r.trained_on and len(r.trained_on) == 2
+        assert r.top1 and r.chosen == r.oracle == "ia3" and r.regret == 0 and r.spearman == pytest.approx(1.0)
+        assert r.baselines["always_lora"] == pytest.approx(1 / 3) and r.baselines["random"] == pytest.approx(0.5)
+        assert 0 < r.compute_fraction <= 0.3

@@ -1,0 +1,68 @@
+"""The whole benchmark suite, then the results page (docs/benchmarks.md), from one command.
+
+Each step is a script of this directory; its output lands in ``benchmarks/results/``. The slow
+steps (training every method, hours on 2 CPU cores) resume where they stopped, so the suite can be
+interrupted and started again. ``--page-only`` rebuilds the page from the results already there.
+
+    python benchmarks/run_all.py [--only NAME[,NAME]] [--page-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+GSM8K = ["autopeft", "bench", "../shared/data/gsm8k/train.jsonl", "--benchmark", "autopeft/gsm8k-120-smollm2-135m",
+         "--model", "smollm2-135m", "--max-examples", "120", "--max-length", "160", "--batch-size", "4",
+         "--epochs", "1", "--eval-steps", "6", "--learning-rates", "2", "--methods",
+         "lora,dora,rslora,pissa,vera,ia3,oft,loha,lokr,miss,prompt_tuning,full",
+         "-o", "benchmarks/results/bench/gsm8k-smollm2"]
+
+#: name, command, the Markdown file its stdout becomes (None: the script writes its own), rough time
+STEPS = [
+    ("cost_model_peft", [sys.executable, "benchmarks/cost_model_peft.py", "--json",
+                         "benchmarks/results/cost_model_peft.json"], "cost_model_peft.md", "1 min"),
+    ("cpu_memory", [sys.executable, "benchmarks/cpu_memory.py", "--json", "benchmarks/results/cpu_memory.json"],
+     "cpu_memory.md", "25 min"),
+    ("train_quality", [sys.executable, "benchmarks/train_quality.py"], None, "40 min"),
+    ("train_throughput", [sys.executable, "benchmarks/train_throughput.py"], "train_throughput.md", "10 min"),
+    ("bench_gsm8k", GSM8K, None, "50 min"),
+    ("make_profiles", [sys.executable, "benchmarks/make_profiles.py"], None, "10 s"),
+    ("replay_peft", [sys.executable, "benchmarks/replay_peft.py"], None, "10 s"),
+    ("leave_one_task_out", [sys.executable, "benchmarks/leave_one_task_out.py"], None, "10 s"),
+    ("sst2_choice", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "90s"], None, "20 min"),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated step names: " + ", ".join(s[0] for s in STEPS))
+    parser.add_argument("--page-only", action="store_true")
+    args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    steps = [] if args.page_only else [s for s in STEPS if only is None or s[0] in only]
+    print(f"{len(steps)} steps: " + ", ".join(f"{name} (~{eta})" for name, _, _, eta in steps), flush=True)
+    for name, command, markdown, _ in steps:
+        started = time.perf_counter()
+        print(f"== {name}: {' '.join(command)}", flush=True)
+        if markdown is None:
+            code = subprocess.call(command, cwd=ROOT)
+        else:
+            done = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            code = done.returncode
+            shown = " ".join(c if c != sys.executable else "python" for c in command)
+            (RESULTS / markdown).write_text(f"# `{shown}` on {time.strftime('%Y-%m-%d')}\n\n{done.stdout}")
+        if code != 0:
+            print(f"== {name} failed with exit status {code}", file=sys.stderr)
+            return code
+        print(f"== {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return subprocess.call([sys.executable, "benchmarks/results_page.py"], cwd=ROOT)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
