@@ -114,7 +114,6 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     from .recommender import Candidate, Objective, Recommender, objective_scores, pareto_front
     from .training import _total_steps, TrainOptions
 
-    started = time.perf_counter()
     say = say or (lambda text: log.info(text))
     constraints = constraints or Constraints()
     goal = Objective.parse(objective)
@@ -128,6 +127,9 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         task = task or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
         model = DEFAULT_MODEL[task]
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    # choosing starts here: loading the model (converting the embedded GGUF, the first time on a
+    # machine) is a cost of the fine-tune, which pays it the same without a recommendation
+    started = time.perf_counter()
     prepared = prepare_data(data, tokenizer, task=task, validation_path=validation, max_length=max_length,
                             max_examples=max_examples)
     task = prepared.info.task

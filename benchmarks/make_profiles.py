@@ -4,7 +4,7 @@
   :mod:`autopeft.profiles`: every method's settings, learning rate, cost, measured peak memory, loss
   curve and final score. Runs that failed are kept with no score, so the recommender knows them.
 - Each ``autopeft bench`` directory under ``benchmarks/results/bench/`` (its ``records.jsonl``)
-  becomes ``profiles/autopeft-<directory>.jsonl``.
+  becomes ``profiles/bench-<directory>.jsonl``.
 - The PEFT method-comparison results (``--peft-results``, Apache-2.0) are imported as
   ``profiles/peft-<directory>.jsonl``, each record naming its source file and licence.
 
@@ -43,7 +43,7 @@ def main() -> int:
     out = Path(args.out)
     for bench in sorted(Path(args.benches).glob("*/records.jsonl")):
         records = read_jsonl(bench)
-        _write(out / f"autopeft-{bench.parent.name}.jsonl", records)
+        _write(out / f"bench-{bench.parent.name}.jsonl", records)
     for results in args.peft_results or [str(ROOT.parent / "shared" / "data" / "peft-method-comparison" / "MetaMathQA")]:
         if Path(results).is_dir():
             _write(out / f"peft-{Path(results).name.lower()}.jsonl", import_peft_results(Path(results)))

@@ -23,6 +23,11 @@ GSM8K = ["autopeft", "bench", "../shared/data/gsm8k/train.jsonl", "--benchmark",
          "lora,dora,rslora,pissa,vera,ia3,oft,loha,lokr,miss,prompt_tuning,full",
          "-o", "benchmarks/results/bench/gsm8k-smollm2"]
 
+SST2 = ["autopeft", "bench", "../shared/data/sst2/train.tsv", "--benchmark", "autopeft/sst2-2k-3ep-minilm-l6",
+        "--model", "minilm-l6", "--validation", "../shared/data/sst2/dev.tsv", "--max-examples", "2000",
+        "--max-length", "128", "--batch-size", "32", "--epochs", "3", "--eval-steps", "1000", "--learning-rates", "2",
+        "-o", "benchmarks/results/bench/sst2-minilm"]
+
 #: name, command, the Markdown file its stdout becomes (None: the script writes its own), rough time
 STEPS = [
     ("cost_model_peft", [sys.executable, "benchmarks/cost_model_peft.py", "--json",
@@ -32,6 +37,7 @@ STEPS = [
     ("train_quality", [sys.executable, "benchmarks/train_quality.py"], None, "40 min"),
     ("train_throughput", [sys.executable, "benchmarks/train_throughput.py"], "train_throughput.md", "10 min"),
     ("bench_gsm8k", GSM8K, None, "50 min"),
+    ("bench_sst2", SST2, None, "50 min"),
     ("make_profiles", [sys.executable, "benchmarks/make_profiles.py"], None, "10 s"),
     ("replay_peft", [sys.executable, "benchmarks/replay_peft.py"], None, "10 s"),
     ("leave_one_task_out", [sys.executable, "benchmarks/leave_one_task_out.py"], None, "10 s"),
