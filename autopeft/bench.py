@@ -153,7 +153,8 @@ def _child(options: dict[str, Any], benchmark: str, experiment: str, result_path
         data = options.pop("data")
         output_dir = options.pop("output_dir")
         run = train(data, output_dir=output_dir, progress=False, **options)
-        record = record_from_run(run, benchmark).model_copy(update={"experiment": experiment})
+        record = record_from_run(run, benchmark).model_copy(
+            update={"experiment": experiment, "source": "autopeft bench on this machine"})
         Path(result_path).write_text(record.model_dump_json())
         Path(result_path).with_name("run.json").write_text(json.dumps(run.model_dump(mode="json")))
     except Exception as exc:  # the child reports every failure; the parent records it

@@ -1,6 +1,7 @@
 """Write the shipped profile records (profiles/*.jsonl) from the benchmarks' results.
 
-- Each task of ``benchmarks/train_quality.py`` becomes one benchmark of records in the schema of
+- Each task of ``benchmarks/train_quality.py`` (unless a bench of the same task supersedes it)
+  becomes one benchmark of records in the schema of
   :mod:`autopeft.profiles`: every method's settings, learning rate, cost, measured peak memory, loss
   curve and final score. Runs that failed are kept with no score, so the recommender knows them.
 - Each ``autopeft bench`` directory under ``benchmarks/results/bench/`` (its ``records.jsonl``)
@@ -27,7 +28,7 @@ TASKS = {
                       batch_size=8, file="autopeft-instructions-smollm2.jsonl"),
     "seq-cls": dict(benchmark="autopeft/sst2-2k-minilm-l6", model="minilm-l6",
                     dataset="sst2 train (2,000 sampled), dev 872", metric="accuracy", higher_is_better=True,
-                    batch_size=32, file="autopeft-sst2-minilm.jsonl"),
+                    batch_size=32, file="autopeft-sst2-minilm.jsonl", superseded_by="sst2-minilm"),
 }
 
 
@@ -50,6 +51,12 @@ def main() -> int:
     results = json.loads(Path(args.results).read_text())
     methods = get_methods()
     for task, spec in TASKS.items():
+        if (Path(args.benches) / spec.get("superseded_by", "-") / "records.jsonl").is_file():
+            # a learning-rate sweep of the same task replaces it: the same task twice would let
+            # leave-one-task-out evaluation learn from the task it is judged on
+            (out / spec["file"]).unlink(missing_ok=True)
+            print(f"{spec['benchmark']}: superseded by the bench {spec['superseded_by']}")
+            continue
         records = []
         for key, r in sorted(results.items()):
             kind, _, name = key.partition("/")

@@ -56,6 +56,7 @@ def main() -> int:
                   "The cost model's prediction against the measured peak: the PEFT runs (GPU allocator peak), CPU "
                   "training here (peak resident memory), and every profile record that carries both.", "",
                   f"![predicted against measured memory](img/{image.name})", ""]
+    lines += _bench_tables(records)
     for title, parts in SECTIONS:
         lines += [f"## {title}", ""]
         for subtitle, name in parts:
@@ -65,6 +66,42 @@ def main() -> int:
     (DOCS / "benchmarks.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'benchmarks.md'}")
     return 0
+
+
+def _bench_tables(records) -> list[str]:
+    """One table per learning-rate sweep (an ``autopeft bench``): each method at its best learning rate."""
+    lines = []
+    rates: dict[tuple[str, str], set] = {}
+    for r in records:
+        if r.source.startswith("autopeft"):
+            rates.setdefault((r.benchmark, r.method), set()).add(r.learning_rate)
+    for benchmark in sorted({b for (b, _), lrs in rates.items() if len(lrs) > 1}):
+        runs = [r for r in records if r.benchmark == benchmark]
+        scored = [r for r in runs if r.score is not None]
+        higher = scored[0].higher_is_better if scored else True
+        lines += [f"### `autopeft bench`: {benchmark}", "",
+                  f"Each method at the best of its learning rates ({scored[0].metric if scored else 'score'}, "
+                  f"{'higher' if higher else 'lower'} is better); the bench's command is in its `bench.json`.", "",
+                  "| method | best lr | score | other learning rates | peak memory (MiB) | train s |",
+                  "|---|---:|---:|---|---:|---:|"]
+        by_method = {}
+        for r in runs:
+            by_method.setdefault(r.method, []).append(r)
+        def best_of(group):
+            ok = [r for r in group if r.score is not None]
+            return max(ok, key=lambda r: r.quality()) if ok else None
+        order = sorted(by_method, key=lambda m: -(best_of(by_method[m]).quality() if best_of(by_method[m]) else -1e9))
+        for method in order:
+            group, best = by_method[method], best_of(by_method[method])
+            if best is None:
+                lines.append(f"| {method} | - | failed | {group[0].error or ''} | - | - |")
+                continue
+            others = ", ".join(f"{r.learning_rate:g}: {r.score:.4f}" if r.score is not None else
+                               f"{r.learning_rate:g}: failed" for r in group if r is not best)
+            lines.append(f"| {method} | {best.learning_rate:g} | {best.score:.4f} | {others} | "
+                         f"{(best.peak_memory_bytes or 0) / 2**20:,.0f} | {best.train_seconds or 0:.0f} |")
+        lines.append("")
+    return (["## Benches", ""] + lines) if lines else []
 
 
 def _demoted(markdown: str) -> str:
