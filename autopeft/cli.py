@@ -238,6 +238,11 @@ def _output_options() -> list:
     ]
 
 
+def _say(text: str) -> None:
+    """A progress line of a long command, on stderr (stdout is for results and --json)."""
+    click.echo(f"autopeft: {text}", err=True)
+
+
 _RENAMED = {"gradient_accumulation": "gradient_accumulation_steps"}
 
 
@@ -397,7 +402,7 @@ def recommend(data, as_json, profiles, leave_out, **given):
     choice = _choice_kwargs(**{k: given.pop(k) for k in _CHOICE_KEYS})
     rec = run_recommend(data, **choice, **{k: v for k, v in given.items() if v is not None},
                         profiles=list(profiles), leave_out=list(leave_out),
-                        say=lambda text: click.echo(f"autopeft: {text}", err=True))
+                        say=_say)
     if as_json:
         _emit_json(rec.model_dump(mode="json", exclude={"candidates": {"__all__": {"measured": {"curve"}}}}))
     else:
@@ -438,7 +443,7 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
         raise BadInputError("give a training data file")
     choice = _choice_kwargs(**{k: given.pop(k) for k in _CHOICE_KEYS})
     record, rec = run_tune(data, output_dir=output_dir or _default_output(data, "tuned"), overwrite=overwrite,
-                           say=lambda text: click.echo(f"autopeft: {text}", err=True), **choice,
+                           say=_say, **choice,
                            **_train_kwargs(given))
     if as_json:
         _emit_json({**record.summary(), "recommendation": rec.model_dump(
@@ -498,13 +503,14 @@ def bench(data, benchmark, output_dir, only, learning_rates, run_timeout, as_jso
     _quiet_libraries()
     _log_to_stderr()
     from .bench import bench as run_bench
+    from .constraints import split_names
 
     if data is None:
         raise BadInputError("give a training data file")
-    methods = [m.strip() for m in only.split(",") if m.strip()] if only else None
+    methods = list(split_names(only)) if only else None
     records = run_bench(data, benchmark=benchmark, output_dir=output_dir, methods=methods,
                         learning_rates=learning_rates, timeout=run_timeout,
-                        say=lambda text: click.echo(f"autopeft: {text}", err=True), **_train_kwargs(given))
+                        say=_say, **_train_kwargs(given))
     if as_json:
         for record in records:
             click.echo(record.model_dump_json())

@@ -49,8 +49,8 @@ class Constraints(BaseModel):
             max_rank=_positive_int(max_rank, "--max-rank"),
             max_trainable_params=_positive_int(max_trainable_params, "--max-trainable-params"),
             time_budget=parse_duration(time_budget) if time_budget is not None else None,
-            methods=tuple(_names(methods)) if methods else None,
-            exclude=tuple(_names(exclude)),
+            methods=tuple(split_names(methods)) if methods else None,
+            exclude=tuple(split_names(exclude)),
             require=tuple(_requirements(require)),
         )
 
@@ -188,7 +188,7 @@ def _positive_int(value, option: str) -> int | None:
     return number
 
 
-def _names(value) -> list[str]:
+def split_names(value) -> list[str]:
     if value is None:
         return []
     items = value.split(",") if isinstance(value, str) else [n for v in value for n in str(v).split(",")]
@@ -196,7 +196,7 @@ def _names(value) -> list[str]:
 
 
 def _requirements(value) -> list[str]:
-    names = _names(value)
+    names = split_names(value)
     for name in names:
         if name not in _CAPABILITY:
             raise BadInputError(f"--require takes {', '.join(_CAPABILITY)}, got {name!r}")
