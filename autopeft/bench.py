@@ -122,8 +122,9 @@ def _run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None) -
     with tempfile.TemporaryDirectory(prefix="autopeft-bench-") as tmp:
         result_path = Path(tmp) / "record.json"
         # a bench measures training: the forgetting check and sample generations only cost time here
-        options = {"forgetting": False, "samples": 0, **spec.options, "data": spec.data, "output_dir": str(Path(tmp) / "run"), "method": run.method,
-                   "learning_rate": run.learning_rate, "profile_store": False}
+        options = {"forgetting": False, "samples": 0, **spec.options, "data": spec.data,
+                   "output_dir": str(Path(tmp) / "run"), "method": run.method, "learning_rate": run.learning_rate,
+                   "profile_store": False}
         peak, failure = run_watched(_child, (options, spec.benchmark, run.experiment, str(result_path)),
                                     timeout=timeout)
         if failure is None and result_path.is_file():
