@@ -133,10 +133,17 @@ def _parse_setting(text: str) -> tuple[str, object]:
 @click.option("--device", type=click.Choice(["cuda", "cpu", "mps"]), default="cuda", show_default=True)
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True)
 @click.option("--num-labels", type=click.IntRange(min=1), default=2, show_default=True, help="Classes, for seq-cls.")
+@click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes (devices) training together; memory is then per device.")
+@click.option("--strategy", type=click.Choice(["ddp", "zero1", "zero2", "zero3", "fsdp"]),
+              help="How the processes split the state. Default: ddp with several.")
+@click.option("--accelerate-config", type=click.Path(dir_okay=False),
+              help="Read --num-processes and --strategy from an Accelerate config file.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, dtype, device,
-             gradient_checkpointing, num_labels, trust_remote_code, as_json):
+             gradient_checkpointing, num_labels, num_processes, strategy, accelerate_config, trust_remote_code,
+             as_json):
     """Exact trainable parameters and adapter size, and predicted peak training memory. No weights are loaded."""
     _quiet_libraries()
     from .adapter_config import read_adapter_config
@@ -149,6 +156,11 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
     if values and peft_configs:
         raise BadInputError("--set applies to --method, not to --peft-config files", source="--set")
     configs = [read_adapter_config(p) for p in peft_configs] or [None]
+    if accelerate_config:
+        from .launch import read_accelerate_config
+
+        plan = read_accelerate_config(accelerate_config)
+        strategy, num_processes = plan.strategy, plan.num_processes
 
     from .costmodel import estimate as run_estimate
     from .models import default_model, load_config
@@ -165,7 +177,8 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
         results.append(run_estimate(
             name, method, settings=values, peft_config=cfg, task=this_task, batch_size=batch_size,
             seq_len=seq_len, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
-            num_labels=num_labels, trust_remote_code=trust_remote_code, config=loaded[name]))
+            num_labels=num_labels, trust_remote_code=trust_remote_code, config=loaded[name], strategy=strategy,
+            num_processes=num_processes))
     if as_json:
         docs = [r.model_dump(mode="json") for r in results]
         _emit_json(docs if len(peft_configs) > 1 else docs[0])
@@ -180,12 +193,17 @@ def _print_estimate(r) -> None:
     b = r.breakdown
     click.echo(f"{r.method} on {r.model} ({r.task}), {r.device} {r.dtype}, batch {r.batch_size} x {r.seq_len} tokens"
                f"{', gradient checkpointing' if r.gradient_checkpointing else ''}")
+    if r.num_processes > 1:
+        click.echo(f"  {r.num_processes} processes, {r.strategy}: memory figures are per device")
     click.echo(f"  trainable params  {format_count(r.trainable_params)} of {format_count(r.total_params)} "
                f"({100 * r.trainable_params / r.total_params:.3g}%)  [{r.trainable_params:,}]")
     click.echo(f"  adapter file      {format_size(r.adapter_bytes)}")
     click.echo(f"  peak memory       {format_size(r.peak_memory_bytes)}  (at the {r.peak_phase})")
     for label, value in (("weights", b.weights), ("gradients", b.gradients), ("optimizer", b.optimizer),
-                         ("activations", b.activations), ("logits/loss", b.logits), ("overhead", b.overhead)):
+                         ("activations", b.activations), ("logits/loss", b.logits),
+                         ("communication", b.communication), ("overhead", b.overhead)):
+        if label == "communication" and not value:
+            continue
         click.echo(f"    {label:<14} {format_size(value):>10}")
     other = r.peak_memory_bytes_without_checkpointing if r.gradient_checkpointing else r.peak_memory_bytes_with_checkpointing
     click.echo(f"  {'without' if r.gradient_checkpointing else 'with'} gradient checkpointing: {format_size(other)}")
@@ -229,6 +247,11 @@ def _training_options(command, outputs: bool = True):
 
 def _output_options() -> list:
     return [
+        click.option("--num-processes", type=click.IntRange(min=1),
+                     help="Train data-parallel on N processes (one per GPU; on CPU they share the cores), "
+                          "launched through Accelerate. --batch-size is per process."),
+        click.option("--accelerate-config", type=click.Path(dir_okay=False),
+                     help="Launch with this Accelerate config (FSDP, DeepSpeed ZeRO, several machines)."),
         click.option("--output", "-o", "output_dir", help="Output dir. Default: runs/<data>-<method>."),
         click.option("--resume", is_flag=True, help="Continue the unfinished run in --output from its last checkpoint."),
         click.option("--overwrite", is_flag=True, help="Replace a finished run in --output."),

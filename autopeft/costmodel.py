@@ -16,8 +16,13 @@ Peak memory is the larger of two moments of a training step:
 With gradient checkpointing, each block keeps only its input, and one block's activations are
 recomputed at a time during backward. Attention is traced as a fused kernel (flash / memory-efficient
 SDPA, as on CUDA and on CPU): it keeps q, k, v, its output and the log-sum-exp, never the score matrix.
-Framework overhead is the allocator's fragmentation (a fraction of the activation memory) plus the
-runtime's fixed cost (CUDA context, or the Python process with torch loaded).
+Framework overhead is the allocator's fragmentation plus the runtime's fixed cost (CUDA context, or
+the Python process with torch loaded). On CUDA the caching allocator loses a small fraction of the
+activation memory. On CPU, tensors come from glibc malloc: blocks of 32 MiB or more are mmapped and
+go back to the system when freed, smaller ones come from the heap, which keeps much of what the
+forward pass frees in between (temporaries are freed while saved tensors still sit above them), so
+the trace also counts every new tensor the forward pass makes, and a measured share of the small
+temporaries stays resident (see benchmarks/cpu_memory.py).
 """
 
 from __future__ import annotations
@@ -39,8 +44,18 @@ DEVICES = ("cuda", "cpu", "mps")
 #: measured fixed costs: a CUDA context with cuBLAS loaded, and the resident memory of a Python
 #: process that has imported torch, transformers and peft (see benchmarks/cpu_memory.py)
 RUNTIME_BYTES = {"cuda": 500 * 2**20, "mps": 300 * 2**20, "cpu": 390 * 2**20}
-#: fraction of activation memory lost to allocator fragmentation (caching allocator on CUDA, glibc on CPU)
-FRAGMENTATION = {"cuda": 0.05, "mps": 0.05, "cpu": 0.25}
+#: fraction of activation memory lost to the caching allocator's fragmentation on accelerators
+FRAGMENTATION = {"cuda": 0.05, "mps": 0.05}
+#: glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): bigger blocks are always
+#: mmapped, so freeing them returns them to the system
+HEAP_BLOCK_LIMIT = 32 * 2**20
+#: share of the forward pass's small temporaries that the CPU heap still holds at the peak, measured
+#: on 12 runs of benchmarks/cpu_memory.py (SmolLM2-135M and MiniLM-L6, three methods, two batch
+#: sizes): one value for both models; MiniLM keeps about 0.8, SmolLM2 about 0.4
+HEAP_RETAINED = 0.55
+#: the same share with gradient checkpointing, of the temporaries a forward pass that saves makes
+#: (measured on SmolLM2-135M, LoRA and full fine-tuning: 0.3 to 1.4, LoRA about 0.3)
+HEAP_RETAINED_CHECKPOINTED = 0.3
 
 
 class MemoryBreakdown(BaseModel):
@@ -51,6 +66,8 @@ class MemoryBreakdown(BaseModel):
     optimizer: int = Field(description="optimizer state (and the step's temporaries if the peak is the step)")
     activations: int = Field(description="tensors saved for backward inside the model body")
     logits: int = Field(description="logits, loss and the first gradients of backward")
+    communication: int = Field(default=0, description="DDP's gradient buckets, or the block a sharded strategy "
+                                                      "gathers (see autopeft.sharding)")
     overhead: int = Field(description="allocator fragmentation and the runtime's fixed cost")
     runtime: int = Field(description="of the overhead, the fixed cost (CUDA context or process baseline)")
     activations_with_checkpointing: int = Field(description="activations if gradient checkpointing is on")
@@ -69,6 +86,9 @@ class Estimate(BaseModel):
     batch_size: int
     seq_len: int
     gradient_checkpointing: bool
+    strategy: str = Field(default="single", description="how several processes split the state (autopeft.sharding); "
+                                                         "with several, every memory figure is per device")
+    num_processes: int = 1
     trainable_params: int
     total_params: int
     adapter_bytes: int
@@ -88,12 +108,16 @@ class _Trace(BaseModel):
     blocks: list[int] = []  # saved bytes per block
     block_inputs: list[int] = []  # bytes of each block's input (what checkpointing keeps)
     logits: int = 0  # the logits tensor the caller holds during backward
+    # small (heap-sized) tensors made by the forward pass and not saved for backward
+    temporaries_outside_blocks: int = 0
+    block_temporaries: list[int] = []
 
 
 def estimate(model: str | None = None, method: str | Method | None = None, *, settings: dict | None = None,
              peft_config: dict | None = None, task: str | None = None, batch_size: int = 4, seq_len: int = 512,
              dtype: str | None = None, device: str = "cuda", gradient_checkpointing: bool = False,
-             num_labels: int = 2, trust_remote_code: bool = False, config=None) -> Estimate:
+             num_labels: int = 2, trust_remote_code: bool = False, config=None, strategy: str | None = None,
+             num_processes: int = 1) -> Estimate:
     """Estimate the cost of training ``model`` with ``method`` (or an adapter config dict).
 
     :param model: embedded name, local dir (a dir holding only config.json is enough) or Hub id;
@@ -103,13 +127,19 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     :param peft_config: the dict of a PEFT ``adapter_config.json``, used instead of ``settings``.
     :param dtype: ``bf16``, ``fp16`` or ``fp32``; default bf16 on accelerators, fp32 on CPU.
     :param config: an already loaded transformers config (skips loading ``model``).
+    :param strategy: with ``num_processes`` > 1, how they split the state: ``ddp`` (the default),
+        ``zero1``, ``zero2``, ``zero3`` or ``fsdp``; memory figures are then per device and
+        ``batch_size`` is each device's micro-batch (see :mod:`autopeft.sharding`).
     """
+    from .sharding import sharding
+
     from . import adapter_config as ac
     from .models import default_model, load_config, task_of_model
     from .plugins import get_method
 
     if batch_size < 1 or seq_len < 1:
         raise BadInputError(f"batch size and sequence length must be at least 1, got {batch_size} and {seq_len}")
+    plan = sharding(strategy, num_processes)
     if device not in DEVICES:
         raise BadInputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     dtype_name = DTYPES.get((dtype or ("fp32" if device == "cpu" else "bf16")).lower())
@@ -135,7 +165,7 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     with _meta_nonzero():
         return _estimate_on_meta(
             config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
-            dtype_name, device, batch_size, seq_len, gradient_checkpointing)
+            dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan)
 
 
 @contextlib.contextmanager
@@ -153,7 +183,9 @@ def _meta_nonzero():
 
 
 def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
-                      dtype_name, device, batch_size, seq_len, gradient_checkpointing) -> Estimate:
+                      dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan) -> Estimate:
+    from .sharding import per_device
+
     limit = getattr(config, "max_position_embeddings", None)
     if limit and seq_len > limit and getattr(config, "position_embedding_type", None) == "absolute":
         raise BadInputError(f"sequence length {seq_len} exceeds this model's {limit} positions", source="--seq-len")
@@ -179,26 +211,35 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
 
     block_layer_grads = _block_param_ids(net)
     nonblock_grads = _tensor_bytes(p for p in trainable if id(p) not in block_layer_grads)
+    blocks = _blocks(net)
+    block_weights = max((_tensor_bytes(_unique(b.parameters())) for b in blocks), default=0)
+    block_grads = max((_tensor_bytes(p for p in _unique(b.parameters()) if p.requires_grad) for b in blocks), default=0)
     step_temp = _optimizer_step_temporaries(trainable, device)
     acts_plain = trace.outside_blocks + sum(trace.blocks)
     acts_ckpt = trace.outside_blocks + sum(trace.block_inputs) + (max(trace.blocks) if trace.blocks else 0)
     logits = trace.logits + trace.head + 2 * trace.largest_head_tensor
 
+    def share(gradients: int, optimizer: int):
+        return per_device(plan, weights=weights, gradients=gradients, optimizer=optimizer, all_gradients=grads,
+                          block_weights=block_weights, block_gradients=block_grads)
+
     def peak(acts: int) -> tuple[int, MemoryBreakdown, str]:
-        forward_backward = acts + logits + nonblock_grads
-        optimizer_step = grads + step_temp
+        at_backward = share(nonblock_grads, opt_state)
+        at_step = share(grads, opt_state + step_temp)
+        forward_backward = acts + logits + at_backward.gradients + at_backward.optimizer
+        optimizer_step = at_step.gradients + at_step.optimizer
         phase = "forward-backward" if forward_backward >= optimizer_step else "optimizer-step"
+        held = at_backward if phase == "forward-backward" else at_step
         runtime = RUNTIME_BYTES[device]
-        overhead = runtime + int(FRAGMENTATION[device] * (acts + logits))
+        overhead = runtime + _fragmentation(device, trace, acts + logits, checkpointed=acts == acts_ckpt)
         parts = MemoryBreakdown(
-            weights=weights, gradients=nonblock_grads if phase == "forward-backward" else grads,
-            optimizer=opt_state + (0 if phase == "forward-backward" else step_temp),
+            weights=held.weights, gradients=held.gradients, optimizer=held.optimizer,
             activations=acts if phase == "forward-backward" else 0,
             logits=logits if phase == "forward-backward" else 0,
-            overhead=overhead, runtime=runtime,
+            communication=held.communication, overhead=overhead, runtime=runtime,
             activations_with_checkpointing=acts_ckpt, activations_without_checkpointing=acts_plain)
         total = (parts.weights + parts.gradients + parts.optimizer + parts.activations + parts.logits
-                 + parts.overhead)
+                 + parts.communication + parts.overhead)
         return total, parts, phase
 
     with_ckpt, _, _ = peak(acts_ckpt)
@@ -209,9 +250,19 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     return Estimate(
         method=method_obj.name, settings=shown_settings, model=model_name, task=task, device=device,
         dtype=dtype_name, batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
-        trainable_params=trainable_params, total_params=total_params, adapter_bytes=adapter,
+        strategy=plan.strategy, num_processes=plan.num_processes, trainable_params=trainable_params, total_params=total_params, adapter_bytes=adapter,
         peak_memory_bytes=chosen, peak_memory_bytes_with_checkpointing=with_ckpt,
         peak_memory_bytes_without_checkpointing=without_ckpt, peak_phase=phase, breakdown=breakdown)
+
+
+def _fragmentation(device: str, trace: _Trace, activations: int, checkpointed: bool) -> int:
+    """Bytes the allocator holds beyond the live tensors at the peak."""
+    if device != "cpu":
+        return int(FRAGMENTATION[device] * activations)
+    temporaries = trace.temporaries_outside_blocks + sum(trace.block_temporaries)
+    # with checkpointing every block's tensors are temporaries on the way forward and again when it is
+    # recomputed in backward, but fewer are alive at once, so the heap's share is smaller
+    return int((HEAP_RETAINED_CHECKPOINTED if checkpointed else HEAP_RETAINED) * temporaries)
 
 
 def _task_of(peft_config: dict | None) -> str | None:
@@ -309,7 +360,8 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _T
     known = {_storage_key(t) for t in [*net.parameters(), *net.buffers()]}
     seen: set[int] = set()
     kept: list = []
-    result = _Trace(blocks=[0] * len(blocks), block_inputs=[0] * len(blocks))
+    result = _Trace(blocks=[0] * len(blocks), block_inputs=[0] * len(blocks), block_temporaries=[0] * len(blocks))
+    made: dict[int, tuple[int, Any]] = {}  # storage key -> (bytes, region) of each small tensor the forward makes
     where = {"block": None, "after": False}
     handles = []
 
@@ -338,6 +390,7 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _T
         seen.add(key)
         kept.append(tensor)  # keep it alive: a freed storage's address could be reused and look "seen"
         nbytes = _saved_bytes(tensor)
+        made.pop(key, None)  # saved, so not a temporary
         if where["block"] is not None:
             result.blocks[where["block"]] += nbytes
         elif where["after"]:
@@ -347,21 +400,53 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _T
             result.outside_blocks += nbytes
         return tensor
 
+    def made_tensor(tensor):
+        key = _storage_key(tensor)
+        if key in known or key in seen or key in made:
+            return
+        nbytes = _saved_bytes(tensor)
+        if 0 < nbytes < HEAP_BLOCK_LIMIT:
+            made[key] = (nbytes, where["block"])
+            kept.append(tensor)
+
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
     labels = ids if task == "causal-lm" else torch.zeros(batch_size, dtype=torch.long, device="meta")
     net.train()
     try:
-        with _data_branches_not_taken(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with _data_branches_not_taken(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                _NewTensors(made_tensor):
             out = net(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
     except Exception as exc:
         raise PluginError(f"tracing a training step failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     finally:
         for handle in handles:
             handle.remove()
+    for nbytes, block in made.values():
+        if block is None:
+            result.temporaries_outside_blocks += nbytes
+        else:
+            result.block_temporaries[block] += nbytes
     logits = getattr(out, "logits", None)
     if isinstance(logits, torch.Tensor) and _storage_key(logits) not in seen:
         result.logits = logits.numel() * logits.element_size()
     return result
+
+
+def _NewTensors(callback):
+    """A dispatch mode that hands ``callback`` every tensor an operator returns (views included: the
+    callback keys them by storage)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class NewTensors(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in (out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(tensor, torch.Tensor) and not tensor.is_sparse:
+                    callback(tensor)
+            return out
+
+    return NewTensors()
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .errors import BadInputError
+from .launch import DistributedRun
 
 OPTIONS_FILE = "autopeft-run.json"
 RECORD_FILE = "run.json"
@@ -79,6 +80,7 @@ class RunRecord(BaseModel):
     hardware: Hardware
     versions: dict[str, str]
     recommendation: dict[str, Any] | None = None
+    distributed: DistributedRun | None = Field(default=None, description="with several processes: what each did")
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(include={"method", "settings", "output_dir", "metrics", "peak_memory_bytes",

@@ -12,6 +12,10 @@ fresh interpreter.
 every configuration runs a few steps, the best learning rate of each method and the best quarter of
 the methods go on to a pilot at least twice as long, and so on, so most of the budget goes to
 contenders (the plan is :mod:`autopeft.halving`'s, which ``replay`` also follows).
+
+With several GPUs, the pilots of a rung run side by side, one per GPU (:func:`pilot_slots`); each
+pilot is the same computation wherever it runs, so the results are those of running them one after
+another, and the budget buys proportionally longer pilots.
 """
 
 from __future__ import annotations
@@ -78,13 +82,62 @@ class Rung(BaseModel):
     results: dict[str, PilotResult]
 
 
+def pilot_slots() -> list[str | None]:
+    """Where pilots can run at the same time: one per visible GPU, or a single slot (the CPU, or one
+    GPU: two pilots sharing a device would disturb each other's step times and memory)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count < 2:
+        return [None]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(count)]
+    return ids[:count]
+
+
+def run_rung(configs: Sequence[PilotConfig], base_options: dict[str, Any], steps: int, *,
+             slots: Sequence[str | None] = (None,), max_memory: int | None = None, timeout: float | None = None,
+             on_pilot: Callable[[PilotConfig, int, PilotResult], None] | None = None) -> dict[str, PilotResult]:
+    """Pilot every configuration for ``steps`` steps, as many at a time as there are ``slots``
+    (GPU ids a pilot is pinned to; None: wherever the process runs). Results by configuration name."""
+    if len(slots) <= 1:
+        results = {}
+        for config in configs:
+            results[config.name] = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=timeout,
+                                             gpu=slots[0] if slots else None)
+            if on_pilot:
+                on_pilot(config, steps, results[config.name])
+        return results
+
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    free: queue.Queue = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+
+    def one(config: PilotConfig) -> PilotResult:
+        slot = free.get()
+        try:
+            result = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=timeout, gpu=slot)
+        finally:
+            free.put(slot)
+        if on_pilot:
+            on_pilot(config, steps, result)
+        return result
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        return dict(zip((c.name for c in configs), pool.map(one, configs)))
+
+
 def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, max_memory: int | None = None,
-              timeout: float | None = None) -> PilotResult:
+              timeout: float | None = None, gpu: str | None = None) -> PilotResult:
     """Run one pilot of ``steps`` steps in a child process and return what it measured.
 
     :param base_options: the full run's :class:`autopeft.training.TrainOptions` (data, model, ...).
     :param max_memory: bytes; on CPU the child's resident memory is watched and the child is stopped
         beyond it (status ``oom``); on CUDA the child's allocator is capped to it.
+    :param gpu: the id of the GPU the pilot runs on (``CUDA_VISIBLE_DEVICES``); None: the default.
     """
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="autopeft-pilot-") as tmp:
@@ -92,7 +145,7 @@ def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, 
         options = {**base_options, **config.options(), "pilot_steps": steps, "output_dir": str(Path(tmp) / "run"),
                    "forgetting": False, "samples": 0}
         peak, failure = run_watched(_child, (options, str(result_path), max_memory), max_memory=max_memory,
-                                    timeout=timeout)
+                                    timeout=timeout, env={"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None)
         if failure is not None:
             result = PilotResult(status=failure[0], error=failure[1], peak_memory_bytes=peak or None)
         elif result_path.is_file():
@@ -108,15 +161,17 @@ def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, 
 
 
 def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
-                timeout: float | None = None) -> tuple[int, tuple[str, str] | None]:
+                timeout: float | None = None, env: dict[str, str] | None = None) -> tuple[int, tuple[str, str] | None]:
     """Run ``target(*args)`` in a child process and watch it: on CPU, a child whose resident memory
     (with its own children) goes over ``max_memory`` is stopped at once, as is one running past
-    ``timeout`` seconds. Returns (peak resident bytes seen, None or (status, reason))."""
+    ``timeout`` seconds. ``env`` adds to the child's environment. Returns (peak resident bytes seen,
+    None or (status, reason))."""
     import psutil
 
     started = time.perf_counter()
     # the fork server keeps the environment it started with; the child gets this process's own now
-    child = _context().Process(target=_in_environment, args=(dict(os.environ), target, args), daemon=True)
+    environ = {**os.environ, **(env or {})}
+    child = _context().Process(target=_in_environment, args=(environ, target, args), daemon=True)
     child.start()
     watched = psutil.Process(child.pid)
     peak, failure = 0, None
@@ -145,49 +200,51 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
                        rank: Callable[[list[PilotConfig], dict[str, PilotResult]], list[float]],
                        max_memory: int | None = None, max_fraction: float = MAX_FRACTION,
                        on_pilot: Callable[[PilotConfig, int, PilotResult], None] | None = None,
-                       announce: Callable[[str], None] | None = None) -> list[Rung]:
+                       announce: Callable[[str], None] | None = None,
+                       slots: Sequence[str | None] | None = None) -> list[Rung]:
     """Spend a time budget over ``configs``: a few steps each, then the best learning rate per
     method and the best quarter of the methods (by ``rank``, higher is better) at least twice as
     long, until one or two methods are left or the budget is spent (see :mod:`autopeft.halving`). Returns every rung's results.
 
     The first configuration runs first, for ``MIN_STEPS`` steps, to measure the process overhead and
     the step time; ``budget(overhead, seconds_per_step)`` then gives the seconds to spend, and the
-    rungs are planned to fit what is left of it.
+    rungs are planned to fit what is left of it. ``slots`` (default: :func:`pilot_slots`) run a
+    rung's pilots side by side, which divides its wall time by their number.
     """
     configs = list(configs)
-    calibration = run_pilot(configs[0], base_options, MIN_STEPS, max_memory=max_memory)
+    slots = list(slots) if slots else pilot_slots()
+    calibration = run_pilot(configs[0], base_options, MIN_STEPS, max_memory=max_memory, gpu=slots[0])
     if on_pilot:
         on_pilot(configs[0], MIN_STEPS, calibration)
     overhead, per_step = _costs(calibration)
     budget_seconds = budget(overhead, per_step)
     deadline = time.perf_counter() + budget_seconds
     if announce:
+        side_by_side = f", {len(slots)} at a time" if len(slots) > 1 else ""
         announce(f"pilots will take about {budget_seconds:.0f} s ({overhead:.1f} s to start a pilot, "
-                 f"{per_step:.2f} s a step)")
+                 f"{per_step:.2f} s a step{side_by_side})")
+    parallel = len(slots)
     cap = max(MIN_STEPS, int(max_fraction * total_steps))
     rungs: list[Rung] = []
-    alive = _affordable(configs, budget_seconds, overhead, per_step)
+    alive = _affordable(configs, budget_seconds * parallel, overhead, per_step)
     if announce and len(alive) < len(configs):
         announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
                  f"without a pilot")
     while len(alive) > 1 or not rungs:
         shortest = 2 * rungs[-1].steps if rungs else MIN_STEPS
-        length = next_length(len(alive), _methods(alive), deadline - time.perf_counter(), overhead=overhead,
-                             per_unit=per_step, shortest=shortest, cap=cap)
+        # n slots side by side: the wall time left buys n times the pilot time
+        length = next_length(len(alive), _methods(alive), parallel * (deadline - time.perf_counter()),
+                             overhead=overhead, per_unit=per_step, shortest=shortest, cap=cap)
         if rungs and (length is None or int(length) < shortest):
             break  # no budget left for pilots longer than the last: decide on what is known
         steps = max(int(length or 0), MIN_STEPS)
-        results = {}
-        for config in alive:
-            if steps == MIN_STEPS and config is configs[0]:
-                results[config.name] = calibration
-                continue
-            result = run_pilot(config, base_options, steps, max_memory=max_memory,
-                               timeout=max(120.0, 5 * (overhead + steps * per_step)))
-            if on_pilot:
-                on_pilot(config, steps, result)
+        reuse = steps == MIN_STEPS and configs[0] in alive
+        results = {configs[0].name: calibration} if reuse else {}
+        results.update(run_rung([c for c in alive if not (reuse and c is configs[0])], base_options, steps,
+                                slots=slots, max_memory=max_memory, on_pilot=on_pilot,
+                                timeout=max(120.0, 5 * (overhead + steps * per_step))))
+        for result in results.values():
             overhead, per_step = _costs(result, overhead, per_step)
-            results[config.name] = result
         rungs.append(Rung(steps=steps, results=results))
         alive = _survivors(alive, results, rank)
         if steps >= cap:

@@ -98,8 +98,13 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
               learning_rates_per_method: int = 2, batch_size: int = 8, epochs: float = 3.0,
               max_steps: int | None = None, max_length: int = 512, max_examples: int | None = None,
               trust_remote_code: bool = False, profiles: list[str] | None = None, leave_out: list[str] | None = None,
+              num_processes: int = 1, accelerate_config: str | None = None,
               say: Callable[[str], None] | None = None) -> Recommendation:
     """Rank the installed methods for ``data`` under ``constraints``; see the module docstring.
+
+    :param num_processes, accelerate_config: how the fine-tune will run; with several processes the
+        memory constraint is per device and ``batch_size`` each device's micro-batch (pilots still
+        run one at a time on one device).
 
     :param profiles: more profile records to learn from (JSONL files, or dirs of results in the PEFT
         method-comparison layout), besides the shipped ones and this machine's store.
@@ -112,9 +117,11 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     from .profiler import profile_device, target_device
     from .profiles import load_records
     from .recommender import Candidate, Objective, Recommender, objective_scores, pareto_front
+    from .launch import plan_of
     from .training import _total_steps, TrainOptions
 
     say = say or (lambda text: log.info(text))
+    plan = plan_of(num_processes, accelerate_config)
     constraints = constraints or Constraints()
     goal = Objective.parse(objective)
     device = target_device(target_gpu) if target_gpu else profile_device()
@@ -146,7 +153,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         memory_name = f"{device.name}'s memory"
     reports, verdicts = _screen(get_methods().values(), task, screened, memory_name, batch_size, model=model,
                                 seq_len=seq_len, device=device, num_labels=len(prepared.label2id or {}) or 2,
-                                config=config)
+                                config=config, plan=plan)
     feasible = [r for r in reports.values() if r.feasible]
     if not feasible:
         misses = nearest_misses(verdicts)
@@ -231,7 +238,8 @@ def _pilot_reason(result: Measured, constraints: Constraints, device: DeviceProf
     return None
 
 
-def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_len, device, num_labels, config):
+def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_len, device, num_labels, config,
+            plan=None):
     """Check every method for the task against the constraints with the static cost model.
     Returns (a report per method, the verdicts of those the cost model judged)."""
     from .costmodel import estimate
@@ -252,7 +260,8 @@ def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_l
         @functools.lru_cache(maxsize=None)  # the fit is asked at a micro-batch already traced
         def estimate_at(micro: int, method=method, settings=settings):
             return estimate(model, method, settings=settings, task=task, batch_size=micro, seq_len=seq_len,
-                            device="cuda" if device.kind == "cuda" else "cpu", num_labels=num_labels, config=config)
+                            device="cuda" if device.kind == "cuda" else "cpu", num_labels=num_labels, config=config,
+                            strategy=plan.strategy if plan else None, num_processes=plan.num_processes if plan else 1)
 
         try:
             verdict = check(method, settings, constraints, batch_size, estimate_at, margin=PLANNING_MARGIN,
@@ -408,7 +417,7 @@ def tune(data: str, *, output_dir: str, overwrite: bool = False, constraints: Co
     out = Path(output_dir).expanduser()
     check_output_dir(out, resume=False, overwrite=overwrite)
     keys = ("model", "task", "validation", "batch_size", "epochs", "max_steps", "max_length", "max_examples",
-            "trust_remote_code")
+            "trust_remote_code", "num_processes", "accelerate_config")
     rec = recommend(data, constraints=constraints, objective=objective, target_gpu=target_gpu, pilot=pilot,
                     pilot_fraction=pilot_fraction, pilot_seconds=pilot_seconds, say=say,
                     **{k: options[k] for k in keys if options.get(k) is not None})

@@ -63,6 +63,10 @@ class TrainOptions(BaseModel):
     profile_store: bool = Field(default=True, description="add the finished run to the local profile store")
     pilot_steps: int | None = Field(default=None, ge=1, description="a pilot: stop after this many optimizer steps "
                                     "of the full run's schedule, without evaluations, checkpoints or report")
+    num_processes: int = Field(default=1, ge=1, description="train data-parallel on this many processes "
+                               "(one per GPU), launched through Accelerate; batch_size is per process")
+    accelerate_config: str | None = Field(default=None, description="an Accelerate config file (FSDP, DeepSpeed, "
+                                          "several machines) to launch with")
 
 
 def train(data: str | None = None, *, output_dir: str, resume: bool = False, overwrite: bool = False,
@@ -82,6 +86,11 @@ def train(data: str | None = None, *, output_dir: str, resume: bool = False, ove
         opts = _stored_options(out)
     else:
         opts = _options(data=str(data) if data is not None else None, output_dir=str(out), **options)
+    from .launch import launch, launched, plan_of
+
+    if (opts.num_processes > 1 or opts.accelerate_config) and not launched():
+        plan_of(opts.num_processes, opts.accelerate_config)  # a bad config file is reported here, once
+        return launch(opts, out, resume=resume, recommendation=recommendation)
     return _Run(opts, out, resume=resume, progress=progress, recommendation=recommendation).execute()
 
 
@@ -119,17 +128,23 @@ class _Run:
 
         from transformers import set_seed
 
+        from .launch import DataTrace, is_main_process, launched
+
         opts = self.opts
         set_seed(opts.seed)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.main = is_main_process()
         self.method, self.settings = _method(opts.method, opts.settings)
         self.prepare_data()
         self.out.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
+        if not self.resume and self.main:
             from .outputs import write_json
 
             write_json(self.out / OPTIONS_FILE, opts.model_dump(mode="json"))
         self.load_and_build()
+        self.data_trace = DataTrace() if launched() else None
+        if self.data_trace is not None:
+            self.data_trace.attach(self.net)
         trainer = self.make_trainer()
         train_started = time.perf_counter()
         trainer.train(resume_from_checkpoint=self._last_checkpoint())
@@ -181,7 +196,7 @@ class _Run:
                          pad_token_id=self.tokenizer.pad_token_id).to(self.device)
         self.base_config = net.config
         self.loss_before = None
-        if self.task == "causal-lm" and opts.forgetting and not opts.pilot_steps:
+        if self.task == "causal-lm" and opts.forgetting and not opts.pilot_steps and self.main:
             self.loss_before = _general_loss(net, self.tokenizer)
         self.total_steps = _total_steps(opts, len(self.data.train))
         self.settings = self.method.settings_for_run(self.settings, self.total_steps)
@@ -194,7 +209,7 @@ class _Run:
                               f"{first_line(exc)}") from None
         if self.task == "seq-cls":
             _train_head(net)
-        self.initial_adapter = (None if opts.pilot_steps else
+        self.initial_adapter = (None if opts.pilot_steps or not self.main else
                                 _save_initial_adapter(net, self.out / CHECKPOINTS / "initial-adapter"))
         if not any(p.requires_grad for p in net.parameters()):
             raise PluginError(f"method {self.method.name} left no trainable parameter")
@@ -240,6 +255,8 @@ class _Run:
             length_column_name="length", remove_unused_columns=False, label_names=["labels"],
             include_num_input_tokens_seen="non_padding", dataloader_num_workers=0,
             gradient_checkpointing=False,  # enabled on the model already, where PEFT wraps it correctly
+            # adapters use every trainable parameter in each forward pass: spare DDP the graph walk
+            ddp_find_unused_parameters=False,
         )
         optimizer = _method_optimizer(self.method, self.net, self.settings, self.learning_rate, opts.weight_decay)
         callbacks = [EarlyStoppingCallback(opts.early_stopping_patience)] if early else []
@@ -284,7 +301,7 @@ class _Run:
         peak = peak_memory_bytes(self.device)
         metrics: dict[str, float | None] = {"train_loss": _final_train_loss(trainer.state.log_history)}
         if trainer.eval_dataset is not None:
-            scores = trainer.evaluate()
+            scores = trainer.evaluate()  # with several processes, all take part
             metrics["eval_loss_before"] = _first_eval_loss(trainer.state.log_history)
             metrics["eval_loss"] = scores.get("eval_loss")
             if self.task == "causal-lm":
@@ -292,6 +309,14 @@ class _Run:
             else:
                 metrics["accuracy"] = scores.get("eval_accuracy")
                 metrics["macro_f1"] = scores.get("eval_macro_f1")
+        distributed = None
+        if self.data_trace is not None:
+            from .launch import gather, plan_of
+
+            plan = plan_of(opts.num_processes, opts.accelerate_config)
+            distributed = gather(self.data_trace, net, peak, plan)
+        if not self.main:
+            return None  # the main process writes the outputs
         if self.loss_before is not None:
             after = _general_loss(net, self.tokenizer)
             metrics["general_text_loss_before"] = self.loss_before
@@ -325,7 +350,8 @@ class _Run:
             eval_seconds=eval_seconds,
             tokens_per_second=tokens / (self.train_seconds - eval_seconds) if tokens else None,
             history=_history(trainer.state.log_history), samples=samples,
-            hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation)
+            hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation,
+            distributed=distributed)
         write_report(self.out, record)
         write_json(self.out / RECORD_FILE, record.model_dump(mode="json"))  # last: marks the run finished
         if opts.profile_store:
@@ -356,12 +382,16 @@ class _Run:
         """The cost model's prediction for this run, kept beside the measurement so both can be compared."""
         from .costmodel import estimate
 
+        from .launch import plan_of
+
         try:
+            plan = plan_of(self.opts.num_processes, self.opts.accelerate_config)
             est = estimate(self.model_name, self.method, settings=self.settings, task=self.task,
                            batch_size=self.opts.batch_size, seq_len=self.data.info.tokens.max,
                            device=self.device, dtype=self.precision if self.precision != "auto" else None,
                            gradient_checkpointing=self.opts.gradient_checkpointing,
-                           num_labels=len(self.data.label2id or {}) or 2, config=self.base_config)
+                           num_labels=len(self.data.label2id or {}) or 2, config=self.base_config,
+                           strategy=plan.strategy, num_processes=plan.num_processes)
         except Exception as exc:  # the estimate is a by-product; a failure must not lose the run
             log.warning("no memory estimate for this run: %s", exc)
             return None

@@ -3,7 +3,7 @@
 For SmolLM2-135M (causal LM) and MiniLM-L6 (sequence classification), several methods and two batch
 sizes each, a fresh subprocess loads the model in fp32 with SDPA attention, builds the method, makes
 its optimizer (AdamW over the trainable parameters when the method has none of its own) and runs
-three training steps on random token ids (forward with labels, backward, optimizer step, zero_grad).
+three training steps on random token ids (a few runs also with gradient checkpointing) (forward with labels, backward, optimizer step, zero_grad).
 Its peak resident set size over its whole life (``getrusage(RUSAGE_SELF).ru_maxrss``) is compared
 with ``autopeft.estimate(..., device="cpu", dtype="fp32")`` for the same configuration, which sees
 nothing of the measurements. A bare subprocess that only imports torch, transformers, peft and
@@ -36,6 +36,8 @@ MODELS = {
     "smollm2-135m": ("causal-lm", (4, 8), 256),
     "minilm-l6": ("seq-cls", (16, 64), 128),
 }
+#: (model, method, batch) also measured with gradient checkpointing on
+CHECKPOINTED = (("smollm2-135m", "lora", 8), ("smollm2-135m", "full", 2), ("minilm-l6", "lora", 64))
 STEPS = 3
 TOLERANCE = 0.15
 SMOLLM2_COPY = Path(tempfile.gettempdir()) / "autopeft-bench" / "smollm2-135m"
@@ -56,10 +58,12 @@ def main() -> int:
     started = time.perf_counter()
     run_in_subprocess({"job": "convert"})
     baseline = run_in_subprocess({"job": "baseline"})["peak_rss_bytes"]
-    configs = [(model, method, batch, seq_len)
+    configs = [(model, method, batch, seq_len, False)
                for model, (_, batches, seq_len) in MODELS.items()
                for method in (QUICK_METHODS if args.quick else METHODS)
                for batch in batches]
+    configs += [(model, method, batch, MODELS[model][2], True) for model, method, batch in CHECKPOINTED
+                if not args.quick]
     # every training run is measured before this process imports torch: a child's ru_maxrss starts
     # from its parent's peak RSS (Linux carries it across fork and exec), so the parent must stay small
     measured = [measure(*config) for config in configs]
@@ -84,15 +88,15 @@ def run_in_subprocess(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(model: str, method: str, batch: int, seq_len: int) -> dict:
+def measure(model: str, method: str, batch: int, seq_len: int, checkpointing: bool) -> dict:
     """Train in a fresh subprocess; the row with its peak RSS (or the error that stopped it)."""
-    row = {"model": model, "method": method, "batch": batch, "seq_len": seq_len}
+    row = {"model": model, "method": method, "batch": batch, "seq_len": seq_len, "checkpointing": checkpointing}
     try:
         result = run_in_subprocess({"job": "train", **row})
     except RuntimeError as exc:
         print(f"{model} {method} batch {batch}: {exc}", file=sys.stderr, flush=True)
         return {**row, "error": str(exc)}
-    print(f"{model} {method} batch {batch} x {seq_len}: peak RSS {result['peak_rss_bytes'] / MIB:,.0f} MiB, steps "
+    print(f"{model} {method} batch {batch} x {seq_len}{' checkpointed' if checkpointing else ''}: peak RSS {result['peak_rss_bytes'] / MIB:,.0f} MiB, steps "
           f"{', '.join(f'{s:.1f}' for s in result['step_seconds'])} s", file=sys.stderr, flush=True)
     return {**row, **result, "error": None}
 
@@ -105,7 +109,8 @@ def predict(row: dict) -> dict:
         return row
     try:
         est = autopeft.estimate(row["model"], row["method"], task=MODELS[row["model"]][0], batch_size=row["batch"],
-                                seq_len=row["seq_len"], dtype="fp32", device="cpu")
+                                seq_len=row["seq_len"], dtype="fp32", device="cpu",
+                                gradient_checkpointing=row["checkpointing"])
     except autopeft.AutopeftError as exc:
         return {**row, "error": f"estimate failed: {exc}"}
     measured = row["peak_rss_bytes"]
@@ -117,10 +122,12 @@ def predict(row: dict) -> dict:
 def print_report(rows: list[dict], baseline: int, elapsed: float) -> None:
     from autopeft.costmodel import RUNTIME_BYTES
 
-    print("| model | method | batch | seq_len | trainable params | measured peak RSS (MiB) | predicted (MiB) | error |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| model | method | batch | seq_len | checkpointing | trainable params | measured peak RSS (MiB) "
+          "| predicted (MiB) | error |")
+    print("|---|---|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
-        head = f"| {r['model']} | {r['method']} | {r['batch']} | {r['seq_len']} |"
+        head = (f"| {r['model']} | {r['method']} | {r['batch']} | {r['seq_len']} "
+                f"| {'yes' if r['checkpointing'] else 'no'} |")
         if r["error"]:
             print(f"{head} - | - | - | failed: {r['error']} |")
             continue
@@ -210,6 +217,8 @@ def measure_training(spec: dict) -> dict:
     method = autopeft.get_method(spec["method"])
     settings = method.settings({})
     net = method.build(model, settings, task)
+    if spec["checkpointing"]:  # as autopeft's trainer turns it on
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable = unique_trainable(net)
     optimizer = (method.optimizer(net, settings, learning_rate=1e-4, weight_decay=0.0)
                  or torch.optim.AdamW(trainable, lr=1e-4, weight_decay=0.0))

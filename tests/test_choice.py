@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from autopeft.cli import main
 from autopeft.outputs import RunRecord
-from autopeft.pilot import PilotConfig, run_pilot
+from autopeft.pilot import PilotConfig, run_pilot, run_rung
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FAST = ["--max-length", "64", "--max-examples", "40", "--batch-size", "4", "--epochs", "1"]
@@ -40,6 +40,20 @@ def test_a_pilot_that_crashes_marks_only_itself(trainable_llama):
     result = run_pilot(PilotConfig(name="bad", method="lora", settings={"r": 0}, learning_rate=1e-2, batch_size=4),
                        _base(trainable_llama), 2)
     assert result.status == "failed" and result.error
+
+
+def test_pilots_side_by_side_measure_what_they_measure_one_after_another(trainable_llama):
+    """Pilots spread over devices (here two slots on the CPU) give the same curves as run in turn."""
+    configs = [PilotConfig(name=f"{m}@{lr}", method=m, learning_rate=lr, batch_size=4)
+               for m, lr in (("lora", 1e-2), ("ia3", 3e-2), ("lora", 3e-3))]
+    seen = []
+    in_turn = run_rung(configs, _base(trainable_llama), 3)
+    side_by_side = run_rung(configs, _base(trainable_llama), 3, slots=[None, None],
+                            on_pilot=lambda config, steps, result: seen.append(config.name))
+    assert list(side_by_side) == [c.name for c in configs] and sorted(seen) == sorted(in_turn)
+    for name, result in in_turn.items():
+        assert result.status == side_by_side[name].status == "ok"
+        assert [p.train_loss for p in result.curve] == [p.train_loss for p in side_by_side[name].curve]
 
 
 def test_recommend_json_follows_the_contract(trainable_llama):

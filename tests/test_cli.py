@@ -36,7 +36,7 @@ def test_estimate_json_follows_the_contract(tiny_llama_dir):
     assert doc["trainable_params"] == 2 * (4 * 128 + 4 * 96)
     parts = doc["breakdown"]
     assert doc["peak_memory_bytes"] == sum(parts[k] for k in ("weights", "gradients", "optimizer", "activations",
-                                                              "logits", "overhead"))
+                                                              "logits", "communication", "overhead"))
 
 
 def test_estimate_several_peft_configs_prints_a_json_list(tiny_llama_dir, tmp_path):
@@ -62,6 +62,25 @@ def test_gradient_checkpointing_lowers_the_estimate_and_batch_raises_it(tiny_lla
     full = autopeft.estimate(str(tiny_llama_dir), "full", batch_size=2, seq_len=64, device="cpu")
     assert full.breakdown.optimizer > 10 * small.breakdown.optimizer
 
+
+def test_cpu_overhead_counts_the_heap_the_forward_pass_leaves_behind(tiny_llama_dir):
+    """On CPU glibc keeps part of the forward pass's freed temporaries; on CUDA only a small fraction
+    of the activations is lost, so the same run costs more overhead on CPU and it grows with the batch."""
+    import autopeft
+    from autopeft.costmodel import RUNTIME_BYTES
+
+    def heap(batch, device="cpu", checkpointing=False):
+        est = autopeft.estimate(str(tiny_llama_dir), "lora", batch_size=batch, seq_len=64, device=device,
+                                gradient_checkpointing=checkpointing)
+        return est.breakdown.overhead - RUNTIME_BYTES[device], est
+
+    small, _ = heap(2)
+    big, est = heap(8)
+    assert big > 3 * small > 0
+    assert heap(8, checkpointing=True)[0] < big
+    cuda, cuda_est = heap(8, device="cuda")
+    assert cuda == int(0.05 * (cuda_est.breakdown.activations + cuda_est.breakdown.logits))
+    assert big > cuda
 
 def _bad_inputs(tmp_path, tiny_llama_dir):
     malformed = tmp_path / "adapter_config.json"
