@@ -211,7 +211,22 @@ def _worker(out: Path) -> int:
     opts = TrainOptions(**json.loads((out / OPTIONS_FILE).read_text(encoding="utf-8")))
     _Run(opts, out, resume=extra["resume"], progress=is_main_process(),
          recommendation=extra["recommendation"]).execute()
+    # not on failure: a barrier then would wait for a process that is gone; the launcher ends them all
+    _leave_the_group()
     return 0
+
+
+def _leave_the_group() -> None:
+    """Wait for the others, then close the process group ourselves.
+
+    A process that finishes first (every one but the main, which still writes the outputs) and leaves
+    gloo's group to the interpreter's exit gets aborted by its threads ("terminate called without an
+    active exception"), and the launcher then kills the main one mid-write."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def main() -> int:
