@@ -139,11 +139,13 @@ def _parse_setting(text: str) -> tuple[str, object]:
               help="How the processes split the state. Default: ddp with several.")
 @click.option("--accelerate-config", type=click.Path(dir_okay=False),
               help="Read --num-processes and --strategy from an Accelerate config file.")
+@click.option("--quantize", type=click.Choice(["4bit", "8bit"]),
+              help="The base's linear layers in 4 or 8 bits, as bitsandbytes stores them (QLoRA-style, CUDA).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, dtype, device,
-             gradient_checkpointing, num_labels, num_processes, strategy, accelerate_config, trust_remote_code,
-             as_json):
+             gradient_checkpointing, num_labels, num_processes, strategy, accelerate_config, quantize,
+             trust_remote_code, as_json):
     """Exact trainable parameters and adapter size, and predicted peak training memory. No weights are loaded."""
     _quiet_libraries()
     from .adapter_config import read_adapter_config
@@ -178,7 +180,7 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
             name, method, settings=values, peft_config=cfg, task=this_task, batch_size=batch_size,
             seq_len=seq_len, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
             num_labels=num_labels, trust_remote_code=trust_remote_code, config=loaded[name], strategy=strategy,
-            num_processes=num_processes))
+            num_processes=num_processes, quantize=quantize))
     if as_json:
         docs = [r.model_dump(mode="json") for r in results]
         _emit_json(docs if len(peft_configs) > 1 else docs[0])
@@ -191,7 +193,8 @@ def _print_estimate(r) -> None:
     from .sizes import format_count, format_size
 
     b = r.breakdown
-    click.echo(f"{r.method} on {r.model} ({r.task}), {r.device} {r.dtype}, batch {r.batch_size} x {r.seq_len} tokens"
+    base = f"{r.quantize} base computing in {r.dtype}" if r.quantize else r.dtype
+    click.echo(f"{r.method} on {r.model} ({r.task}), {r.device} {base}, batch {r.batch_size} x {r.seq_len} tokens"
                f"{', gradient checkpointing' if r.gradient_checkpointing else ''}")
     if r.num_processes > 1:
         click.echo(f"  {r.num_processes} processes, {r.strategy}: memory figures are per device")
@@ -228,6 +231,8 @@ def _training_options(command, outputs: bool = True):
         click.option("--gradient-checkpointing", is_flag=True, default=None, help="Less memory, ~30% slower."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
                      help="Default: bf16/fp16 on GPUs, fp32 on CPU."),
+        click.option("--quantize", type=click.Choice(["4bit", "8bit"]),
+                     help="Load the base in 4 or 8 bits (QLoRA-style; CUDA with bitsandbytes, methods marked quant)."),
         click.option("--eval-steps", type=click.IntRange(min=1), help="Default: 5 evaluations per run."),
         click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint every N steps. Default: at evaluations."),
         click.option("--early-stopping", "early_stopping_patience", type=click.IntRange(min=0),
@@ -411,6 +416,8 @@ _CHOICE_KEYS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_param
 @click.option("--max-steps", type=click.IntRange(min=1))
 @click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True)
 @click.option("--max-examples", type=click.IntRange(min=1))
+@click.option("--quantize", type=click.Choice(["4bit", "8bit"]),
+              help="Plan for a base loaded in 4 or 8 bits (QLoRA-style; CUDA with bitsandbytes).")
 @_choice_options
 @click.option("--profiles", multiple=True, type=click.Path(exists=True),
               help="More profile records to learn from (JSONL, or a dir of PEFT benchmark results); repeatable.")

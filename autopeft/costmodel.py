@@ -68,7 +68,8 @@ class MemoryBreakdown(BaseModel):
     logits: int = Field(description="logits, loss and the first gradients of backward")
     communication: int = Field(default=0, description="DDP's gradient buckets, or the block a sharded strategy "
                                                       "gathers (see autopeft.sharding)")
-    overhead: int = Field(description="allocator fragmentation and the runtime's fixed cost")
+    overhead: int = Field(description="allocator fragmentation and the runtime's fixed cost (and, on a quantised "
+                                      "base, the one layer dequantised at a time)")
     runtime: int = Field(description="of the overhead, the fixed cost (CUDA context or process baseline)")
     activations_with_checkpointing: int = Field(description="activations if gradient checkpointing is on")
     activations_without_checkpointing: int = Field(description="activations if it is off")
@@ -86,6 +87,7 @@ class Estimate(BaseModel):
     batch_size: int
     seq_len: int
     gradient_checkpointing: bool
+    quantize: str | None = Field(default=None, description="'4bit' or '8bit': the base's linear layers so stored")
     strategy: str = Field(default="single", description="how several processes split the state (autopeft.sharding); "
                                                          "with several, every memory figure is per device")
     num_processes: int = 1
@@ -117,7 +119,7 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
              peft_config: dict | None = None, task: str | None = None, batch_size: int = 4, seq_len: int = 512,
              dtype: str | None = None, device: str = "cuda", gradient_checkpointing: bool = False,
              num_labels: int = 2, trust_remote_code: bool = False, config=None, strategy: str | None = None,
-             num_processes: int = 1) -> Estimate:
+             num_processes: int = 1, quantize: str | None = None) -> Estimate:
     """Estimate the cost of training ``model`` with ``method`` (or an adapter config dict).
 
     :param model: embedded name, local dir (a dir holding only config.json is enough) or Hub id;
@@ -130,6 +132,8 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     :param strategy: with ``num_processes`` > 1, how they split the state: ``ddp`` (the default),
         ``zero1``, ``zero2``, ``zero3`` or ``fsdp``; memory figures are then per device and
         ``batch_size`` is each device's micro-batch (see :mod:`autopeft.sharding`).
+    :param quantize: ``4bit`` or ``8bit``: the base's linear layers stored as bitsandbytes stores them
+        (QLoRA-style, CUDA only; see :mod:`autopeft.quantization`), for methods that support it.
     """
     from .sharding import sharding
 
@@ -150,6 +154,7 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     if method is None:
         raise BadInputError("give a method (--method NAME) or an adapter config (--peft-config FILE)")
     method_obj = get_method(method) if isinstance(method, str) else method
+    _check_quantize(quantize, method_obj, device)
     task = task or _task_of(peft_config)
     model_name = model or default_model(task or "causal-lm")
     if config is None:
@@ -165,7 +170,20 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     with _meta_nonzero():
         return _estimate_on_meta(
             config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
-            dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan)
+            dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan, quantize)
+
+
+def _check_quantize(quantize: str | None, method_obj: Method, device: str) -> None:
+    from .quantization import QUANTIZATIONS
+
+    if quantize is None:
+        return
+    if quantize not in QUANTIZATIONS:
+        raise BadInputError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}", source="--quantize")
+    if device != "cuda":
+        raise BadInputError(f"a {quantize} base trains only on CUDA (bitsandbytes), not on {device}", source="--quantize")
+    if not method_obj.capabilities.quantized:
+        raise BadInputError(f"method {method_obj.name} cannot train on a quantized base", source="--quantize")
 
 
 @contextlib.contextmanager
@@ -183,17 +201,22 @@ def _meta_nonzero():
 
 
 def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
-                      dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan) -> Estimate:
+                      dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan, quantize) -> Estimate:
     from .sharding import per_device
 
     limit = getattr(config, "max_position_embeddings", None)
     if limit and seq_len > limit and getattr(config, "position_embedding_type", None) == "absolute":
         raise BadInputError(f"sequence length {seq_len} exceeds this model's {limit} positions", source="--seq-len")
-    net = _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config)
+    net, quantized = _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config,
+                                    quantize)
     trainable = _unique(p for p in net.parameters() if p.requires_grad)
     if not trainable:
         raise PluginError(f"method {method_obj.name} left no trainable parameter on this model")
     weights = _tensor_bytes(_unique(net.parameters())) + _tensor_bytes(_unique(net.buffers()))
+    if quantize:
+        from .quantization import bytes_saved
+
+        weights -= bytes_saved(quantized, quantize)
     grads = _tensor_bytes(trainable)
     total_params = sum(p.numel() for p in _unique(net.parameters()))
     trainable_params = sum(p.numel() for p in trainable)
@@ -213,8 +236,15 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     nonblock_grads = _tensor_bytes(p for p in trainable if id(p) not in block_layer_grads)
     blocks = _blocks(net)
     block_weights = max((_tensor_bytes(_unique(b.parameters())) for b in blocks), default=0)
+    if quantize and blocks:  # a sharded strategy gathers a block as it is stored
+        from .quantization import bytes_saved
+
+        ids = {id(p) for p in blocks[0].parameters()}
+        block_weights -= bytes_saved([q for q in quantized if id(q[2]) in ids], quantize)
     block_grads = max((_tensor_bytes(p for p in _unique(b.parameters()) if p.requires_grad) for b in blocks), default=0)
     step_temp = _optimizer_step_temporaries(trainable, device)
+    # bitsandbytes' matmul dequantises one layer's weight at a time into the compute dtype
+    dequantised = max((w.numel() * w.element_size() for _, _, w in quantized), default=0)
     acts_plain = trace.outside_blocks + sum(trace.blocks)
     acts_ckpt = trace.outside_blocks + sum(trace.block_inputs) + (max(trace.blocks) if trace.blocks else 0)
     logits = trace.logits + trace.head + 2 * trace.largest_head_tensor
@@ -231,7 +261,8 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
         phase = "forward-backward" if forward_backward >= optimizer_step else "optimizer-step"
         held = at_backward if phase == "forward-backward" else at_step
         runtime = RUNTIME_BYTES[device]
-        overhead = runtime + _fragmentation(device, trace, acts + logits, checkpointed=acts == acts_ckpt)
+        overhead = (runtime + _fragmentation(device, trace, acts + logits, checkpointed=acts == acts_ckpt)
+                    + dequantised)
         parts = MemoryBreakdown(
             weights=held.weights, gradients=held.gradients, optimizer=held.optimizer,
             activations=acts if phase == "forward-backward" else 0,
@@ -250,7 +281,7 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     return Estimate(
         method=method_obj.name, settings=shown_settings, model=model_name, task=task, device=device,
         dtype=dtype_name, batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
-        strategy=plan.strategy, num_processes=plan.num_processes, trainable_params=trainable_params, total_params=total_params, adapter_bytes=adapter,
+        quantize=quantize, strategy=plan.strategy, num_processes=plan.num_processes, trainable_params=trainable_params, total_params=total_params, adapter_bytes=adapter,
         peak_memory_bytes=chosen, peak_memory_bytes_with_checkpointing=with_ckpt,
         peak_memory_bytes_without_checkpointing=without_ckpt, peak_phase=phase, breakdown=breakdown)
 
@@ -271,7 +302,9 @@ def _task_of(peft_config: dict | None) -> str | None:
     return {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "seq-cls"}.get(peft_config.get("task_type") or "")
 
 
-def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config):
+def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, quantize=None):
+    """The model with the method applied, on the meta device, and (with ``quantize``) the base layers
+    bitsandbytes would convert."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -290,12 +323,18 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
     except Exception as exc:
         raise BadInputError(f"cannot build a {task} model from this config: {str(exc).splitlines()[0]}",
                             source="--model") from None
+    if quantize:
+        from .quantization import quantized_layers
+
+        quantized = quantized_layers(net, task)
+    else:
+        quantized = []
     try:
         if peft_config is not None:
             if not isinstance(method_obj, PeftMethod):
                 raise BadInputError(f"method {method_obj.name} does not take a PEFT adapter config")
-            return method_obj.build_from_peft_config(net, ac.to_peft_config(peft_config, task))
-        return method_obj.build(net, method_settings, task)
+            return method_obj.build_from_peft_config(net, ac.to_peft_config(peft_config, task)), quantized
+        return method_obj.build(net, method_settings, task), quantized
     except BadInputError:
         raise
     except NotImplementedError as exc:

@@ -43,12 +43,15 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False):
 
 
 def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None, dtype=None,
-               trust_remote_code: bool = False, allow_pickle: bool = False, pad_token_id: int | None = None):
+               trust_remote_code: bool = False, allow_pickle: bool = False, pad_token_id: int | None = None,
+               quantize: str | None = None):
     """The pretrained model with the head for ``task`` ("causal-lm" or "seq-cls").
 
     :param label2id: class names to ids (seq-cls); the classification head is sized from it.
     :param dtype: a torch dtype, or None for fp32.
     :param allow_pickle: also load ``.bin``/``.pt`` weights, which can run code when unpickled.
+    :param quantize: ``4bit`` or ``8bit``: the linear layers through bitsandbytes, on this process's
+        GPU, computing in ``dtype`` (see :mod:`autopeft.quantization`).
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -60,6 +63,11 @@ def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None,
     kwargs: dict = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
+    if quantize:
+        kwargs["quantization_config"] = _quantization_config(quantize, kwargs["dtype"], path, task, kwargs.get("config"),
+                                                             trust_remote_code)
+        # each data-parallel process holds a whole quantised replica on its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     auto = AutoModelForCausalLM
     if task == "seq-cls":
         auto = AutoModelForSequenceClassification
@@ -81,6 +89,20 @@ def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None,
     except ValueError as exc:
         raise BadInputError(f"cannot load {model!r} for {task}: {first_line(exc)}", source="--model") from None
     return net
+
+
+def _quantization_config(quantize: str, dtype, path: str, task: str, config, trust_remote_code: bool):
+    """bitsandbytes' settings, with the modules to keep unquantised read off the model built on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from .quantization import bnb_config, modules_to_keep
+
+    config = config or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    auto = AutoModelForSequenceClassification if task == "seq-cls" else AutoModelForCausalLM
+    with torch.device("meta"):
+        skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
+    return bnb_config(quantize, dtype, keep=modules_to_keep(skeleton, task))
 
 
 def _embedded_path(model: EmbeddedModel) -> Path:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from .constraints import Constraints, check, method_reasons, nearest_misses
-from .errors import AutopeftError, BadInputError
+from .errors import AutopeftError, BadInputError, MethodUnavailableError
 from .profiler import DeviceProfile
 from .profiles import CurvePoint
 from .sizes import format_size
@@ -80,6 +80,7 @@ class Recommendation(BaseModel):
     batch_size: int | None = None
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
+    quantize: str | None = Field(default=None, description="'4bit' or '8bit': planned for a base loaded so")
     explanation: str
     mode: str = Field(description="pilot: ranked from pilot runs; static: from the cost model and priors only")
     candidates: list[CandidateReport]
@@ -98,13 +99,15 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
               learning_rates_per_method: int = 2, batch_size: int = 8, epochs: float = 3.0,
               max_steps: int | None = None, max_length: int = 512, max_examples: int | None = None,
               trust_remote_code: bool = False, profiles: list[str] | None = None, leave_out: list[str] | None = None,
-              num_processes: int = 1, accelerate_config: str | None = None,
+              num_processes: int = 1, accelerate_config: str | None = None, quantize: str | None = None,
               say: Callable[[str], None] | None = None) -> Recommendation:
     """Rank the installed methods for ``data`` under ``constraints``; see the module docstring.
 
     :param num_processes, accelerate_config: how the fine-tune will run; with several processes the
         memory constraint is per device and ``batch_size`` each device's micro-batch (pilots still
         run one at a time on one device).
+    :param quantize: ``4bit`` or ``8bit``: a quantised base (CUDA); only methods that train on one are
+        candidates, and their memory is estimated so.
 
     :param profiles: more profile records to learn from (JSONL files, or dirs of results in the PEFT
         method-comparison layout), besides the shipped ones and this machine's store.
@@ -127,6 +130,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     device = target_device(target_gpu) if target_gpu else profile_device()
     if not 0 < pilot_fraction < 1:
         raise BadInputError(f"--pilot-budget as a fraction must be in (0, 1), got {pilot_fraction}")
+    if quantize:
+        constraints = _quantized_only(constraints, quantize, local=pilot or not device.planned)
 
     if model is None:
         from .data import read_records
@@ -142,7 +147,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     task = prepared.info.task
     options = TrainOptions(data=data, output_dir="-", model=model, task=task, validation=validation, epochs=epochs,
                            max_steps=max_steps, batch_size=batch_size, max_length=max_length, max_examples=max_examples,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, quantize=quantize)
     total_steps = _total_steps(options, len(prepared.train))
     config = load_config(model, trust_remote_code=trust_remote_code)
     seq_len = prepared.info.tokens.max
@@ -153,7 +158,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         memory_name = f"{device.name}'s memory"
     reports, verdicts = _screen(get_methods().values(), task, screened, memory_name, batch_size, model=model,
                                 seq_len=seq_len, device=device, num_labels=len(prepared.label2id or {}) or 2,
-                                config=config, plan=plan)
+                                config=config, plan=plan, quantize=quantize)
     feasible = [r for r in reports.values() if r.feasible]
     if not feasible:
         misses = nearest_misses(verdicts)
@@ -216,7 +221,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         chosen=chosen.method, settings=chosen.settings,
         learning_rate=chosen.learning_rate, batch_size=row.estimated.batch_size,
         gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
-        gradient_checkpointing=row.estimated.gradient_checkpointing, explanation=explanation, mode=mode,
+        gradient_checkpointing=row.estimated.gradient_checkpointing, quantize=quantize, explanation=explanation,
+        mode=mode,
         candidates=sorted(reports.values(), key=lambda r: (not r.feasible, -(r.predicted_score or -math.inf))),
         device=device, constraints=constraints.model_dump(mode="json"), objective=goal.model_dump(),
         pilot_seconds=pilot_took, seconds=time.perf_counter() - started, total_steps=total_steps,
@@ -238,8 +244,23 @@ def _pilot_reason(result: Measured, constraints: Constraints, device: DeviceProf
     return None
 
 
+def _quantized_only(constraints: Constraints, quantize: str, *, local: bool) -> Constraints:
+    """Constraints that admit only methods training on a quantised base; ``local``: something will run
+    here (pilots, or the fine-tune), so this machine must be able to load one."""
+    from .quantization import QUANTIZATIONS, unavailable_reason
+
+    if quantize not in QUANTIZATIONS:
+        raise BadInputError(f"must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}", source="--quantize")
+    reason = unavailable_reason() if local else None
+    if reason:
+        raise MethodUnavailableError(f"--quantize {quantize}: {reason}")
+    if "quantized" in constraints.require:
+        return constraints
+    return constraints.model_copy(update={"require": (*constraints.require, "quantized")})
+
+
 def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_len, device, num_labels, config,
-            plan=None):
+            plan=None, quantize=None):
     """Check every method for the task against the constraints with the static cost model.
     Returns (a report per method, the verdicts of those the cost model judged)."""
     from .costmodel import estimate
@@ -261,7 +282,8 @@ def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_l
         def estimate_at(micro: int, method=method, settings=settings):
             return estimate(model, method, settings=settings, task=task, batch_size=micro, seq_len=seq_len,
                             device="cuda" if device.kind == "cuda" else "cpu", num_labels=num_labels, config=config,
-                            strategy=plan.strategy if plan else None, num_processes=plan.num_processes if plan else 1)
+                            strategy=plan.strategy if plan else None, num_processes=plan.num_processes if plan else 1,
+                            quantize=quantize)
 
         try:
             verdict = check(method, settings, constraints, batch_size, estimate_at, margin=PLANNING_MARGIN,
@@ -417,7 +439,7 @@ def tune(data: str, *, output_dir: str, overwrite: bool = False, constraints: Co
     out = Path(output_dir).expanduser()
     check_output_dir(out, resume=False, overwrite=overwrite)
     keys = ("model", "task", "validation", "batch_size", "epochs", "max_steps", "max_length", "max_examples",
-            "trust_remote_code", "num_processes", "accelerate_config")
+            "trust_remote_code", "num_processes", "accelerate_config", "quantize")
     rec = recommend(data, constraints=constraints, objective=objective, target_gpu=target_gpu, pilot=pilot,
                     pilot_fraction=pilot_fraction, pilot_seconds=pilot_seconds, say=say,
                     **{k: options[k] for k in keys if options.get(k) is not None})

@@ -42,6 +42,8 @@ class TrainOptions(BaseModel):
     max_length: int = Field(default=512, ge=8)
     gradient_checkpointing: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    quantize: Literal["4bit", "8bit"] | None = Field(default=None, description="load the base in 4 or 8 bits "
+                                                     "(QLoRA-style; CUDA and bitsandbytes; methods that support it)")
     eval_steps: int | None = Field(default=None, ge=1, description="default: about 5 evaluations per run")
     save_steps: int | None = Field(default=None, ge=1, description="default: at every evaluation")
     early_stopping_patience: int = Field(default=3, ge=0, description="evaluations without improvement; 0: off")
@@ -135,6 +137,7 @@ class _Run:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.main = is_main_process()
         self.method, self.settings = _method(opts.method, opts.settings)
+        _check_quantize(opts.quantize, self.method)
         self.prepare_data()
         self.out.mkdir(parents=True, exist_ok=True)
         if not self.resume and self.main:
@@ -191,9 +194,13 @@ class _Run:
         # master weights and let autocast do the half-precision maths
         half = self.precision != "fp32" and self.method.family != "full"
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision) if half else torch.float32
+        if opts.quantize:  # the frozen base in 4/8 bits computes in the half precision; the adapter stays fp32
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         net = load_model(self.model_name, self.task, label2id=self.data.label2id, dtype=dtype,
                          trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle,
-                         pad_token_id=self.tokenizer.pad_token_id).to(self.device)
+                         pad_token_id=self.tokenizer.pad_token_id, quantize=opts.quantize)
+        if not opts.quantize:  # bitsandbytes places a quantised model itself, and refuses to move it
+            net = net.to(self.device)
         self.base_config = net.config
         self.loss_before = None
         if self.task == "causal-lm" and opts.forgetting and not opts.pilot_steps and self.main:
@@ -216,7 +223,8 @@ class _Run:
         if opts.gradient_checkpointing:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             net.config.use_cache = False
-        self.net = net.to(self.device)  # again: adapters may have been made on the CPU
+        # again: adapters may have been made on the CPU (on a quantised base PEFT makes them beside each layer)
+        self.net = net if opts.quantize else net.to(self.device)
 
     # -- training --------------------------------------------------------------------------------
 
@@ -391,7 +399,7 @@ class _Run:
                            device=self.device, dtype=self.precision if self.precision != "auto" else None,
                            gradient_checkpointing=self.opts.gradient_checkpointing,
                            num_labels=len(self.data.label2id or {}) or 2, config=self.base_config,
-                           strategy=plan.strategy, num_processes=plan.num_processes)
+                           strategy=plan.strategy, num_processes=plan.num_processes, quantize=self.opts.quantize)
         except Exception as exc:  # the estimate is a by-product; a failure must not lose the run
             log.warning("no memory estimate for this run: %s", exc)
             return None
@@ -455,6 +463,23 @@ def _method(name: str, settings: dict):
     if reason:
         raise MethodUnavailableError(f"method {method.name} cannot run here: {reason}")
     return method, method.settings(settings)
+
+
+def _check_quantize(quantize: str | None, method) -> None:
+    """A quantised base needs a method that trains on one, and CUDA with bitsandbytes: say which is missing."""
+    from .quantization import unavailable_reason
+
+    if quantize is None:
+        return
+    if not method.capabilities.quantized:
+        from .plugins import get_methods
+
+        able = sorted(m.name for m in get_methods().values() if m.capabilities.quantized)
+        raise BadInputError(f"method {method.name} cannot train on a quantized base; these can: {', '.join(able)}",
+                            source="--quantize")
+    reason = unavailable_reason()
+    if reason:
+        raise MethodUnavailableError(f"--quantize {quantize}: {reason}")
 
 
 def _precision(choice: str, device: str) -> str:
