@@ -104,8 +104,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     """Rank the installed methods for ``data`` under ``constraints``; see the module docstring.
 
     :param num_processes, accelerate_config: how the fine-tune will run; with several processes the
-        memory constraint is per device and ``batch_size`` each device's micro-batch (pilots still
-        run one at a time on one device).
+        memory constraint is per device and ``batch_size`` each device's micro-batch (each pilot
+        runs on one device; with several GPUs, one pilot per GPU at a time).
     :param quantize: ``4bit`` or ``8bit``: a quantised base (CUDA); only methods that train on one are
         candidates, and their memory is estimated so.
 
