@@ -187,15 +187,52 @@ def _decode(data: bytes, source: str) -> str:
     return text.removeprefix("\ufeff")  # editors on Windows add a byte-order mark
 
 
+#: the longest JSON Lines record read: far beyond any training example (max_length keeps a few
+#: thousand tokens of it), and short of what a whole dataset on one line would be
+MAX_RECORD_CHARS = 8 * 2**20
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+        self.line: int | None = None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
+# Python's json keeps the last of two equal keys without a word; a record with both is refused
+_STRICT = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _duplicate(exc: _DuplicateKey, source: str, line: int | None) -> BadInputError:
+    return BadInputError(f"duplicate key {exc.key!r} in one object; JSON would silently keep only the last, so "
+                         f"remove one", source, line)
+
+
 def _parse_jsonl(text: str, source: str) -> list[tuple[int, Any]]:
+    from .sizes import format_size
+
     rows = []
     # split("\n"), not splitlines(): the latter also breaks on \x0b, \x1c, \u2028..., miscounting lines.
     for number, raw in enumerate(text.split("\n"), start=1):
+        if len(raw) > MAX_RECORD_CHARS:
+            raise BadInputError(f"a line of {format_size(len(raw.encode()))}: records over "
+                                f"{format_size(MAX_RECORD_CHARS)} are refused (one JSON document in a file "
+                                f"should be named .json)", source, number)
         line = raw.strip()
         if not line:
             continue
         try:
-            record = json.loads(line)
+            record = _STRICT.decode(line)
+        except _DuplicateKey as exc:
+            raise _duplicate(exc, source, number) from None
         except (ValueError, RecursionError) as exc:
             raise BadInputError(f"not valid JSON ({_json_problem(exc)})", source, number) from None
         if not isinstance(record, dict):
@@ -218,6 +255,10 @@ def _parse_json(text: str, source: str) -> list[tuple[int, Any]]:
         raise BadInputError(f"not valid JSON ({_json_problem(exc)})", source) from None
     start = _JSON_WS.match(text, 0).end()
     if isinstance(doc, dict) and _detect(doc) is not None:
+        try:
+            _STRICT.decode(text)
+        except _DuplicateKey as exc:
+            raise _duplicate(exc, source, None) from None
         return [(_line_at(text, start), doc)]
     if isinstance(doc, dict):
         lists = [key for key, value in doc.items() if isinstance(value, list)]
@@ -227,7 +268,10 @@ def _parse_json(text: str, source: str) -> list[tuple[int, Any]]:
         start = _object_value_pos(text, start, lists[0])
     elif not isinstance(doc, list):
         raise BadInputError(f"expected a list of records, found {_kind(doc)}", source, _line_at(text, start))
-    rows = _array_items(text, start)
+    try:
+        rows = _array_items(text, start)
+    except _DuplicateKey as exc:
+        raise _duplicate(exc, source, exc.line) from None
     for line, record in rows:
         if not isinstance(record, dict):
             raise BadInputError(f"expected each record to be a JSON object {{...}}, found {_kind(record)}",
@@ -239,11 +283,14 @@ def _parse_json(text: str, source: str) -> list[tuple[int, Any]]:
 
 def _array_items(text: str, pos: int) -> list[tuple[int, Any]]:
     """Items of the (already validated) JSON array starting at ``pos``, each with the line it starts on."""
-    decoder = json.JSONDecoder()
     items = []
     pos = _JSON_WS.match(text, pos + 1).end()
     while text[pos] != "]":
-        value, end = decoder.raw_decode(text, pos)
+        try:
+            value, end = _STRICT.raw_decode(text, pos)
+        except _DuplicateKey as exc:
+            exc.line = _line_at(text, pos)
+            raise
         items.append((_line_at(text, pos), value))
         pos = _JSON_WS.match(text, end).end()
         if text[pos] == ",":

@@ -189,6 +189,12 @@ BAD = [
     ("CSV bad quoting", "d.csv", 'text,label\n"a"b,1\n', 2, "not valid CSV"),
     ("TSV header only", "d.tsv", "label\tsentence\n", 1, "no records"),
     ("TSV empty label", "d.tsv", "label\tsentence\npos\tgood\n\tbad\n", 3, "empty"),
+    ("duplicate keys", "d.jsonl", '{"text": "a"}\n{"text": "b", "label": 1, "text": "c"}\n', 2, "duplicate key 'text'"),
+    ("duplicate keys in a .json list", "d.json", '[\n  {"text": "a"},\n  {"label": 1, "label": 0, "text": "b"}\n]', 3,
+     "duplicate key 'label'"),
+    ("duplicate keys in a nested object", "d.jsonl",
+     _lines({"messages": [{"role": "assistant", "content": "x"}]})
+     + '{"messages": [{"role": "user", "role": "assistant", "content": "y"}]}\n', 2, "duplicate key 'role'"),
 ]
 
 
@@ -210,6 +216,24 @@ def test_directory_and_missing_file(tmp_path):
     with pytest.raises(BadInputError, match="no such file") as info:
         read_records(tmp_path / "nope.jsonl")
     assert info.value.source == str(tmp_path / "nope.jsonl")
+
+
+def test_a_50_mb_line_is_refused_without_reading_it_as_a_record(tmp_path):
+    path = _bad(tmp_path, "d.jsonl", b'{"text": "ok"}\n{"text": "' + b"a" * (50 * 2**20) + b'"}\n')
+    with pytest.raises(BadInputError) as info:
+        read_records(path)
+    assert info.value.line == 2 and "a line of 52.4 MB" in info.value.problem
+
+
+def test_an_unreadable_file_says_so(tmp_path):
+    import os
+
+    path = _bad(tmp_path, "d.jsonl", '{"text": "a"}\n')
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        pytest.skip("running as root: permissions do not stop reading")
+    with pytest.raises(BadInputError, match="cannot read the file: Permission denied"):
+        read_records(path)
 
 
 def test_corrupt_parquet(tmp_path):
