@@ -25,6 +25,10 @@ from .sizes import format_size
 
 log = logging.getLogger("autopeft")
 
+#: a pilot measuring more than this many times its estimated peak memory shows a cost model that is
+#: wrong, not one that is off (the built-in model's worst miss measured so far is 1.45x, MiniLM with
+#: gradient checkpointing on CPU; see benchmarks/results/cpu_memory.md)
+COST_MODEL_TOLERANCE = 1.75
 #: plan memory with this share of the budget: the cost model is within ~10% of what is measured
 PLANNING_MARGIN = 0.9
 DEFAULT_PILOT_FRACTION = 0.15
@@ -65,6 +69,7 @@ class CandidateReport(BaseModel):
     settings: dict[str, Any]
     feasible: bool
     excluded_because: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="e.g. a cost model its pilot proved wrong")
     estimated: Estimated | None = None
     measured: Measured | None = None
     predicted_score: float | None = None
@@ -181,6 +186,10 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         result = pilots.get(row.method)
         if result is not None:
             row.measured = result
+            warning = None if device.planned else _cost_model_warning(get_methods()[row.method], row.estimated, result)
+            if warning:
+                row.warnings.append(warning)
+                say(warning)
             reason = _pilot_reason(result, constraints, device, elapsed=time.perf_counter() - started)
             if reason:
                 row.feasible = False
@@ -227,6 +236,17 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         device=device, constraints=constraints.model_dump(mode="json"), objective=goal.model_dump(),
         pilot_seconds=pilot_took, seconds=time.perf_counter() - started, total_steps=total_steps,
         trained_on=recommender.benchmarks_)
+
+
+def _cost_model_warning(method, estimated: Estimated, result: Measured) -> str | None:
+    """A warning naming the plugin when its pilot measured far more memory than its cost model
+    predicted (the candidate is then ranked, and held to --max-vram, by the measured figure)."""
+    measured = result.peak_memory_bytes if result.status == "ok" else None
+    if not measured or measured <= COST_MODEL_TOLERANCE * estimated.peak_memory_bytes:
+        return None
+    return (f"the cost model of {method.name} (plugin {method.source}) is wrong: it predicted "
+            f"{format_size(estimated.peak_memory_bytes)}, its pilot measured {format_size(measured)}; "
+            f"{method.name} is judged by the measured figure")
 
 
 def _pilot_reason(result: Measured, constraints: Constraints, device: DeviceProfile, elapsed: float) -> str | None:

@@ -137,3 +137,37 @@ def test_target_gpu_plans_for_a_known_accelerator_and_names_the_known_ones(train
         assert "H100" in str(exc)
     else:
         raise AssertionError("an unknown accelerator must be refused")
+
+
+def test_a_cost_model_its_pilot_proves_wrong_is_named_and_judged_by_the_measurement(trainable_llama, monkeypatch):
+    """A plugin whose cost model lies (here: ia3's pilot measures 3x its estimate) is reported by name,
+    and its measured figure, not its estimate, is what --max-vram holds it to."""
+    import autopeft.recommend as recommend_module
+    from autopeft.constraints import Constraints
+    from autopeft.profiles import CurvePoint
+    from autopeft.recommend import Measured
+
+    def pilots(feasible, *args, **kwargs):  # what the pilot processes would report
+        return {row.method: Measured(
+            status="ok", learning_rate=1e-3, pilot_steps=3, pilot_loss=2.0, seconds_per_step=0.1,
+            estimated_full_seconds=1.0, curve=[CurvePoint(step=s, train_loss=3.0 - s / 3) for s in (1, 2, 3)],
+            peak_memory_bytes=row.estimated.peak_memory_bytes * (3 if row.method == "ia3" else 1))
+            for row in feasible}
+
+    monkeypatch.setattr(recommend_module, "_run_pilots", pilots)
+
+    def run(**constraints):
+        said = []
+        rec = recommend_module.recommend(
+            str(EXAMPLES / "instructions.jsonl"), model=str(trainable_llama), max_length=64, max_examples=40,
+            batch_size=4, epochs=1, constraints=Constraints(methods=("lora", "ia3"), **constraints), say=said.append)
+        return {c.method: c for c in rec.candidates}, said
+
+    rows, said = run()
+    assert rows["lora"].warnings == [] and rows["ia3"].feasible
+    (warning,) = rows["ia3"].warnings
+    assert warning.startswith("the cost model of ia3 (plugin autopeft) is wrong") and warning in said
+    estimate = rows["ia3"].estimated.peak_memory_bytes
+    rows, _ = run(max_vram=2 * estimate)  # fits as estimated, not as measured
+    assert not rows["ia3"].feasible and "pilot measured" in rows["ia3"].excluded_because[-1]
+    assert rows["lora"].feasible
