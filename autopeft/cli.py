@@ -467,13 +467,13 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
     from .recommend import tune as run_tune
 
     if resume:
-        raise BadInputError("tune --resume: the fine-tune continues with `autopeft train -o DIR --resume`",
-                            source="--resume")
-    if data is None:
+        if output_dir is None:
+            raise BadInputError("--resume needs the --output dir of the tune to continue", source="--resume")
+    elif data is None:
         raise BadInputError("give a training data file")
     choice = _choice_kwargs(**{k: given.pop(k) for k in _CHOICE_KEYS})
     record, rec = run_tune(data, output_dir=output_dir or _default_output(data, "tuned"), overwrite=overwrite,
-                           say=_say, **choice,
+                           resume=resume, say=_say, **choice,
                            **_train_kwargs(given))
     if as_json:
         _emit_json({**record.summary(), "recommendation": rec.model_dump(

@@ -10,6 +10,8 @@
     OUT/checkpoints/                                      Trainer checkpoints, for --resume
     OUT/autopeft-run.json                                 the options of the run (written first: marks
                                                           OUT as autopeft's and lets --resume continue)
+    OUT/recommendation.json                               from `tune`: the choice, kept from the start so
+                                                          that a resumed fine-tune still reports it
 
 Every file is written under a temporary name and renamed into place; run.json comes last, so a
 directory with a run.json holds a finished run.
@@ -31,6 +33,7 @@ from .launch import DistributedRun
 
 OPTIONS_FILE = "autopeft-run.json"
 RECORD_FILE = "run.json"
+RECOMMENDATION_FILE = "recommendation.json"
 CHECKPOINTS = "checkpoints"
 
 

@@ -56,6 +56,7 @@ class PilotResult(BaseModel):
     learning_rate: float | None = None
     trainable_params: int | None = None
     total_params: int | None = None
+    reused: bool = Field(default=False, description="read from the pilot cache, not run again")
 
 
 class PilotConfig(BaseModel):
@@ -97,14 +98,16 @@ def pilot_slots() -> list[str | None]:
 
 def run_rung(configs: Sequence[PilotConfig], base_options: dict[str, Any], steps: int, *,
              slots: Sequence[str | None] = (None,), max_memory: int | None = None, timeout: float | None = None,
-             on_pilot: Callable[[PilotConfig, int, PilotResult], None] | None = None) -> dict[str, PilotResult]:
+             on_pilot: Callable[[PilotConfig, int, PilotResult], None] | None = None,
+             cache: Path | None = None) -> dict[str, PilotResult]:
     """Pilot every configuration for ``steps`` steps, as many at a time as there are ``slots``
-    (GPU ids a pilot is pinned to; None: wherever the process runs). Results by configuration name."""
+    (GPU ids a pilot is pinned to; None: wherever the process runs). Results by configuration name.
+    ``cache``: a dir of finished pilots (see :func:`run_pilot`)."""
     if len(slots) <= 1:
         results = {}
         for config in configs:
             results[config.name] = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=timeout,
-                                             gpu=slots[0] if slots else None)
+                                             gpu=slots[0] if slots else None, cache=cache)
             if on_pilot:
                 on_pilot(config, steps, results[config.name])
         return results
@@ -119,7 +122,8 @@ def run_rung(configs: Sequence[PilotConfig], base_options: dict[str, Any], steps
     def one(config: PilotConfig) -> PilotResult:
         slot = free.get()
         try:
-            result = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=timeout, gpu=slot)
+            result = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=timeout, gpu=slot,
+                               cache=cache)
         finally:
             free.put(slot)
         if on_pilot:
@@ -131,14 +135,24 @@ def run_rung(configs: Sequence[PilotConfig], base_options: dict[str, Any], steps
 
 
 def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, max_memory: int | None = None,
-              timeout: float | None = None, gpu: str | None = None) -> PilotResult:
+              timeout: float | None = None, gpu: str | None = None, cache: Path | None = None) -> PilotResult:
     """Run one pilot of ``steps`` steps in a child process and return what it measured.
 
     :param base_options: the full run's :class:`autopeft.training.TrainOptions` (data, model, ...).
     :param max_memory: bytes; on CPU the child's resident memory is watched and the child is stopped
         beyond it (status ``oom``); on CUDA the child's allocator is capped to it.
     :param gpu: the id of the GPU the pilot runs on (``CUDA_VISIBLE_DEVICES``); None: the default.
+    :param cache: a dir where finished pilots are kept: a pilot of the same configuration, options,
+        data, model and budget found there is returned (``reused``) instead of run again, so that a
+        ``tune`` that was killed, or a ``tune`` after a ``recommend``, does not redo its pilots.
     """
+    key = _cache_key(config, base_options, steps, max_memory) if cache is not None else None
+    if key is not None and (cache / f"{key}.json").is_file():
+        try:
+            return PilotResult.model_validate_json((cache / f"{key}.json").read_text()).model_copy(
+                update={"reused": True})
+        except ValueError:
+            pass  # a damaged entry is run again and rewritten
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="autopeft-pilot-") as tmp:
         result_path = Path(tmp) / "result.json"
@@ -157,7 +171,37 @@ def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, 
     if result.status == "ok" and peak:
         # the watcher's sampled peak can miss a spike; the child's own high-water mark cannot
         result.peak_memory_bytes = max(result.peak_memory_bytes or 0, peak)
+    if key is not None and result.status in ("ok", "oom"):  # a crash or a timeout may not happen again
+        from .outputs import write_text
+
+        cache.mkdir(parents=True, exist_ok=True)
+        write_text(cache / f"{key}.json", result.model_dump_json())
     return result
+
+
+def _cache_key(config: PilotConfig, base_options: dict[str, Any], steps: int, max_memory: int | None) -> str:
+    """What a pilot's outcome depends on: the configuration, the run's options, the bytes of the data,
+    the model's files, the budget and autopeft's version."""
+    import hashlib
+    import json
+
+    from . import __version__
+
+    def stamp(path: str | None) -> Any:
+        if not path:
+            return None
+        p = Path(path).expanduser()
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        if p.is_file():  # data: its contents
+            return hashlib.sha256(p.read_bytes()).hexdigest()
+        return [(str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in files] or path
+
+    options = {k: v for k, v in base_options.items() if k != "output_dir"}
+    described = {"config": config.model_dump(mode="json"), "options": options, "steps": steps,
+                 "max_memory": max_memory, "data": stamp(options.get("data")),
+                 "validation": stamp(options.get("validation")), "model": stamp(options.get("model")),
+                 "version": __version__}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
@@ -201,7 +245,7 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
                        max_memory: int | None = None, max_fraction: float = MAX_FRACTION,
                        on_pilot: Callable[[PilotConfig, int, PilotResult], None] | None = None,
                        announce: Callable[[str], None] | None = None,
-                       slots: Sequence[str | None] | None = None) -> list[Rung]:
+                       slots: Sequence[str | None] | None = None, cache: Path | None = None) -> list[Rung]:
     """Spend a time budget over ``configs``: a few steps each, then the best learning rate per
     method and the best quarter of the methods (by ``rank``, higher is better) at least twice as
     long, until one or two methods are left or the budget is spent (see :mod:`autopeft.halving`). Returns every rung's results.
@@ -209,11 +253,12 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
     The first configuration runs first, for ``MIN_STEPS`` steps, to measure the process overhead and
     the step time; ``budget(overhead, seconds_per_step)`` then gives the seconds to spend, and the
     rungs are planned to fit what is left of it. ``slots`` (default: :func:`pilot_slots`) run a
-    rung's pilots side by side, which divides its wall time by their number.
+    rung's pilots side by side, which divides its wall time by their number. ``cache``: see
+    :func:`run_pilot`.
     """
     configs = list(configs)
     slots = list(slots) if slots else pilot_slots()
-    calibration = run_pilot(configs[0], base_options, MIN_STEPS, max_memory=max_memory, gpu=slots[0])
+    calibration = run_pilot(configs[0], base_options, MIN_STEPS, max_memory=max_memory, gpu=slots[0], cache=cache)
     if on_pilot:
         on_pilot(configs[0], MIN_STEPS, calibration)
     overhead, per_step = _costs(calibration)
@@ -241,7 +286,7 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
         reuse = steps == MIN_STEPS and configs[0] in alive
         results = {configs[0].name: calibration} if reuse else {}
         results.update(run_rung([c for c in alive if not (reuse and c is configs[0])], base_options, steps,
-                                slots=slots, max_memory=max_memory, on_pilot=on_pilot,
+                                slots=slots, max_memory=max_memory, on_pilot=on_pilot, cache=cache,
                                 timeout=max(120.0, 5 * (overhead + steps * per_step))))
         for result in results.values():
             overhead, per_step = _costs(result, overhead, per_step)

@@ -368,12 +368,16 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     def on_pilot(config, steps, result):
         detail = (f"loss {result.curve[-1].train_loss:.3f}, {format_size(result.peak_memory_bytes or 0)}"
                   if result.status == "ok" and result.curve else f"{result.status}: {result.error}")
-        say(f"  pilot {config.name}: {steps} steps, {result.seconds or 0:.0f} s, {detail}")
+        took = "done before, reused" if result.reused else f"{result.seconds or 0:.0f} s"
+        say(f"  pilot {config.name}: {steps} steps, {took}, {detail}")
 
     say(f"pilots: {len(configs)} configurations of {len(feasible)} methods, with successive halving; "
         f"budget {'%.0f s' % seconds if seconds else f'{fraction:.0%} of the estimated full fine-tune'}")
+    from .models import autopeft_home
+
     rungs = successive_halving(configs, base, budget=budget, total_steps=total_steps, rank=rank,
-                               max_memory=max_memory, on_pilot=on_pilot, announce=say)
+                               max_memory=max_memory, on_pilot=on_pilot, announce=say,
+                               cache=autopeft_home() / "pilots")
     best: dict[str, Any] = {}
     from .profiles import end_loss
 
@@ -437,7 +441,8 @@ def _ordinal(n: int) -> str:
     return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def tune(data: str, *, output_dir: str, overwrite: bool = False, constraints: Constraints | None = None,
+def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: bool = False,
+         constraints: Constraints | None = None,
          objective: str | None = None, target_gpu: str | None = None, pilot: bool = True,
          pilot_fraction: float = DEFAULT_PILOT_FRACTION, pilot_seconds: float | None = None,
          progress: bool = True, say: Callable[[str], None] | None = None, **options):
@@ -447,16 +452,18 @@ def tune(data: str, *, output_dir: str, overwrite: bool = False, constraints: Co
 
     :param options: :class:`autopeft.training.TrainOptions` fields; ``learning_rate`` given here
         replaces the one the pilots found.
+    :param resume: continue the interrupted fine-tune in ``output_dir`` with the method already
+        chosen. (A tune interrupted before its fine-tune began is simply run again: its finished
+        pilots are kept on this machine and reused.)
     """
-    import json
-    import tempfile
     from pathlib import Path
 
-    from .outputs import RECORD_FILE, RunRecord, check_output_dir
-    from .pilot import run_watched
+    from .outputs import check_output_dir
 
     constraints = constraints or Constraints()
     out = Path(output_dir).expanduser()
+    if resume:
+        return _resume_tune(out, progress)
     check_output_dir(out, resume=False, overwrite=overwrite)
     keys = ("model", "task", "validation", "batch_size", "epochs", "max_steps", "max_length", "max_examples",
             "trust_remote_code", "num_processes", "accelerate_config", "quantize")
@@ -472,21 +479,51 @@ def tune(data: str, *, output_dir: str, overwrite: bool = False, constraints: Co
     if constraints.time_budget:
         train_options["max_seconds"] = max(1.0, constraints.time_budget - rec.seconds)
     (say or log.info)(f"fine-tuning with {rec.chosen} into {out}")
+    return _fine_tune(rec, out, data=data, overwrite=overwrite, progress=progress, options=train_options,
+                      max_memory=constraints.max_vram), rec
+
+
+def _resume_tune(out, progress: bool):
+    from .outputs import OPTIONS_FILE, RECOMMENDATION_FILE, RECORD_FILE
+
+    if not (out / OPTIONS_FILE).is_file():
+        raise BadInputError("nothing to resume: the fine-tune had not started. Run the same tune command again "
+                            "(without --resume): the pilots it finished are reused", source=str(out))
+    if (out / RECORD_FILE).is_file():
+        raise BadInputError("this run is finished; nothing to resume", source=str(out))
+    if not (out / RECOMMENDATION_FILE).is_file():
+        raise BadInputError(f"not a tune run (no {RECOMMENDATION_FILE}); continue it with "
+                            f"`autopeft train -o {out} --resume`", source=str(out))
+    rec = Recommendation.model_validate_json((out / RECOMMENDATION_FILE).read_text(encoding="utf-8"))
+    max_memory = Constraints.model_validate(rec.constraints).max_vram
+    return _fine_tune(rec, out, data=None, overwrite=False, progress=progress, options={}, max_memory=max_memory,
+                      resume=True), rec
+
+
+def _fine_tune(rec: Recommendation, out, *, data, overwrite: bool, progress: bool, options: dict,
+               max_memory: int | None, resume: bool = False):
+    """Train (or resume) the chosen method in a watched process, held to ``max_memory`` like the pilots."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from .outputs import RECORD_FILE, RunRecord
+    from .pilot import run_watched
+
     with tempfile.TemporaryDirectory(prefix="autopeft-tune-") as tmp:
         error_path = Path(tmp) / "error.txt"
         peak, failure = run_watched(_train_child, (data, str(out), overwrite, progress, rec.model_dump(mode="json"),
-                                                   train_options, str(error_path)),
-                                    max_memory=constraints.max_vram if not rec.device.planned else None)
+                                                   options, str(error_path), resume),
+                                    max_memory=max_memory if not rec.device.planned else None)
         if error_path.is_file():
             kind, _, message = error_path.read_text().partition("\n")
             raise (BadInputError(message) if kind == "bad-input" else AutopeftError(message))
     if failure is not None:
         raise AutopeftError(f"the fine-tune with {rec.chosen} failed ({failure[0]}): {failure[1]}")
-    record = RunRecord.model_validate(json.loads((out / RECORD_FILE).read_text()))
-    return record, rec
+    return RunRecord.model_validate(json.loads((out / RECORD_FILE).read_text()))
 
 
-def _train_child(data, output_dir, overwrite, progress, recommendation, options, error_path) -> None:
+def _train_child(data, output_dir, overwrite, progress, recommendation, options, error_path, resume=False) -> None:
     from pathlib import Path
 
     from .errors import first_line
@@ -496,8 +533,8 @@ def _train_child(data, output_dir, overwrite, progress, recommendation, options,
     quiet_libraries()
     log_to_stderr()
     try:
-        train(data, output_dir=output_dir, overwrite=overwrite, progress=progress, recommendation=recommendation,
-              **options)
+        train(data, output_dir=output_dir, overwrite=overwrite, resume=resume, progress=progress,
+              recommendation=recommendation, **options)
     except BadInputError as exc:
         Path(error_path).write_text(f"bad-input\n{exc}")
     except Exception as exc:  # reported by the parent as one line

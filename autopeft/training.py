@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import BadInputError, MethodUnavailableError, PluginError, first_line
-from .outputs import CHECKPOINTS, OPTIONS_FILE, RECORD_FILE, RunRecord
+from .outputs import CHECKPOINTS, OPTIONS_FILE, RECOMMENDATION_FILE, RECORD_FILE, RunRecord
 
 log = logging.getLogger("autopeft")
 
@@ -86,6 +86,10 @@ def train(data: str | None = None, *, output_dir: str, resume: bool = False, ove
     check_output_dir(out, resume=resume, overwrite=overwrite)
     if resume:
         opts = _stored_options(out)
+        if recommendation is None and (out / RECOMMENDATION_FILE).is_file():
+            import json
+
+            recommendation = json.loads((out / RECOMMENDATION_FILE).read_text(encoding="utf-8"))
     else:
         opts = _options(data=str(data) if data is not None else None, output_dir=str(out), **options)
     from .launch import launch, launched, plan_of
@@ -144,6 +148,8 @@ class _Run:
             from .outputs import write_json
 
             write_json(self.out / OPTIONS_FILE, opts.model_dump(mode="json"))
+            if self.recommendation is not None:
+                write_json(self.out / RECOMMENDATION_FILE, self.recommendation)
         self.load_and_build()
         self.data_trace = DataTrace() if launched() else None
         if self.data_trace is not None:
@@ -287,10 +293,8 @@ class _Run:
     def _last_checkpoint(self) -> str | None:
         if not self.resume:
             return None
-        from transformers.trainer_utils import get_last_checkpoint
-
         directory = self.out / CHECKPOINTS
-        last = get_last_checkpoint(str(directory)) if directory.is_dir() else None
+        last = _last_complete_checkpoint(directory) if directory.is_dir() else None
         if last is None:
             log.warning("no checkpoint to resume from in %s: starting from the beginning", directory)
         return last
@@ -463,6 +467,29 @@ def _method(name: str, settings: dict):
     if reason:
         raise MethodUnavailableError(f"method {method.name} cannot run here: {reason}")
     return method, method.settings(settings)
+
+
+def _last_complete_checkpoint(directory: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing. It writes a checkpoint in place and its
+    trainer_state.json last, so a process killed mid-save leaves a newer directory without a readable
+    one: that directory is removed (the Trainer writes it again when it gets there)."""
+    import json
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    def step(path: Path) -> int:
+        tail = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        return int(tail) if tail.isdigit() else -1
+
+    for path in sorted((p for p in directory.iterdir() if p.is_dir() and step(p) >= 0), key=step, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("%s was being written when the run stopped: it is dropped", path.name)
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        return str(path)
+    return None
 
 
 def _check_quantize(quantize: str | None, method) -> None:

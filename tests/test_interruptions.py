@@ -1,0 +1,63 @@
+"""Killing autopeft with SIGKILL (no chance to clean up) in the middle of its work, as a user's
+machine or a scheduler would, then starting it again: nothing finished is redone or lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from autopeft.outputs import RunRecord
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    # a session of its own: the kill reaches the pilot and training processes too
+    return subprocess.Popen([sys.executable, "-m", "autopeft", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"it ended before the kill: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "the moment to kill never came"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_a_killed_tune_keeps_its_pilots_and_its_fine_tune_resumes(trainable_llama, tmp_path):
+    home = Path(os.environ["AUTOPEFT_HOME"])  # this test's own (see conftest)
+    cache = home / "pilots"
+    out = tmp_path / "tuned"
+    tune = ["tune", str(EXAMPLES / "instructions.jsonl"), "-m", str(trainable_llama), "--max-length", "64",
+            "--max-examples", "40", "-b", "4", "--max-steps", "400", "--save-steps", "20", "--eval-steps", "20",
+            "--early-stopping", "0", "--methods", "lora,ia3,vera", "--pilot-budget", "40s", "-o", str(out)]
+
+    # 1. killed among its pilots: the finished ones are kept
+    _kill_when(_start(tune), lambda: len(list(cache.glob("*.json"))) >= 2)
+    finished = len(list(cache.glob("*.json")))
+    assert not out.exists()  # the fine-tune had not begun: nothing half-written
+
+    # 2. the same command again reuses them; killed this time during its fine-tune, after a checkpoint
+    again = _start(tune)
+    _kill_when(again, lambda: any((out / "checkpoints").glob("checkpoint-*")))
+    reused = again.stderr.read().count("done before, reused")
+    assert reused >= finished
+    assert not (out / "run.json").exists()
+
+    # 3. --resume continues that fine-tune from its checkpoint with the method chosen before
+    chosen = json.loads((out / "recommendation.json").read_text())["chosen"]
+    done = subprocess.run([sys.executable, "-m", "autopeft", "tune", "--resume", "-o", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = RunRecord.model_validate_json((out / "run.json").read_text())
+    assert record.method == chosen and record.steps == 400
+    assert record.recommendation["chosen"] == chosen
+    assert any(p.step == 0 and p.eval_loss is not None for p in record.history)  # history from before the kill
