@@ -54,11 +54,20 @@ def run() -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="autopeft")
-def main():
+@click.option("--no-plugins", is_flag=True, help="Load only autopeft's own methods, no third-party plugin.")
+@click.option("--plugins", "allowed", metavar="NAMES",
+              help="Load only these plugins (comma-separated entry-point or package names; `autopeft` is the "
+                   "built-in methods). Same as AUTOPEFT_LOAD_PLUGINS.")
+def main(no_plugins, allowed):
     """Choose the parameter-efficient fine-tuning method that suits your data, model and hardware.
 
     Exit status: 0 ok, 2 bad input or usage, 3 no method satisfies the constraints, 1 anything else.
     """
+    if no_plugins and allowed:
+        raise click.UsageError("--no-plugins and --plugins exclude each other")
+    if no_plugins or allowed:
+        # an environment variable, so that pilot and training processes load the same set
+        os.environ["AUTOPEFT_LOAD_PLUGINS"] = "autopeft" if no_plugins else allowed
 
 
 def _emit_json(data) -> None:

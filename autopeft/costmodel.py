@@ -333,8 +333,9 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
         if peft_config is not None:
             if not isinstance(method_obj, PeftMethod):
                 raise BadInputError(f"method {method_obj.name} does not take a PEFT adapter config")
-            return method_obj.build_from_peft_config(net, ac.to_peft_config(peft_config, task)), quantized
-        return method_obj.build(net, method_settings, task), quantized
+            built = method_obj.build_from_peft_config(net, ac.to_peft_config(peft_config, task))
+        else:
+            built = method_obj.build(net, method_settings, task)
     except BadInputError:
         raise
     except NotImplementedError as exc:
@@ -348,6 +349,10 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
     except Exception as exc:
         raise PluginError(f"method {method_obj.name} failed to build on the meta device: "
                           f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}") from None
+    if not isinstance(built, torch.nn.Module):
+        raise PluginError(f"method {method_obj.name} (plugin {method_obj.source}) built a {type(built).__name__}, "
+                          f"not a torch module")
+    return built, quantized
 
 
 # Which device the trace stands for: its attention keeps what that device's kernel keeps.

@@ -143,20 +143,36 @@ class _Run:
         self.method, self.settings = _method(opts.method, opts.settings)
         _check_quantize(opts.quantize, self.method)
         self.prepare_data()
+        created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
-        if not self.resume and self.main:
-            from .outputs import write_json
+        try:
+            if not self.resume and self.main:
+                from .outputs import write_json
 
-            write_json(self.out / OPTIONS_FILE, opts.model_dump(mode="json"))
-            if self.recommendation is not None:
-                write_json(self.out / RECOMMENDATION_FILE, self.recommendation)
-        self.load_and_build()
-        self.data_trace = DataTrace() if launched() else None
-        if self.data_trace is not None:
-            self.data_trace.attach(self.net)
-        trainer = self.make_trainer()
+                write_json(self.out / OPTIONS_FILE, opts.model_dump(mode="json"))
+                if self.recommendation is not None:
+                    write_json(self.out / RECOMMENDATION_FILE, self.recommendation)
+            self.load_and_build()
+            self.data_trace = DataTrace() if launched() else None
+            if self.data_trace is not None:
+                self.data_trace.attach(self.net)
+            trainer = self.make_trainer()
+        except BaseException:
+            # nothing was trained: leave no half-made run behind (a dir the user gave us stays)
+            if created and self.main and not self.resume:
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
         train_started = time.perf_counter()
-        trainer.train(resume_from_checkpoint=self._last_checkpoint())
+        last = self._last_checkpoint()
+        if last is not None and _finished_at(last):
+            # stopped after its last step (while writing the outputs): resuming through train() would
+            # take one step more than asked, so load that checkpoint and write the outputs
+            from transformers.trainer_callback import TrainerState
+
+            trainer._load_from_checkpoint(last)
+            trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
+        else:
+            trainer.train(resume_from_checkpoint=last)
         self.train_seconds = time.perf_counter() - train_started
         return self.finish_pilot(trainer) if opts.pilot_steps else self.finish(trainer)
 
@@ -220,6 +236,9 @@ class _Run:
         except Exception as exc:
             raise PluginError(f"method {self.method.name} failed to build: {type(exc).__name__}: "
                               f"{first_line(exc)}") from None
+        if not isinstance(net, torch.nn.Module):
+            raise PluginError(f"method {self.method.name} (plugin {self.method.source}) built a "
+                              f"{type(net).__name__}, not a torch module")
         if self.task == "seq-cls":
             _train_head(net)
         self.initial_adapter = (None if opts.pilot_steps or not self.main else
@@ -360,7 +379,8 @@ class _Run:
             total_params=sum(p.numel() for p in _unique_params(net)), adapter_bytes=adapter_bytes,
             estimated_peak_memory_bytes=self._estimate(), train_seconds=self.train_seconds,
             eval_seconds=eval_seconds,
-            tokens_per_second=tokens / (self.train_seconds - eval_seconds) if tokens else None,
+            tokens_per_second=(tokens / (self.train_seconds - eval_seconds)
+                               if tokens and self.train_seconds > eval_seconds else None),
             history=_history(trainer.state.log_history), samples=samples,
             hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation,
             distributed=distributed)
@@ -467,6 +487,14 @@ def _method(name: str, settings: dict):
     if reason:
         raise MethodUnavailableError(f"method {method.name} cannot run here: {reason}")
     return method, method.settings(settings)
+
+
+def _finished_at(checkpoint: str) -> bool:
+    """Whether the run had taken all its steps when ``checkpoint`` was written."""
+    import json
+
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return bool(state.get("max_steps")) and state.get("global_step", 0) >= state["max_steps"]
 
 
 def _last_complete_checkpoint(directory: Path) -> str | None:

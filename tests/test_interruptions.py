@@ -61,3 +61,54 @@ def test_a_killed_tune_keeps_its_pilots_and_its_fine_tune_resumes(trainable_llam
     assert record.method == chosen and record.steps == 400
     assert record.recommendation["chosen"] == chosen
     assert any(p.step == 0 and p.eval_loss is not None for p in record.history)  # history from before the kill
+
+
+def _train_args(model, out, *extra):
+    return ["train", str(EXAMPLES / "instructions.jsonl"), "-m", str(model), "--max-length", "64",
+            "--max-steps", "400", "--save-steps", "20", "--eval-steps", "20", "--early-stopping", "0",
+            "-o", str(out), *extra]
+
+
+def test_ctrl_c_during_training_is_one_line_and_resume_finishes_the_run(trainable_llama, tmp_path):
+    out = tmp_path / "run"
+    proc = _start(_train_args(trainable_llama, out))
+    deadline = time.monotonic() + 180
+    while not any((out / "checkpoints").glob("checkpoint-*")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
+    status = proc.wait(120)
+    stderr = proc.stderr.read()
+    assert status == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "autopeft: interrupted" and "Traceback" not in stderr
+    assert not (out / "run.json").exists()
+    done = subprocess.run([sys.executable, "-m", "autopeft", "train", "--resume", "-o", str(out), "--json"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert RunRecord.model_validate_json((out / "run.json").read_text()).steps == 400
+
+
+def test_a_run_stopped_while_writing_its_outputs_resumes_to_complete_loadable_ones(trainable_llama, tmp_path,
+                                                                                    monkeypatch):
+    import pytest
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import autopeft
+    from autopeft import outputs
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        def stopped(*args, **kwargs):  # after the adapter was moved into place, before the report
+            raise KeyboardInterrupt
+
+        patch.setattr(outputs, "write_report", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            autopeft.train(str(EXAMPLES / "instructions.jsonl"), output_dir=str(out), model=str(trainable_llama),
+                           max_length=64, max_steps=6, save_steps=2, eval_steps=2, samples=0, forgetting=False,
+                           progress=False)
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "run.json").exists()
+    record = autopeft.train(output_dir=str(out), resume=True, progress=False)
+    assert record.steps == 6 and (out / "run.json").is_file() and (out / "report.md").is_file()
+    assert not list(out.glob(".*tmp*")) and not (out / ".staging").exists()
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(trainable_llama)), str(out))
