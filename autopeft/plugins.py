@@ -9,6 +9,7 @@ set it to an empty string to load none.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -38,6 +39,9 @@ _failures: list[PluginFailure] = []  # import and registration problems
 _collect_failures: list[PluginFailure] = []  # problems while collecting methods, redone on each collect
 _sources: dict[str, str] = {}
 _methods: dict[str, Method] | None = None
+
+
+_SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def _allowed() -> set[str] | None:
@@ -113,6 +117,11 @@ def _collect() -> dict[str, Method]:
             name = getattr(method, "name", None)
             if not isinstance(name, str) or not name:
                 _collect_failures.append(PluginFailure(plugin_name, source, f"{type(method).__name__} has no name"))
+                continue
+            if not _SAFE_NAME.fullmatch(name):
+                # a method's name becomes part of file and directory names (runs/<data>-<method>, bench runs)
+                _collect_failures.append(PluginFailure(
+                    plugin_name, source, f"method name {name!r} is not lowercase letters, digits, '_', '-' and '.'"))
                 continue
             if name in methods:
                 _collect_failures.append(PluginFailure(

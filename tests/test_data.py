@@ -210,6 +210,22 @@ def test_bad_input_names_file_and_line(tmp_path, name, filename, content, line, 
     assert info.value.exit_code == 2
 
 
+@pytest.mark.parametrize("name, filename, content, line, words", BAD, ids=[b[0] for b in BAD])
+def test_train_on_bad_input_says_one_line_exits_2_and_writes_nothing(trainable_llama, tmp_path, name, filename,
+                                                                     content, line, words):
+    from click.testing import CliRunner
+
+    from autopeft.cli import main
+
+    path = _bad(tmp_path, filename, content)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", str(path), "-m", str(trainable_llama), "-o", str(out)])
+    assert result.exit_code == 2
+    (message,) = result.stderr.strip().splitlines()
+    assert message.startswith(f"autopeft: error: {path}:{line}: " if line else f"autopeft: error: {path}: ")
+    assert words in message and not out.exists()
+
+
 def test_directory_and_missing_file(tmp_path):
     with pytest.raises(BadInputError, match="directory"):
         read_records(tmp_path)

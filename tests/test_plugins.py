@@ -121,6 +121,21 @@ def test_a_duplicate_method_name_is_reported_and_the_first_kept(registered):
     assert "already registered" in failures["second"]
 
 
+def test_a_method_name_that_could_escape_the_output_dir_is_refused(registered):
+    class Escaping(_Tiny):
+        name = "../../outside"
+
+    class EscapingPlugin:
+        @autopeft.hookimpl
+        def register_methods(self, register):
+            register(Escaping())
+
+    registered(EscapingPlugin(), "escaping")
+    assert "../../outside" not in plugins.get_methods()
+    failures = {f.plugin: f.error for f in plugins.plugin_failures()}
+    assert "'../../outside' is not lowercase letters" in failures["escaping"]
+
+
 def test_settings_are_validated_with_a_message_naming_the_setting():
     lora = autopeft.get_method("lora")
     assert lora.settings({"r": 8}).r == 8
