@@ -5,8 +5,8 @@ Which layers stay unquantised is transformers' own rule (:func:`transformers.qua
 the output embedding, tied weights and the model's last parameter, plus the model's float32 modules)
 and, for sequence classification, the whole head, which is trained: transformers' rule names only
 the head's last parameter (``classifier.bias``), which matches no module, so it would quantise the
-head that PEFT must train in full. ``torch.nn.Linear`` and GPT-2's ``Conv1D`` layers are converted. The bytes of one converted layer of ``n`` weights and ``o``
-output rows, as bitsandbytes stores them:
+head that PEFT must train in full. ``torch.nn.Linear`` and GPT-2's ``Conv1D`` layers are converted.
+The bytes of one converted layer of ``n`` weights and ``o`` output rows, as bitsandbytes stores them:
 
 ====== ============================================================================================
 4bit   NF4 with double quantisation, blocks of 64: ``n/2`` packed weights + ``n/64`` 8-bit block
@@ -18,7 +18,7 @@ output rows, as bitsandbytes stores them:
 The rest of the base (embeddings, norms, the head) keeps the compute dtype. PEFT's
 ``prepare_model_for_kbit_training`` would also cast all of it to float32; autopeft does not, because
 on a Llama-3.2-3B that adds 0.8 GB of float32 embeddings, more than half of what the 4-bit body
-weighs, and the norms already compute in float32 inside the model code under bf16 autocast.
+weighs, and the models' norms already compute in float32 internally.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ QUANTIZATIONS: tuple[str, ...] = ("4bit", "8bit")
 BLOCK = 64
 SCALE_BLOCK = 256
 CODE_TABLES = 256 * 4 + 16 * 4
+#: the heads PEFT trains in full on a sequence-classification model (its SEQ_CLS modules_to_save)
+SEQ_CLS_HEADS = ("classifier", "score")
 
 
 def unavailable_reason() -> str | None:
@@ -46,10 +48,6 @@ def unavailable_reason() -> str | None:
     if importlib.util.find_spec("bitsandbytes") is None:
         return "4-bit and 8-bit bases need bitsandbytes: pip install bitsandbytes"
     return None
-
-
-#: the heads PEFT trains in full on a sequence-classification model (its SEQ_CLS modules_to_save)
-SEQ_CLS_HEADS = ("classifier", "score")
 
 
 def bnb_config(quantize: str, compute_dtype, keep: list[str]):

@@ -7,6 +7,7 @@ the way a careful engineer would. ``tune`` calls the same :func:`train` after ch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -172,7 +173,10 @@ class _Run:
             trainer._load_from_checkpoint(last)
             trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
         else:
-            trainer.train(resume_from_checkpoint=last)
+            with _stop_gracefully_on_ctrl_c(trainer, enabled=not opts.pilot_steps and self.main) as stop:
+                trainer.train(resume_from_checkpoint=last)
+            if stop.requested:
+                raise KeyboardInterrupt
         self.train_seconds = time.perf_counter() - train_started
         return self.finish_pilot(trainer) if opts.pilot_steps else self.finish(trainer)
 
@@ -487,6 +491,48 @@ def _method(name: str, settings: dict):
     if reason:
         raise MethodUnavailableError(f"method {method.name} cannot run here: {reason}")
     return method, method.settings(settings)
+
+
+class _StopRequest:
+    requested = False
+
+
+@contextlib.contextmanager
+def _stop_gracefully_on_ctrl_c(trainer, *, enabled: bool):
+    """The first Ctrl-C ends training after the current step, with a checkpoint to --resume from; a
+    second stops at once. (An interrupt that lands inside library code, e.g. a destructor, can be
+    swallowed there, so the stop is asked of the Trainer rather than raised into it.)"""
+    import signal
+    import threading
+
+    from transformers import TrainerCallback
+
+    stop = _StopRequest()
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    class StopAfterThisStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop.requested:
+                control.should_save = True
+                control.should_training_stop = True
+
+    def on_interrupt(signum, frame):
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.requested = True
+        log.warning("interrupted: stopping after this step with a checkpoint (`--resume` continues the run; "
+                    "Ctrl-C again to stop at once)")
+
+    callback = StopAfterThisStep()
+    trainer.add_callback(callback)
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        trainer.remove_callback(callback)
 
 
 def _finished_at(checkpoint: str) -> bool:

@@ -77,11 +77,15 @@ def test_ctrl_c_during_training_is_one_line_and_resume_finishes_the_run(trainabl
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
-    status = proc.wait(120)
-    stderr = proc.stderr.read()
-    assert status == 130, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == "autopeft: interrupted" and "Traceback" not in stderr
-    assert not (out / "run.json").exists()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    # it stopped after the step it was in, with a checkpoint there to resume from
+    assert stderr.strip().splitlines()[-2:] == [
+        "autopeft: interrupted: stopping after this step with a checkpoint (`--resume` continues the run; "
+        "Ctrl-C again to stop at once)", "autopeft: interrupted"], stderr[-3000:]
+    assert "Traceback" not in stderr and not (out / "run.json").exists()
+    newest = max((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert (newest / "trainer_state.json").is_file()  # written whole, not cut off by the signal
     done = subprocess.run([sys.executable, "-m", "autopeft", "train", "--resume", "-o", str(out), "--json"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
