@@ -173,7 +173,9 @@ class _Run:
             trainer._load_from_checkpoint(last)
             trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
         else:
-            with _stop_gracefully_on_ctrl_c(trainer, enabled=not opts.pilot_steps and self.main) as stop:
+            # (not with several processes: the launcher hands Ctrl-C to each, and one that stops alone
+            # would leave the others waiting in a collective)
+            with _stop_gracefully_on_ctrl_c(trainer, enabled=not opts.pilot_steps and not launched()) as stop:
                 trainer.train(resume_from_checkpoint=last)
             if stop.requested:
                 raise KeyboardInterrupt
