@@ -29,6 +29,7 @@ SECTIONS = [
     ("The cost model", [
         ("Against the 63 PEFT method-comparison runs (Llama-3.2-3B, bf16, L40S)", "cost_model_peft.md"),
         ("Against CPU training here", "cpu_memory.md"),
+        ("Against every bench run here, with today's cost model", "profile_memory.md"),
     ]),
 ]
 

@@ -42,6 +42,8 @@ STEPS = [
     ("bench_gsm8k", GSM8K, None, "50 min"),
     ("bench_sst2", SST2, None, "50 min"),
     ("make_profiles", [sys.executable, "benchmarks/make_profiles.py"], None, "10 s"),
+    ("profile_memory", [sys.executable, "benchmarks/profile_memory.py", "--json",
+                        "benchmarks/results/profile_memory.json"], "profile_memory.md", "1 min"),
     ("replay_peft", [sys.executable, "benchmarks/replay_peft.py"], None, "10 s"),
     ("leave_one_task_out", [sys.executable, "benchmarks/leave_one_task_out.py"], None, "10 s"),
     ("sst2_choice", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "90s"], None, "20 min"),
