@@ -45,6 +45,16 @@ class PluginError(AutopeftError):
     """A plugin broke its contract (raised, or returned the wrong type) while doing its job."""
 
 
+def remote_code_refused(exc: BaseException, model: str) -> BadInputError | None:
+    """The one-line refusal for transformers' error about a model that ships its own Python code
+    (raised when ``trust_remote_code`` is off), or None for any other error."""
+    text = str(exc)
+    if "trust_remote_code" not in text and "contains custom code" not in text:
+        return None
+    return BadInputError(f"{model} comes with its own Python code, which runs only if you trust it: read it, "
+                         f"then pass --trust-remote-code", source="--model")
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (or its type name): enough for a one-line error."""
     text = str(exc).strip().splitlines()

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .errors import BadInputError, first_line
+from .errors import BadInputError, first_line, remote_code_refused
 from .models import EMBEDDED, EmbeddedModel, autopeft_home, embedded_dir
 
 
@@ -36,7 +36,8 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False):
     except BadInputError:
         raise
     except Exception as exc:
-        raise BadInputError(f"cannot load the tokenizer of {model!r}: {first_line(exc)}", source="--model") from None
+        raise remote_code_refused(exc, model) or BadInputError(
+            f"cannot load the tokenizer of {model!r}: {first_line(exc)}", source="--model") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -87,7 +88,8 @@ def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None,
                                 f"so pass --allow-pickle if you trust it", source="--model") from None
         raise BadInputError(f"cannot load {model!r}: {first_line(exc)}", source="--model") from None
     except ValueError as exc:
-        raise BadInputError(f"cannot load {model!r} for {task}: {first_line(exc)}", source="--model") from None
+        raise remote_code_refused(exc, model) or BadInputError(
+            f"cannot load {model!r} for {task}: {first_line(exc)}", source="--model") from None
     return net
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .errors import BadInputError, first_line
+from .errors import BadInputError, first_line, remote_code_refused
 
 
 class EmbeddedModel(BaseModel):
@@ -95,12 +95,12 @@ def load_config(model: str, *, trust_remote_code: bool = False):
         try:
             return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         except (ValueError, KeyError, OSError) as exc:
-            raise BadInputError(f"not a usable transformers config: {first_line(exc)}",
-                                source=str(path / "config.json")) from None
+            raise remote_code_refused(exc, model) or BadInputError(
+                f"not a usable transformers config: {first_line(exc)}", source=str(path / "config.json")) from None
     try:
         return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as exc:  # offline, gated, unknown id: one clear line
-        raise BadInputError(
+        raise remote_code_refused(exc, model) or BadInputError(
             f"cannot get the config of {model!r} ({first_line(exc)}); pass a local model dir, a dir holding "
             f"its config.json, or an embedded model ({', '.join(EMBEDDED)})", source="--model") from None
 
