@@ -108,6 +108,12 @@ class Method:
         """The method's own optimizer, or None for the trainer's default AdamW."""
         return None
 
+    def settings_for_model(self, model: torch.nn.Module, settings: MethodSettings) -> MethodSettings:
+        """The settings adjusted to ``model``, for methods whose defaults must fit its layer sizes
+        (C3A's block size, VB-LoRA's vector length). Called before :meth:`build`, and what it returns
+        is what the run records. Default: unchanged. Settings the user set stay as set."""
+        return settings
+
     def settings_for_run(self, settings: MethodSettings, total_steps: int) -> MethodSettings:
         """The settings adjusted to a run of ``total_steps`` optimizer steps, for methods whose schedule
         depends on the run's length (AdaLoRA). Default: unchanged. Settings the user set stay as set."""

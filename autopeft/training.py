@@ -234,8 +234,9 @@ class _Run:
         if self.task == "causal-lm" and opts.forgetting and not opts.pilot_steps and self.main:
             self.loss_before = _general_loss(net, self.tokenizer)
         self.total_steps = _total_steps(opts, len(self.data.train))
-        self.settings = self.method.settings_for_run(self.settings, self.total_steps)
         try:
+            self.settings = self.method.settings_for_run(self.method.settings_for_model(net, self.settings),
+                                                         self.total_steps)
             net = self.method.build(net, self.settings, self.task)
         except BadInputError:
             raise

@@ -23,10 +23,13 @@ class C3A(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-2, 3e-2, 1e-1), settings={"block_size": (64, 256)})
     Settings = C3ASettings
 
+    def settings_for_model(self, model, settings):
+        if "block_size" in settings.model_fields_set:
+            return settings
+        return settings.model_copy(update={"block_size": divisor_of_layer_sizes(model, settings.block_size)})
+
     def build(self, model, settings, task):
-        if "block_size" not in settings.model_fields_set:
-            settings = settings.model_copy(update={"block_size": divisor_of_layer_sizes(model, settings.block_size)})
-        return super().build(model, settings, task)
+        return super().build(model, self.settings_for_model(model, settings), task)
 
     def peft_config(self, settings, task):
         from peft import C3AConfig

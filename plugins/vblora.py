@@ -28,11 +28,13 @@ class VBLoRA(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-3, 4e-3, 1e-2))
     Settings = VBLoRASettings
 
+    def settings_for_model(self, model, settings):
+        if "vector_length" in settings.model_fields_set:
+            return settings
+        return settings.model_copy(update={"vector_length": divisor_of_layer_sizes(model, settings.vector_length)})
+
     def build(self, model, settings, task):
-        if "vector_length" not in settings.model_fields_set:
-            fitting = divisor_of_layer_sizes(model, settings.vector_length)
-            settings = settings.model_copy(update={"vector_length": fitting})
-        return super().build(model, settings, task)
+        return super().build(model, self.settings_for_model(model, settings), task)
 
     def peft_config(self, settings, task):
         from peft import VBLoRAConfig

@@ -154,3 +154,15 @@ def test_a_time_limit_ends_training_early_and_still_writes_the_outputs(trainable
                     forgetting=False)
     assert record.steps < 50_000
     assert (out / "adapter_model.safetensors").is_file() and (out / "run.json").is_file()
+
+
+def test_the_record_holds_the_settings_the_method_adapted_to_the_model(trainable_llama, tmp_path):
+    """C3A's default block size (256) does not divide this model's 64- and 32-wide layers: the run
+    uses a divisor, and run.json says which, so that the run can be estimated or repeated as it was."""
+    import json
+
+    record = _train(trainable_llama, tmp_path / "run", method="c3a", max_steps=1)
+    saved = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert record.settings["block_size"] == saved["block_size"] == 32
+    estimate = autopeft.estimate(str(trainable_llama), "c3a", settings=record.settings, batch_size=2, seq_len=32)
+    assert estimate.trainable_params == record.trainable_params
