@@ -48,10 +48,12 @@ class BenchSpec(BaseModel):
     learning_rates: int = Field(ge=1, description="learning rates per method")
 
 
-def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantized: bool = False) -> list[BenchRun]:
+def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantize: str | None = None) -> list[BenchRun]:
     """The runs of a bench: each available method for ``task`` (or those named) at ``learning_rates``
-    learning rates from its search space, the default first; ``quantized``: only methods that train
-    on a quantised base."""
+    learning rates from its search space, the default first; with ``quantize``, only methods that
+    train on a quantised base."""
+    from .quantization import check_supported
+
     from .plugins import get_method, get_methods
     from .training import learning_rate_grid
 
@@ -60,12 +62,11 @@ def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantized
         wrong = [m.name for m in chosen if task not in m.tasks]
         if wrong:
             raise BadInputError(f"--methods: {', '.join(wrong)} cannot train a {task} model")
-        unable = [m.name for m in chosen if quantized and not m.capabilities.quantized]
-        if unable:
-            raise BadInputError(f"--methods: {', '.join(unable)} cannot train on a quantized base", source="--quantize")
+        for method in chosen if quantize else ():
+            check_supported(quantize, method)
     else:
         chosen = [m for m in get_methods().values() if task in m.tasks and m.unavailable_reason() is None
-                  and (m.capabilities.quantized or not quantized)]
+                  and (m.capabilities.quantized or not quantize)]
     return [BenchRun(experiment=f"{m.name} lr={lr:g}", method=m.name, learning_rate=lr)
             for m in chosen for lr in learning_rate_grid(m, task, learning_rates)]
 
@@ -85,13 +86,10 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     spec = BenchSpec(benchmark=benchmark, data=str(data), task=task, options=options, learning_rates=learning_rates)
     _start_or_continue(out, spec)
     if options.get("quantize"):
-        from .errors import MethodUnavailableError
-        from .quantization import unavailable_reason
+        from .quantization import require_here
 
-        reason = unavailable_reason()
-        if reason:
-            raise MethodUnavailableError(f"--quantize {options['quantize']}: {reason}")
-    runs = plan(task, methods, learning_rates, quantized=bool(options.get("quantize")))
+        require_here(options["quantize"])
+    runs = plan(task, methods, learning_rates, quantize=options.get("quantize"))
     records_path = out / RECORDS_FILE
     done = {r.experiment for r in read_jsonl(records_path)} if records_path.is_file() else set()
     todo = [r for r in runs if r.experiment not in done]

@@ -147,7 +147,7 @@ def _parse_setting(text: str) -> tuple[str, object]:
 @click.option("--strategy", type=click.Choice(["ddp", "zero1", "zero2", "zero3", "fsdp"]),
               help="How the processes split the state. Default: ddp with several.")
 @click.option("--accelerate-config", type=click.Path(dir_okay=False),
-              help="Read --num-processes and --strategy from an Accelerate config file.")
+              help="Read the strategy and the number of processes from an Accelerate config file.")
 @click.option("--quantize", type=click.Choice(["4bit", "8bit"]),
               help="The base's linear layers in 4 or 8 bits, as bitsandbytes stores them (QLoRA-style, CUDA).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code (off by default).")
@@ -168,9 +168,9 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
         raise BadInputError("--set applies to --method, not to --peft-config files", source="--set")
     configs = [read_adapter_config(p) for p in peft_configs] or [None]
     if accelerate_config:
-        from .launch import read_accelerate_config
+        from .launch import plan_of
 
-        plan = read_accelerate_config(accelerate_config)
+        plan = plan_of(num_processes, accelerate_config)  # as train reads it: --num-processes wins
         strategy, num_processes = plan.strategy, plan.num_processes
 
     from .costmodel import estimate as run_estimate

@@ -154,7 +154,13 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     if method is None:
         raise BadInputError("give a method (--method NAME) or an adapter config (--peft-config FILE)")
     method_obj = get_method(method) if isinstance(method, str) else method
-    _check_quantize(quantize, method_obj, device)
+    if quantize is not None:
+        from .quantization import check_supported
+
+        check_supported(quantize, method_obj)
+        if device != "cuda":
+            raise BadInputError(f"a {quantize} base trains only on CUDA (bitsandbytes), not on {device}",
+                                source="--quantize")
     task = task or _task_of(peft_config)
     model_name = model or default_model(task or "causal-lm")
     if config is None:
@@ -173,19 +179,6 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
             dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan, quantize)
 
 
-def _check_quantize(quantize: str | None, method_obj: Method, device: str) -> None:
-    from .quantization import QUANTIZATIONS
-
-    if quantize is None:
-        return
-    if quantize not in QUANTIZATIONS:
-        raise BadInputError(f"quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}", source="--quantize")
-    if device != "cuda":
-        raise BadInputError(f"a {quantize} base trains only on CUDA (bitsandbytes), not on {device}", source="--quantize")
-    if not method_obj.capabilities.quantized:
-        raise BadInputError(f"method {method_obj.name} cannot train on a quantized base", source="--quantize")
-
-
 @contextlib.contextmanager
 def _meta_nonzero():
     """Let torch.nonzero run on meta tensors (as if every element were non-zero): sparse masks and
@@ -202,6 +195,7 @@ def _meta_nonzero():
 
 def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
                       dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan, quantize) -> Estimate:
+    from .quantization import bytes_saved
     from .sharding import per_device
 
     limit = getattr(config, "max_position_embeddings", None)
@@ -214,8 +208,6 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
         raise PluginError(f"method {method_obj.name} left no trainable parameter on this model")
     weights = _tensor_bytes(_unique(net.parameters())) + _tensor_bytes(_unique(net.buffers()))
     if quantize:
-        from .quantization import bytes_saved
-
         weights -= bytes_saved(quantized, quantize)
     grads = _tensor_bytes(trainable)
     total_params = sum(p.numel() for p in _unique(net.parameters()))
@@ -237,8 +229,6 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     blocks = _blocks(net)
     block_weights = max((_tensor_bytes(_unique(b.parameters())) for b in blocks), default=0)
     if quantize and blocks:  # a sharded strategy gathers a block as it is stored
-        from .quantization import bytes_saved
-
         ids = {id(p) for p in blocks[0].parameters()}
         block_weights -= bytes_saved([q for q in quantized if id(q[2]) in ids], quantize)
     block_grads = max((_tensor_bytes(p for p in _unique(b.parameters()) if p.requires_grad) for b in blocks), default=0)

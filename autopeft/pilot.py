@@ -20,6 +20,7 @@ another, and the budget buys proportionally longer pilots.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import sys
@@ -187,21 +188,39 @@ def _cache_key(config: PilotConfig, base_options: dict[str, Any], steps: int, ma
 
     from . import __version__
 
-    def stamp(path: str | None) -> Any:
-        if not path:
-            return None
-        p = Path(path).expanduser()
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
-        if p.is_file():  # data: its contents
-            return hashlib.sha256(p.read_bytes()).hexdigest()
-        return [(str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in files] or path
-
     options = {k: v for k, v in base_options.items() if k != "output_dir"}
     described = {"config": config.model_dump(mode="json"), "options": options, "steps": steps,
-                 "max_memory": max_memory, "data": stamp(options.get("data")),
-                 "validation": stamp(options.get("validation")), "model": stamp(options.get("model")),
+                 "max_memory": max_memory, "data": _stamp(options.get("data")),
+                 "validation": _stamp(options.get("validation")), "model": _stamp(options.get("model")),
                  "version": __version__}
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _stamp(path: str | None) -> Any:
+    """A data file's content hash, a model dir's file names, sizes and times, or the name itself (a Hub
+    id, an embedded model)."""
+    if not path:
+        return None
+    p = Path(path).expanduser()
+    if p.is_file():
+        stat = p.stat()
+        return _content_hash(str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+    if p.is_dir():  # hashing gigabytes of weights would cost more than the pilot
+        return [(str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns)
+                for f in sorted(p.rglob("*")) if f.is_file()]
+    return path
+
+
+@functools.lru_cache(maxsize=16)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file, read once per version of it (every pilot of a rung asks for the same file)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,

@@ -37,6 +37,30 @@ CODE_TABLES = 256 * 4 + 16 * 4
 SEQ_CLS_HEADS = ("classifier", "score")
 
 
+def check_supported(quantize: str, method) -> None:
+    """A BadInputError unless ``quantize`` is a known mode and ``method`` trains on a quantised base."""
+    from .errors import BadInputError
+
+    if quantize not in QUANTIZATIONS:
+        raise BadInputError(f"must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}", source="--quantize")
+    if method is not None and not method.capabilities.quantized:
+        from .plugins import get_methods
+
+        able = sorted(m.name for m in get_methods().values() if m.capabilities.quantized)
+        raise BadInputError(f"method {method.name} cannot train on a quantized base; these can: {', '.join(able)}",
+                            source="--quantize")
+
+
+def require_here(quantize: str) -> None:
+    """A MethodUnavailableError, before anything is loaded, when this machine cannot train on a
+    ``quantize`` base."""
+    from .errors import MethodUnavailableError
+
+    reason = unavailable_reason()
+    if reason:
+        raise MethodUnavailableError(f"--quantize {quantize}: {reason}")
+
+
 def unavailable_reason() -> str | None:
     """Why a quantised base cannot train on this machine, or None when it can."""
     import importlib.util

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from .constraints import Constraints, check, method_reasons, nearest_misses
-from .errors import AutopeftError, BadInputError, MethodUnavailableError
+from .errors import AutopeftError, BadInputError
 from .profiler import DeviceProfile
 from .profiles import CurvePoint
 from .sizes import format_size
@@ -267,13 +267,11 @@ def _pilot_reason(result: Measured, constraints: Constraints, device: DeviceProf
 def _quantized_only(constraints: Constraints, quantize: str, *, local: bool) -> Constraints:
     """Constraints that admit only methods training on a quantised base; ``local``: something will run
     here (pilots, or the fine-tune), so this machine must be able to load one."""
-    from .quantization import QUANTIZATIONS, unavailable_reason
+    from .quantization import check_supported, require_here
 
-    if quantize not in QUANTIZATIONS:
-        raise BadInputError(f"must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}", source="--quantize")
-    reason = unavailable_reason() if local else None
-    if reason:
-        raise MethodUnavailableError(f"--quantize {quantize}: {reason}")
+    check_supported(quantize, None)
+    if local:
+        require_here(quantize)
     if "quantized" in constraints.require:
         return constraints
     return constraints.model_copy(update={"require": (*constraints.require, "quantized")})

@@ -142,7 +142,11 @@ class _Run:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.main = is_main_process()
         self.method, self.settings = _method(opts.method, opts.settings)
-        _check_quantize(opts.quantize, self.method)
+        if opts.quantize:
+            from .quantization import check_supported, require_here
+
+            check_supported(opts.quantize, self.method)
+            require_here(opts.quantize)
         self.prepare_data()
         created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -218,12 +222,10 @@ class _Run:
 
         opts = self.opts
         self.precision = _precision(opts.precision, self.device)
-        # adapters train in fp32 over a half-precision base on GPUs; full-weight methods keep fp32
-        # master weights and let autocast do the half-precision maths
+        # adapters train in fp32 over a half-precision base on GPUs (a 4/8-bit base computes in it);
+        # full-weight methods keep fp32 master weights and let autocast do the half-precision maths
         half = self.precision != "fp32" and self.method.family != "full"
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision) if half else torch.float32
-        if opts.quantize:  # the frozen base in 4/8 bits computes in the half precision; the adapter stays fp32
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         net = load_model(self.model_name, self.task, label2id=self.data.label2id, dtype=dtype,
                          trust_remote_code=opts.trust_remote_code, allow_pickle=opts.allow_pickle,
                          pad_token_id=self.tokenizer.pad_token_id, quantize=opts.quantize)
@@ -567,23 +569,6 @@ def _last_complete_checkpoint(directory: Path) -> str | None:
             continue
         return str(path)
     return None
-
-
-def _check_quantize(quantize: str | None, method) -> None:
-    """A quantised base needs a method that trains on one, and CUDA with bitsandbytes: say which is missing."""
-    from .quantization import unavailable_reason
-
-    if quantize is None:
-        return
-    if not method.capabilities.quantized:
-        from .plugins import get_methods
-
-        able = sorted(m.name for m in get_methods().values() if m.capabilities.quantized)
-        raise BadInputError(f"method {method.name} cannot train on a quantized base; these can: {', '.join(able)}",
-                            source="--quantize")
-    reason = unavailable_reason()
-    if reason:
-        raise MethodUnavailableError(f"--quantize {quantize}: {reason}")
 
 
 def _precision(choice: str, device: str) -> str:

@@ -5,12 +5,11 @@ Each is reported by name and the rest of autopeft goes on working."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import autopeft_with_site
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -68,14 +67,8 @@ def broken_site(tmp_path_factory):
     return site
 
 
-def _autopeft(site, *args, **env):
-    environ = {**os.environ, "PYTHONPATH": str(site), **env}
-    return subprocess.run([sys.executable, "-m", "autopeft", *args], capture_output=True, text=True, timeout=600,
-                          env=environ)
-
-
 def test_a_plugin_that_fails_to_import_is_named_and_the_others_are_listed(broken_site):
-    proc = _autopeft(broken_site, "methods", "--json")
+    proc = autopeft_with_site(broken_site, "methods", "--json")
     assert proc.returncode == 0, proc.stderr
     names = {m["name"] for m in json.loads(proc.stdout)}
     assert {"lora", "explodes", "hollow"} <= names
@@ -85,10 +78,10 @@ def test_a_plugin_that_fails_to_import_is_named_and_the_others_are_listed(broken
 
 def test_no_plugins_and_an_allow_list_keep_them_all_out(broken_site):
     for flags in (["--no-plugins"], ["--plugins", "autopeft"]):
-        proc = _autopeft(broken_site, *flags, "methods", "--json")
+        proc = autopeft_with_site(broken_site, *flags, "methods", "--json")
         names = {m["name"] for m in json.loads(proc.stdout)}
         assert "lora" in names and not names & {"explodes", "hollow"} and proc.stderr == ""
-    proc = _autopeft(broken_site, "--plugins", "faulty-methods,lora", "methods", "--json")
+    proc = autopeft_with_site(broken_site, "--plugins", "faulty-methods,lora", "methods", "--json")
     assert {m["name"] for m in json.loads(proc.stdout)} == {"lora", "explodes", "hollow"}
 
 
@@ -99,7 +92,7 @@ def test_no_plugins_and_an_allow_list_keep_them_all_out(broken_site):
 def test_training_with_a_broken_method_fails_in_one_line_and_leaves_nothing(broken_site, trainable_llama, tmp_path,
                                                                             method, problem):
     out = tmp_path / "run"
-    proc = _autopeft(broken_site, "train", "--method", method, str(EXAMPLES / "instructions.jsonl"), "-m",
+    proc = autopeft_with_site(broken_site, "train", "--method", method, str(EXAMPLES / "instructions.jsonl"), "-m",
                      str(trainable_llama), "--max-length", "64", "--max-steps", "2", "-o", str(out))
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"autopeft: error: {problem}"
@@ -107,7 +100,7 @@ def test_training_with_a_broken_method_fails_in_one_line_and_leaves_nothing(brok
 
 
 def test_recommend_rules_the_broken_methods_out_by_name_and_chooses_among_the_rest(broken_site, trainable_llama):
-    proc = _autopeft(broken_site, "recommend", str(EXAMPLES / "instructions.jsonl"), "-m", str(trainable_llama),
+    proc = autopeft_with_site(broken_site, "recommend", str(EXAMPLES / "instructions.jsonl"), "-m", str(trainable_llama),
                      "--max-length", "64", "--max-examples", "40", "-b", "4", "--epochs", "1",
                      "--methods", "lora,explodes,hollow", "--pilot-budget", "30s", "--json")
     assert proc.returncode == 0, proc.stderr

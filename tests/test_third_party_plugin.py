@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import autopeft_with_site
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "autopeft-bitfit"
 
@@ -21,14 +22,8 @@ def plugin_site(tmp_path_factory):
     return target
 
 
-def _autopeft(plugin_site, *args, **env):
-    environ = {**os.environ, "PYTHONPATH": str(plugin_site), **env}
-    return subprocess.run([sys.executable, "-m", "autopeft", *args], capture_output=True, text=True, timeout=300,
-                          env=environ)
-
-
 def test_installed_plugin_is_listed_with_its_source(plugin_site):
-    proc = _autopeft(plugin_site, "methods", "--json")
+    proc = autopeft_with_site(plugin_site, "methods", "--json")
     assert proc.returncode == 0, proc.stderr
     bitfit = next(m for m in json.loads(proc.stdout) if m["name"] == "bitfit")
     assert bitfit["source"] == "autopeft-bitfit"
@@ -36,7 +31,7 @@ def test_installed_plugin_is_listed_with_its_source(plugin_site):
 
 
 def test_installed_plugin_is_usable_by_estimate(plugin_site, tiny_bert_dir):
-    proc = _autopeft(plugin_site, "estimate", "--model", str(tiny_bert_dir), "--task", "seq-cls", "--method",
+    proc = autopeft_with_site(plugin_site, "estimate", "--model", str(tiny_bert_dir), "--task", "seq-cls", "--method",
                      "bitfit", "--seq-len", "64", "--device", "cpu", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -46,5 +41,5 @@ def test_installed_plugin_is_usable_by_estimate(plugin_site, tiny_bert_dir):
 
 
 def test_load_plugins_allow_list_keeps_others_out(plugin_site):
-    proc = _autopeft(plugin_site, "methods", "--json", AUTOPEFT_LOAD_PLUGINS="lora,bitfit")
+    proc = autopeft_with_site(plugin_site, "methods", "--json", AUTOPEFT_LOAD_PLUGINS="lora,bitfit")
     assert sorted(m["name"] for m in json.loads(proc.stdout)) == ["bitfit", "lora"]
