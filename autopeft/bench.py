@@ -93,7 +93,7 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     records_path = out / RECORDS_FILE
     done = {r.experiment for r in read_jsonl(records_path)} if records_path.is_file() else set()
     todo = [r for r in runs if r.experiment not in done]
-    say(f"bench {benchmark}: {len(runs)} runs ({len(runs) // max(1, learning_rates)} methods x {learning_rates} "
+    say(f"bench {benchmark}: {len(runs)} runs ({len({r.method for r in runs})} methods x up to {learning_rates} "
         f"learning rates), {len(runs) - len(todo)} already finished, {len(todo)} to go")
     spent: list[float] = []
     for i, run in enumerate(todo, 1):
@@ -108,15 +108,17 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
 
 
 def _start_or_continue(out: Path, spec: BenchSpec) -> None:
-    """Write ``bench.json`` in a new bench; in an existing one, insist on the same task."""
+    """Write ``bench.json`` in a new bench; in an existing one, insist on the same task. Only the
+    number of learning rates may change: a bench continued with more keeps its finished runs."""
     path = out / BENCH_FILE
     if path.is_file():
         stored = BenchSpec.model_validate_json(path.read_text())
-        if stored != spec:
+        if stored.model_copy(update={"learning_rates": spec.learning_rates}) != spec:
             raise BadInputError(f"this bench was started with other settings ({stored.model_dump_json()}); give "
                                 f"the same ones to continue it, or another --output", source=str(path))
-        return
-    if out.exists() and any(out.iterdir()):
+        if stored.learning_rates == spec.learning_rates:
+            return
+    elif out.exists() and any(out.iterdir()):
         raise BadInputError("not a bench directory (no bench.json) and not empty", source=str(out))
     out.mkdir(parents=True, exist_ok=True)
     from .outputs import write_text

@@ -41,6 +41,13 @@ class SearchSpace(BaseModel):
 
     learning_rate: tuple[float, ...]
     settings: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    #: learning rates for one task where they differ, e.g. ``{"seq-cls": (...)}``: a freshly initialised
+    #: classification head over a small encoder, trained for a few hundred steps, wants larger ones
+    task_learning_rate: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+
+    def learning_rates(self, task: str) -> tuple[float, ...]:
+        """The learning rates to try for ``task``."""
+        return self.task_learning_rate.get(task, self.learning_rate)
 
 
 class MethodSettings(BaseModel):

@@ -584,15 +584,15 @@ def _precision(choice: str, device: str) -> str:
 
 
 def _default_learning_rate(method, task: str) -> float:
-    """The middle of the method's pilot range; its top for classification, where a freshly
-    initialised head on a small encoder wants a larger step."""
-    rates = sorted(method.search_space.learning_rate)
+    """The middle of the method's pilot range for the task; its top for classification, where a
+    freshly initialised head on a small encoder wants a larger step."""
+    rates = sorted(method.search_space.learning_rates(task))
     return rates[-1] if task == "seq-cls" else rates[len(rates) // 2]
 
 
 def learning_rate_grid(method, task: str, n: int) -> list[float]:
     """``n`` learning rates from the method's search space: its default first, then the nearest."""
-    grid = sorted(method.search_space.learning_rate)
+    grid = sorted(method.search_space.learning_rates(task))
     default = _default_learning_rate(method, task)
     return sorted(grid, key=lambda lr: abs(math.log(lr / default)))[:max(1, n)]
 

@@ -13,7 +13,8 @@ class BEFT(PeftMethod):
     description = "Trains bias terms of chosen projections only: the smallest adapters, least memory."
     peft_type = "BEFT"
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
-    search_space = SearchSpace(learning_rate=(1e-3, 5e-3, 2e-2))
+    search_space = SearchSpace(learning_rate=(1e-3, 5e-3, 2e-2),
+                               task_learning_rate={"seq-cls": (5e-3, 2e-2, 5e-2)})
     Settings = Targeted
 
     def peft_config(self, settings, task):

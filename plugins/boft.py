@@ -21,7 +21,8 @@ class BOFT(PeftMethod):
     description = "Orthogonal rotations built from butterfly factors: dense rotations from few parameters."
     peft_type = "BOFT"
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
-    search_space = SearchSpace(learning_rate=(5e-5, 2e-4, 1e-3), settings={"block_size": (4, 8)})
+    search_space = SearchSpace(learning_rate=(5e-5, 2e-4, 1e-3), settings={"block_size": (4, 8)},
+                               task_learning_rate={"seq-cls": (2e-4, 1e-3, 3e-3)})
     Settings = BOFTSettings
 
     def peft_config(self, settings, task):

@@ -20,7 +20,8 @@ class FourierFT(PeftMethod):
     description = "Learns a sparse set of Fourier coefficients of each update: extremely small adapters."
     peft_type = "FOURIERFT"
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
-    search_space = SearchSpace(learning_rate=(1e-3, 5e-3, 2e-2), settings={"n_frequency": (1000, 5000)})
+    search_space = SearchSpace(learning_rate=(1e-3, 5e-3, 2e-2), settings={"n_frequency": (1000, 5000)},
+                               task_learning_rate={"seq-cls": (5e-3, 2e-2, 5e-2)})
     Settings = FourierFTSettings
 
     def peft_config(self, settings, task):

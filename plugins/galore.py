@@ -25,7 +25,8 @@ class GaLore(Method):
     description = "Trains every weight with AdamW moments kept in a low-rank gradient subspace: full-rank updates, less optimizer memory."
     layer_types = ("linear",)
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=False, lora_convertible=False)
-    search_space = SearchSpace(learning_rate=(1e-5, 5e-5, 2e-4), settings={"rank": (64, 128)})
+    search_space = SearchSpace(learning_rate=(1e-5, 5e-5, 2e-4), settings={"rank": (64, 128)},
+                               task_learning_rate={"seq-cls": (5e-5, 2e-4, 5e-4)})
     Settings = GaLoreSettings
 
     def build(self, model, settings, task):

@@ -15,7 +15,8 @@ class LNTuning(PeftMethod):
     peft_type = "LN_TUNING"
     layer_types = ("layernorm",)
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
-    search_space = SearchSpace(learning_rate=(1e-4, 1e-3, 5e-3))
+    search_space = SearchSpace(learning_rate=(1e-4, 1e-3, 5e-3),
+                               task_learning_rate={"seq-cls": (1e-3, 5e-3, 2e-2)})
     Settings = Targeted
 
     def peft_config(self, settings, task):

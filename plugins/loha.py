@@ -13,7 +13,8 @@ class LoHa(PeftMethod):
     description = "Hadamard product of two low-rank products: rank up to r² for twice LoRA's parameters."
     peft_type = "LOHA"
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
-    search_space = SearchSpace(learning_rate=(1e-4, 5e-4, 2e-3), settings={"r": (8, 16, 32)})
+    search_space = SearchSpace(learning_rate=(1e-4, 5e-4, 2e-3), settings={"r": (8, 16, 32)},
+                               task_learning_rate={"seq-cls": (5e-4, 2e-3, 5e-3)})
     Settings = LowRank
 
     def peft_config(self, settings, task):

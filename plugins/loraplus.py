@@ -19,7 +19,8 @@ class LoraPlus(LoRA):
     name = "loraplus"
     aliases = ("lora+", "lora-plus")
     description = "LoRA with a higher learning rate for B than for A; same adapter, faster training."
-    search_space = SearchSpace(learning_rate=(2e-5, 5e-5, 2e-4), settings={"lr_ratio": (8.0, 16.0)})
+    search_space = SearchSpace(learning_rate=(2e-5, 5e-5, 2e-4), settings={"lr_ratio": (8.0, 16.0)},
+                               task_learning_rate={"seq-cls": (5e-5, 2e-4, 5e-4)})
     Settings = LoraPlusSettings
 
     def recognises(self, config):

@@ -20,7 +20,8 @@ class OFT(PeftMethod):
     description = "Block-diagonal orthogonal rotation of each weight; preserves the base's geometry."
     peft_type = "OFT"
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
-    search_space = SearchSpace(learning_rate=(5e-5, 2e-4, 1e-3), settings={"block_size": (16, 32, 64)})
+    search_space = SearchSpace(learning_rate=(5e-5, 2e-4, 1e-3), settings={"block_size": (16, 32, 64)},
+                               task_learning_rate={"seq-cls": (2e-4, 1e-3, 3e-3)})
     Settings = OFTSettings
 
     def peft_config(self, settings, task):

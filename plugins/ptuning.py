@@ -21,7 +21,8 @@ class PTuning(PeftMethod):
     peft_type = "P_TUNING"
     layer_types = ("embedding",)
     capabilities = Capabilities(merge=False, quantized=True, multi_adapter=True, lora_convertible=False)
-    search_space = SearchSpace(learning_rate=(1e-4, 1e-3, 1e-2))
+    search_space = SearchSpace(learning_rate=(1e-4, 1e-3, 1e-2),
+                               task_learning_rate={"seq-cls": (1e-3, 1e-2, 3e-2)})
     Settings = PTuningSettings
 
     def peft_config(self, settings, task):

@@ -21,7 +21,8 @@ class RandLoRA(PeftMethod):
     description = "Sum of frozen random bases with trained diagonal scalings: full-rank, parameter-light."
     peft_type = "RANDLORA"
     capabilities = Capabilities(merge=True, quantized=True, multi_adapter=True, lora_convertible=True)
-    search_space = SearchSpace(learning_rate=(1e-4, 5e-4, 2e-3))
+    search_space = SearchSpace(learning_rate=(1e-4, 5e-4, 2e-3),
+                               task_learning_rate={"seq-cls": (1e-4, 2e-4, 5e-4)})
     Settings = RandLoraSettings
 
     def peft_config(self, settings, task):

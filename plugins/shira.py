@@ -21,7 +21,8 @@ class SHiRA(PeftMethod):
     description = "Trains a sparse subset of each weight directly; fast adapter switching, no inference cost."
     peft_type = "SHIRA"
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=False)
-    search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3))
+    search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3),
+                               task_learning_rate={"seq-cls": (3e-4, 1e-3, 3e-3)})
     Settings = ShiraSettings
 
     def peft_config(self, settings, task):

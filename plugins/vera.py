@@ -20,7 +20,8 @@ class VeRA(PeftMethod):
     description = "Shared frozen random matrices, trained scaling vectors: tiny adapters, high ranks."
     peft_type = "VERA"
     capabilities = Capabilities(merge=True, quantized=True, multi_adapter=True, lora_convertible=True)
-    search_space = SearchSpace(learning_rate=(1e-3, 4e-3, 1e-2), settings={"r": (256, 1024)})
+    search_space = SearchSpace(learning_rate=(1e-3, 4e-3, 1e-2), settings={"r": (256, 1024)},
+                               task_learning_rate={"seq-cls": (4e-3, 1e-2, 3e-2)})
     Settings = VeraSettings
 
     def peft_config(self, settings, task):

@@ -42,6 +42,13 @@ def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_lla
     assert [r.experiment for r in again[:4]] == [r.experiment for r in records]
     assert sorted(r.method for r in again[4:]) == ["vera", "vera"]
 
+    # more learning rates per method: the finished runs stay, only the new rates train
+    res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "3")
+    assert res.exit_code == 0, res.output
+    assert "2 already finished, 1 to go" in res.output
+    assert json.loads((out / "bench.json").read_text())["learning_rates"] == 3
+    assert len(read_jsonl(out / "records.jsonl")) == 7
+
 
 def test_bench_refuses_other_settings_in_a_started_bench(trainable_llama, tmp_path):
     out = tmp_path / "bench"

@@ -77,6 +77,25 @@ def test_method_builds_trains_and_matches_its_meta_estimate(name, task, tiny_lla
     assert not (changed & frozen), f"frozen parameters changed: {sorted(changed & frozen)[:3]}"
 
 
+SEQ_CLS_METHODS = [m for m in METHODS if "seq-cls" in autopeft.get_method(m).tasks]
+
+
+@pytest.mark.parametrize("name", SEQ_CLS_METHODS)
+def test_validation_loss_is_the_task_loss_alone(name):
+    """Evaluation and early stopping read the model's loss: a training regulariser (AdaLoRA's
+    orthogonality penalty) must not be in it."""
+    method = autopeft.get_method(name)
+    try:
+        model = method.build(_tiny_model("seq-cls"), method.settings(TINY_SETTINGS.get(name, {})), "seq-cls")
+    except (ValueError, autopeft.BadInputError):
+        pytest.skip(f"{name} refuses the tiny model")
+    ids, labels = torch.randint(3, 256, (4, 16)), torch.tensor([0, 1, 1, 0])
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits, labels).item(), rel=1e-5)
+
+
 PEFT_METHODS = [m for m in METHODS if isinstance(autopeft.get_method(m), autopeft.PeftMethod)]
 
 

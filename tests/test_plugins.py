@@ -73,6 +73,8 @@ def test_every_method_describes_itself_completely():
         assert set(info.tasks) <= {"causal-lm", "seq-cls"} and info.tasks
         assert info.search_space.learning_rate, f"{info.name} has no learning rates to search"
         assert all(0 < lr < 1 for lr in info.search_space.learning_rate)
+        for task, rates in info.search_space.task_learning_rate.items():
+            assert task in info.tasks and rates and all(0 < lr < 1 for lr in rates), f"{info.name}: {task} {rates}"
         assert set(info.search_space.settings) <= set(info.settings), f"{info.name} searches unknown settings"
 
 

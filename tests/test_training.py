@@ -88,6 +88,8 @@ def test_classification_trains_the_head_and_reports_accuracy(trainable_bert, tmp
                     max_steps=3)
     assert record.task == "seq-cls" and 0 <= record.metrics["accuracy"] <= 1 and "macro_f1" in record.metrics
     assert record.data["labels"] == ["negative", "positive"]
+    # with no learning rate given, the method's own for classification (the top of its seq-cls range)
+    assert record.learning_rate == max(autopeft.get_method("ln_tuning").search_space.learning_rates("seq-cls"))
     from peft import PeftModel
 
     base = AutoModelForSequenceClassification.from_pretrained(str(trainable_bert), num_labels=2)
