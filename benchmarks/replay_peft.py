@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--budget-fraction", type=float, default=0.1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
-    records = load_records()
+    records = load_records(store=False)  # the shipped profiles only, not this machine's own runs
     rows = [replay(args.results, args.budget_fraction, int(cap) if cap else None, records=records) for cap in CAPS]
     lines = [f"# `python benchmarks/replay_peft.py` ({time.strftime('%Y-%m-%d')})", "",
              f"{rows[0].benchmark}, pilot {args.budget_fraction:.0%} of the steps; the recommender ran in "

@@ -45,9 +45,11 @@ def main() -> int:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "autopeft", "recommend", str(spec["data"]), *settings, "--json",
            "--pilot-budget", args.pilot_budget, *(arg for name in LEAVE_OUT for arg in ("--leave-out", name))]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    recommend_seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as home:
+        # a machine that has never run autopeft: no stored SST-2 runs to learn from, no cached pilots
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "AUTOPEFT_HOME": home})
+        recommend_seconds = time.perf_counter() - started
     if proc.returncode:
         sys.exit(f"recommend failed: {proc.stderr.strip().splitlines()[-1]}")
     rec = json.loads(proc.stdout)
