@@ -25,7 +25,7 @@ GSM8K = ["autopeft", "bench", "../shared/data/gsm8k/train.jsonl", "--benchmark",
 
 SST2 = ["autopeft", "bench", "../shared/data/sst2/train.tsv", "--benchmark", "autopeft/sst2-2k-3ep-minilm-l6",
         "--model", "minilm-l6", "--validation", "../shared/data/sst2/dev.tsv", "--max-examples", "2000",
-        "--max-length", "128", "--batch-size", "32", "--epochs", "3", "--eval-steps", "1000", "--learning-rates", "2",
+        "--max-length", "128", "--batch-size", "32", "--epochs", "3", "--eval-steps", "1000", "--learning-rates", "3",
         # the most used methods first, so a bench stopped early has them
         "--methods", "lora,full,ia3,vera,pissa,dora,oft,loha,lokr,miss,shira,vblora,prompt_tuning,ln_tuning,rslora,"
         "loraplus,lorafa,fourierft,gralora,randlora,lily,galore,ptuning,prefix_tuning,adalora,beft,boft,c3a",
