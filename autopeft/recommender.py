@@ -9,9 +9,9 @@ feature too, on the idea that a method still dropping fast overtakes one that fl
 leave-one-task-out evaluation on autopeft's own tasks it never lowered the regret (0.284 of the
 spread with or without it), and it made the choice swing with small changes in the profiles
 (MetaMathQA replay without a cap: lily, then shira after the SST-2 bench grew), so it went.
-Static features and priors learned on other tasks are left out here: they carry what was true of *those* tasks (on
-autopeft's own CPU tasks full fine-tuning wins; on a 3B model trained for 5,000 steps it does not),
-while the pilot measures this one. In leave-one-task-out evaluation
+Static features and priors learned on other tasks are left out here: they carry what was true of
+*those* tasks (on autopeft's own CPU tasks full fine-tuning wins; on a 3B model trained for 5,000
+steps it does not), while the pilot measures this one. In leave-one-task-out evaluation
 (``benchmarks/leave_one_task_out.py``) adding them never lowered the regret on autopeft's own tasks
 and raised it on the PEFT benchmark.
 
