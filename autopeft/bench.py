@@ -55,7 +55,6 @@ def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantize:
     from .quantization import check_supported
 
     from .plugins import get_method, get_methods
-    from .training import learning_rate_grid
 
     if methods:
         chosen = [get_method(name) for name in methods]
@@ -68,7 +67,7 @@ def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantize:
         chosen = [m for m in get_methods().values() if task in m.tasks and m.unavailable_reason() is None
                   and (m.capabilities.quantized or not quantize)]
     return [BenchRun(experiment=f"{m.name} lr={lr:g}", method=m.name, learning_rate=lr)
-            for m in chosen for lr in learning_rate_grid(m, task, learning_rates)]
+            for m in chosen for lr in m.search_space.learning_rate_grid(task, learning_rates)]
 
 
 def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | None = None, learning_rates: int = 3,

@@ -201,8 +201,8 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     limit = getattr(config, "max_position_embeddings", None)
     if limit and seq_len > limit and getattr(config, "position_embedding_type", None) == "absolute":
         raise BadInputError(f"sequence length {seq_len} exceeds this model's {limit} positions", source="--seq-len")
-    net, quantized = _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config,
-                                    quantize)
+    net, quantized, method_settings = _build_on_meta(config, task, torch_dtype, num_labels, method_obj,
+                                                     method_settings, peft_config, quantize)
     trainable = _unique(p for p in net.parameters() if p.requires_grad)
     if not trainable:
         raise PluginError(f"method {method_obj.name} left no trainable parameter on this model")
@@ -271,7 +271,8 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     return Estimate(
         method=method_obj.name, settings=shown_settings, model=model_name, task=task, device=device,
         dtype=dtype_name, batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
-        quantize=quantize, strategy=plan.strategy, num_processes=plan.num_processes, trainable_params=trainable_params, total_params=total_params, adapter_bytes=adapter,
+        quantize=quantize, strategy=plan.strategy, num_processes=plan.num_processes,
+        trainable_params=trainable_params, total_params=total_params, adapter_bytes=adapter,
         peak_memory_bytes=chosen, peak_memory_bytes_with_checkpointing=with_ckpt,
         peak_memory_bytes_without_checkpointing=without_ckpt, peak_phase=phase, breakdown=breakdown)
 
@@ -293,8 +294,9 @@ def _task_of(peft_config: dict | None) -> str | None:
 
 
 def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, quantize=None):
-    """The model with the method applied, on the meta device, and (with ``quantize``) the base layers
-    bitsandbytes would convert."""
+    """The model with the method applied, on the meta device, (with ``quantize``) the base layers
+    bitsandbytes would convert, and the settings as the method adapted them to the model (what a
+    training run records)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -325,6 +327,7 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
                 raise BadInputError(f"method {method_obj.name} does not take a PEFT adapter config")
             built = method_obj.build_from_peft_config(net, ac.to_peft_config(peft_config, task))
         else:
+            method_settings = method_obj.settings_for_model(net, method_settings)
             built = method_obj.build(net, method_settings, task)
     except BadInputError:
         raise
@@ -342,7 +345,7 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
     if not isinstance(built, torch.nn.Module):
         raise PluginError(f"method {method_obj.name} (plugin {method_obj.source}) built a {type(built).__name__}, "
                           f"not a torch module")
-    return built, quantized
+    return built, quantized, method_settings
 
 
 # Which device the trace stands for: its attention keeps what that device's kernel keeps.

@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from .errors import AutopeftError, BadInputError
 from .sharding import Sharding, from_accelerate_config, sharding
 
-#: written by the launching process beside options.json: what the workers need besides the options
+#: written by the launching process beside autopeft-run.json: what the workers need besides the options
 LAUNCH_FILE = ".launch.json"
 #: set in the workers' environment, so a worker never launches again
 LAUNCHED_ENV = "AUTOPEFT_LAUNCHED"

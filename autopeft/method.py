@@ -8,6 +8,7 @@ listing methods stays fast.
 from __future__ import annotations
 
 import contextlib
+import math
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -48,6 +49,17 @@ class SearchSpace(BaseModel):
     def learning_rates(self, task: str) -> tuple[float, ...]:
         """The learning rates to try for ``task``."""
         return self.task_learning_rate.get(task, self.learning_rate)
+
+    def default_learning_rate(self, task: str) -> float:
+        """The middle of the task's range; its top for classification, where a freshly initialised
+        head on a small encoder wants a larger step."""
+        rates = sorted(self.learning_rates(task))
+        return rates[-1] if task == "seq-cls" else rates[len(rates) // 2]
+
+    def learning_rate_grid(self, task: str, n: int) -> list[float]:
+        """``n`` learning rates of the task's range: the default first, then the nearest to it."""
+        default = self.default_learning_rate(task)
+        return sorted(self.learning_rates(task), key=lambda lr: abs(math.log(lr / default)))[:max(1, n)]
 
 
 class MethodSettings(BaseModel):

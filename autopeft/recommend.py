@@ -328,7 +328,6 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     """Successive halving over (method, learning rate) configurations; each method's best pilot."""
     from .pilot import PilotConfig, successive_halving
     from .recommender import Candidate
-    from .training import learning_rate_grid
 
     # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
     # budget too small for every pilot drops configurations from the end
@@ -339,7 +338,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     configs = []
     for row in (feasible[i] for i in order):
         method = methods[row.method]
-        for lr in learning_rate_grid(method, options.task, per_method):
+        for lr in method.search_space.learning_rate_grid(options.task, per_method):
             configs.append(PilotConfig(
                 name=f"{row.method} lr={lr:g}", method=row.method, settings=row.settings, learning_rate=lr,
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,

@@ -156,7 +156,6 @@ def _default_lora(runs: list[ProfileRecord]) -> ProfileRecord | None:
     import math
 
     from .plugins import get_methods
-    from .training import _default_learning_rate
 
     loras = [r for r in runs if r.method == "lora"]
     lora = get_methods().get("lora")
@@ -164,7 +163,7 @@ def _default_lora(runs: list[ProfileRecord]) -> ProfileRecord | None:
     def distance(r: ProfileRecord) -> float:
         if lora is None or not r.learning_rate:
             return 0.0
-        return abs(math.log(r.learning_rate / _default_learning_rate(lora, r.task)))
+        return abs(math.log(r.learning_rate / lora.search_space.default_learning_rate(r.task)))
 
     return min(loras, key=lambda r: (r.experiment.count("-"), round(distance(r), 6), len(r.experiment)), default=None)
 

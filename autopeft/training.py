@@ -135,12 +135,13 @@ class _Run:
 
         from transformers import set_seed
 
-        from .launch import DataTrace, is_main_process, launched
+        from .launch import DataTrace, is_main_process, launched, plan_of
 
         opts = self.opts
         set_seed(opts.seed)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.main = is_main_process()
+        self.plan = plan_of(opts.num_processes, opts.accelerate_config)  # processes, and how they share state
         self.method, self.settings = _method(opts.method, opts.settings)
         if opts.quantize:
             from .quantization import check_supported, require_here
@@ -278,7 +279,7 @@ class _Run:
         early = has_eval and opts.early_stopping_patience > 0
         if early and save_steps % eval_steps:
             save_steps = eval_steps * max(1, round(save_steps / eval_steps))  # best model needs saved evals
-        self.learning_rate = opts.learning_rate or _default_learning_rate(self.method, self.task)
+        self.learning_rate = opts.learning_rate or self.method.search_space.default_learning_rate(self.task)
         args = TrainingArguments(
             output_dir=str(self.out / CHECKPOINTS),
             per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
@@ -351,10 +352,9 @@ class _Run:
                 metrics["macro_f1"] = scores.get("eval_macro_f1")
         distributed = None
         if self.data_trace is not None:
-            from .launch import gather, plan_of
+            from .launch import gather
 
-            plan = plan_of(opts.num_processes, opts.accelerate_config)
-            distributed = gather(self.data_trace, net, peak, plan)
+            distributed = gather(self.data_trace, net, peak, self.plan)
         if not self.main:
             return None  # the main process writes the outputs
         if self.loss_before is not None:
@@ -423,16 +423,14 @@ class _Run:
         """The cost model's prediction for this run, kept beside the measurement so both can be compared."""
         from .costmodel import estimate
 
-        from .launch import plan_of
-
         try:
-            plan = plan_of(self.opts.num_processes, self.opts.accelerate_config)
             est = estimate(self.model_name, self.method, settings=self.settings, task=self.task,
                            batch_size=self.opts.batch_size, seq_len=self.data.info.tokens.max,
                            device=self.device, dtype=self.precision if self.precision != "auto" else None,
                            gradient_checkpointing=self.opts.gradient_checkpointing,
                            num_labels=len(self.data.label2id or {}) or 2, config=self.base_config,
-                           strategy=plan.strategy, num_processes=plan.num_processes, quantize=self.opts.quantize)
+                           strategy=self.plan.strategy, num_processes=self.plan.num_processes,
+                           quantize=self.opts.quantize)
         except Exception as exc:  # the estimate is a by-product; a failure must not lose the run
             log.warning("no memory estimate for this run: %s", exc)
             return None
@@ -581,20 +579,6 @@ def _precision(choice: str, device: str) -> str:
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"  # half precision on CPUs is slower than fp32 on most of them
-
-
-def _default_learning_rate(method, task: str) -> float:
-    """The middle of the method's pilot range for the task; its top for classification, where a
-    freshly initialised head on a small encoder wants a larger step."""
-    rates = sorted(method.search_space.learning_rates(task))
-    return rates[-1] if task == "seq-cls" else rates[len(rates) // 2]
-
-
-def learning_rate_grid(method, task: str, n: int) -> list[float]:
-    """``n`` learning rates from the method's search space: its default first, then the nearest."""
-    grid = sorted(method.search_space.learning_rates(task))
-    default = _default_learning_rate(method, task)
-    return sorted(grid, key=lambda lr: abs(math.log(lr / default)))[:max(1, n)]
 
 
 def _method_optimizer(method, net, settings, learning_rate: float, weight_decay: float):

@@ -53,8 +53,8 @@ def test_a_classifier_head_stays_unquantised(tiny_bert_dir):
 
     import torch
 
-    net, layers = _build_on_meta(load_config(str(tiny_bert_dir)), "seq-cls", torch.bfloat16, 3,
-                                 autopeft.get_method("lora"), autopeft.get_method("lora").settings(), None, "4bit")
+    net, layers, _ = _build_on_meta(load_config(str(tiny_bert_dir)), "seq-cls", torch.bfloat16, 3,
+                                    autopeft.get_method("lora"), autopeft.get_method("lora").settings(), None, "4bit")
     head = net.base_model.model.classifier
     assert all(weight is not head.weight for _, _, weight in layers)
     assert len(layers) == 2 * 6 + 1  # per block q, k, v, attention output, intermediate, output; the pooler

@@ -168,3 +168,9 @@ def test_the_record_holds_the_settings_the_method_adapted_to_the_model(trainable
     assert record.settings["block_size"] == saved["block_size"] == 32
     estimate = autopeft.estimate(str(trainable_llama), "c3a", settings=record.settings, batch_size=2, seq_len=32)
     assert estimate.trainable_params == record.trainable_params
+
+
+def test_the_estimate_reports_the_settings_the_method_adapts_to_the_model(trainable_llama):
+    """Asked with C3A's defaults, the estimate shows the block size the run would use, not 256."""
+    estimate = autopeft.estimate(str(trainable_llama), "c3a", batch_size=2, seq_len=32, device="cpu")
+    assert estimate.settings["block_size"] == 32
