@@ -21,8 +21,9 @@ the Python process with torch loaded). On CUDA the caching allocator loses a sma
 activation memory. On CPU, tensors come from glibc malloc: blocks of 32 MiB or more are mmapped and
 go back to the system when freed, smaller ones come from the heap, which keeps much of what the
 forward pass frees in between (temporaries are freed while saved tensors still sit above them), so
-the trace also counts every new tensor the forward pass makes, and a measured share of the small
-temporaries stays resident (see benchmarks/cpu_memory.py).
+the trace also counts every new tensor the forward pass makes. The heap then holds a few blocks' worth
+of those small temporaries at the peak, however deep the model: the next blocks reuse most of the
+holes the earlier ones leave (see benchmarks/cpu_memory.py).
 """
 
 from __future__ import annotations
@@ -42,18 +43,24 @@ DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16
 DEVICES = ("cuda", "cpu", "mps")
 
 #: measured fixed costs: a CUDA context with cuBLAS loaded, and the resident memory of a Python
-#: process that has imported torch, transformers and peft (see benchmarks/cpu_memory.py)
-RUNTIME_BYTES = {"cuda": 500 * 2**20, "mps": 300 * 2**20, "cpu": 390 * 2**20}
+#: process ready to train, having imported what ``autopeft train`` imports (torch, transformers with
+#: its Trainer, peft, autopeft's training module; see benchmarks/cpu_memory.py)
+RUNTIME_BYTES = {"cuda": 500 * 2**20, "mps": 300 * 2**20, "cpu": 475 * 2**20}
 #: fraction of activation memory lost to the caching allocator's fragmentation on accelerators
 FRAGMENTATION = {"cuda": 0.05, "mps": 0.05}
 #: glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit): bigger blocks are always
 #: mmapped, so freeing them returns them to the system
 HEAP_BLOCK_LIMIT = 32 * 2**20
-#: share of the forward pass's small temporaries that the CPU heap still holds at the peak, measured
-#: on 12 runs of benchmarks/cpu_memory.py (SmolLM2-135M and MiniLM-L6, three methods, two batch
-#: sizes): one value for both models; MiniLM keeps about 0.8, SmolLM2 about 0.4
+#: how many blocks' worth of the forward pass's small temporaries (those of the mean block) the CPU
+#: heap still holds at the peak. A share of all the temporaries does not fit both depths: on the 24
+#: runs of benchmarks/cpu_memory.py without checkpointing, MiniLM-L6 (6 blocks) kept about 0.9 of
+#: its temporaries and SmolLM2-135M (30 blocks) about 0.2, while a number of blocks' worth fits both;
+#: 6.5 gave the smallest largest error (9.7%)
+HEAP_BLOCKS_RETAINED = 6.5
+#: share of all the small temporaries held without blocks to count (a model whose repeated blocks
+#: the trace cannot find)
 HEAP_RETAINED = 0.55
-#: the same share with gradient checkpointing, of the temporaries a forward pass that saves makes
+#: the share with gradient checkpointing, of the temporaries a forward pass that saves makes
 #: (measured on SmolLM2-135M, LoRA and full fine-tuning: 0.3 to 1.4, LoRA about 0.3)
 HEAP_RETAINED_CHECKPOINTED = 0.3
 
@@ -282,9 +289,14 @@ def _fragmentation(device: str, trace: _Trace, activations: int, checkpointed: b
     if device != "cpu":
         return int(FRAGMENTATION[device] * activations)
     temporaries = trace.temporaries_outside_blocks + sum(trace.block_temporaries)
-    # with checkpointing every block's tensors are temporaries on the way forward and again when it is
-    # recomputed in backward, but fewer are alive at once, so the heap's share is smaller
-    return int((HEAP_RETAINED_CHECKPOINTED if checkpointed else HEAP_RETAINED) * temporaries)
+    if checkpointed:
+        # every block's tensors are temporaries on the way forward and again when it is recomputed in
+        # backward, but fewer are alive at once, so the heap's share is smaller
+        return int(HEAP_RETAINED_CHECKPOINTED * temporaries)
+    if trace.block_temporaries:
+        blocks = trace.block_temporaries
+        return int(min(temporaries, HEAP_BLOCKS_RETAINED * sum(blocks) / len(blocks)))  # a shallow model keeps all
+    return int(HEAP_RETAINED * temporaries)
 
 
 def _task_of(peft_config: dict | None) -> str | None:

@@ -6,14 +6,16 @@ its optimizer (AdamW over the trainable parameters when the method has none of i
 three training steps on random token ids (a few runs also with gradient checkpointing) (forward with labels, backward, optimizer step, zero_grad).
 Its peak resident set size over its whole life (``getrusage(RUSAGE_SELF).ru_maxrss``) is compared
 with ``autopeft.estimate(..., device="cpu", dtype="fp32")`` for the same configuration, which sees
-nothing of the measurements. A bare subprocess that only imports torch, transformers, peft and
-autopeft measures the runtime baseline that ``RUNTIME_BYTES["cpu"]`` stands for.
+nothing of the measurements. Every subprocess first imports what an ``autopeft train`` process
+imports (torch, transformers with its Trainer, peft, autopeft's training module), so that a run costs
+what it would in autopeft; a bare subprocess that only imports them measures the runtime baseline
+that ``RUNTIME_BYTES["cpu"]`` stands for.
 
 SmolLM2 ships as GGUF, which takes ~25 s to dequantise; it is converted once to a safetensors copy
 under the temp dir (in a subprocess too) and every run loads that copy. Run (about 15 minutes on
 2 cores; ``--quick`` about half):
 
-    python benchmarks/cpu_memory.py [--quick] [--json OUT]
+    python benchmarks/cpu_memory.py [--quick] [--json OUT] [--measured EARLIER_JSON]
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_METHODS)}")
     parser.add_argument("--json", dest="json_out", help="also write the baseline and every row as JSON here")
+    parser.add_argument("--measured", metavar="JSON", help="reuse the measurements of an earlier --json and only "
+                        "predict again, with today's cost model (seconds instead of minutes)")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # a job spec (JSON), run in a fresh subprocess
     args = parser.parse_args()
     if args.child:
@@ -56,6 +60,13 @@ def main() -> int:
 
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
+    if args.measured:
+        earlier = json.loads(Path(args.measured).read_text())
+        rows = [predict(row) for row in earlier["rows"]]
+        print_report(rows, earlier["runtime_baseline_bytes"], earlier["wall_seconds"])
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps({**earlier, "rows": rows}, indent=2))
+        return 0
     run_in_subprocess({"job": "convert"})
     baseline = run_in_subprocess({"job": "baseline"})["peak_rss_bytes"]
     configs = [(model, method, batch, seq_len, False)
@@ -138,7 +149,8 @@ def print_report(rows: list[dict], baseline: int, elapsed: float) -> None:
               f"| {100 * r['relative_error']:+.1f}% |")
     errors = [abs(r["relative_error"]) for r in rows if not r["error"]]
     print()
-    print(f"runtime baseline (bare child importing torch, transformers, peft, autopeft): {baseline / MIB:,.0f} MiB "
+    print(f"runtime baseline (bare child importing torch, transformers' Trainer, peft, autopeft.training): "
+          f"{baseline / MIB:,.0f} MiB "
           f"peak RSS; RUNTIME_BYTES['cpu'] = {RUNTIME_BYTES['cpu'] / MIB:,.0f} MiB")
     if errors:
         print(f"peak memory: median absolute error {100 * statistics.median(errors):.1f}%, "
@@ -183,12 +195,17 @@ def convert_smollm2(spec: dict) -> dict:
     return {"path": str(SMOLLM2_COPY)}
 
 
-def measure_baseline(spec: dict) -> dict:
-    import autopeft  # noqa: F401
+def import_training_runtime() -> None:
+    """What a process that runs ``autopeft train`` has imported before it loads a model."""
     import peft  # noqa: F401
     import torch  # noqa: F401
-    import transformers  # noqa: F401
+    from transformers import Trainer  # noqa: F401
 
+    import autopeft.training  # noqa: F401
+
+
+def measure_baseline(spec: dict) -> dict:
+    import_training_runtime()
     return {"peak_rss_bytes": peak_rss_bytes()}
 
 
@@ -206,6 +223,7 @@ def load_model(name: str):
 
 def measure_training(spec: dict) -> dict:
     """Build the method on the real model, train STEPS steps, and report the process's peak RSS."""
+    import_training_runtime()
     import torch
 
     import autopeft

@@ -82,6 +82,29 @@ def test_cpu_overhead_counts_the_heap_the_forward_pass_leaves_behind(tiny_llama_
     assert cuda == int(0.05 * (cuda_est.breakdown.activations + cuda_est.breakdown.logits))
     assert big > cuda
 
+def test_cpu_heap_keeps_a_few_blocks_worth_of_temporaries_however_deep_the_model(tmp_path):
+    """glibc reuses the holes earlier blocks leave, so the heap retained on CPU is a few blocks' worth
+    of temporaries, not a share of every block's: a model twice as deep keeps no more, while a model
+    shallower than that keeps all of them."""
+    import autopeft
+    from autopeft.costmodel import HEAP_BLOCKS_RETAINED, RUNTIME_BYTES
+
+    from .conftest import TINY_LLAMA, _write_config
+
+    def heap(layers):
+        directory = _write_config(tmp_path / f"llama-{layers}", {**TINY_LLAMA, "num_hidden_layers": layers})
+        est = autopeft.estimate(str(directory), "lora", batch_size=4, seq_len=64, device="cpu")
+        return est.breakdown.overhead - RUNTIME_BYTES["cpu"], est
+
+    assert 16 > 2 * HEAP_BLOCKS_RETAINED
+    deep, deep_est = heap(16)
+    deeper, deeper_est = heap(32)
+    assert deeper_est.breakdown.activations > 1.8 * deep_est.breakdown.activations
+    assert deeper == pytest.approx(deep, rel=0.02)
+    shallow, _ = heap(2)
+    assert 0 < shallow < deep
+
+
 def _bad_inputs(tmp_path, tiny_llama_dir):
     malformed = tmp_path / "adapter_config.json"
     malformed.write_text('{"peft_type": "LORA",\n  "r": 8,,\n}')
