@@ -24,6 +24,7 @@ SECTIONS = [
     ]),
     ("Training", [
         ("Does every method learn?", "train_quality.md"),
+        ("SST-2: the methods below 80% with longer training", "sst2_epochs.md"),
         ("Throughput against a plain transformers + peft script", "train_throughput.md"),
     ]),
     ("The cost model", [

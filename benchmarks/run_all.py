@@ -41,6 +41,7 @@ STEPS = [
     ("train_throughput", [sys.executable, "benchmarks/train_throughput.py"], "train_throughput.md", "10 min"),
     ("bench_gsm8k", GSM8K, None, "50 min"),
     ("bench_sst2", SST2, None, "50 min"),
+    ("sst2_epochs", [sys.executable, "benchmarks/sst2_epochs.py", "--epochs", "5"], None, "30 min"),
     ("make_profiles", [sys.executable, "benchmarks/make_profiles.py"], None, "10 s"),
     ("profile_memory", [sys.executable, "benchmarks/profile_memory.py", "--json",
                         "benchmarks/results/profile_memory.json"], "profile_memory.md", "1 min"),

@@ -89,3 +89,27 @@ def test_the_results_page_is_built_from_the_results_with_its_plots(tmp_path, mon
     assert "## Choosing: the recommender" in text and "python benchmarks/replay_peft.py" in text
     front = page._front([(1, 0.5, "a"), (2, 0.4, "b"), (3, 0.7, "c"), (1.5, 0.6, "d")], higher=True)
     assert [name for *_, name in front] == ["a", "d", "c"]
+
+
+def test_longer_sst2_training_starts_from_each_methods_best_bench_run(tmp_path, monkeypatch):
+    """benchmarks/sst2_epochs.py retrains each method at the learning rate its bench scored best, and
+    its table counts the methods that reach 80%."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sst2_epochs.py"
+    monkeypatch.syspath_prepend(str(path.parent))
+    spec = importlib.util.spec_from_file_location("sst2_epochs", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for name, method, lr, accuracy in [("a", "lora", 1e-3, 0.78), ("b", "lora", 3e-3, 0.79), ("c", "ia3", 1e-2, 0.81),
+                                       ("d", "vera", 1e-2, None)]:
+        (tmp_path / f"{name}.json").write_text(json.dumps({
+            "method": method, "learning_rate": lr, "options": {"epochs": 3},
+            "metrics": {"accuracy": accuracy} if accuracy is not None else {}}))
+    monkeypatch.setattr(script, "BENCH", tmp_path)
+    best = script.best_runs()
+    assert best == {"lora": {"learning_rate": 3e-3, "accuracy": 0.79, "epochs": 3},
+                    "ia3": {"learning_rate": 1e-2, "accuracy": 0.81, "epochs": 3}}
+    table = script.markdown(best, {"5ep/lora": {"metrics": {"accuracy": 0.805}}}, 5, ["lora"])
+    assert "| lora | 0.003 | 3, 79.0% | 5, 80.5% | +1.5 | yes |" in table
+    assert "1 of 1 reach 80% with 5 epochs." in table

@@ -82,6 +82,7 @@ def test_cpu_overhead_counts_the_heap_the_forward_pass_leaves_behind(tiny_llama_
     assert cuda == int(0.05 * (cuda_est.breakdown.activations + cuda_est.breakdown.logits))
     assert big > cuda
 
+
 def test_cpu_heap_keeps_a_few_blocks_worth_of_temporaries_however_deep_the_model(tmp_path):
     """glibc reuses the holes earlier blocks leave, so the heap retained on CPU is a few blocks' worth
     of temporaries, not a share of every block's: a model twice as deep keeps no more, while a model
