@@ -101,6 +101,24 @@ def end_loss(curve: list[CurvePoint]) -> float:
     return window_loss(curve, 0.75, 1.0) if curve else float("inf")
 
 
+def end_loss_gap(a: list[CurvePoint], b: list[CurvePoint]) -> tuple[float, float] | None:
+    """How much lower curve ``a`` ended than ``b``, with the standard error of that gap: the mean and
+    spread of the step-by-step differences over the last quarter. Pilots of one run see the same
+    batches in the same order, so the difference at each step is the methods', not the batches'.
+    None when the curves share fewer than 3 steps there."""
+    import statistics
+
+    if not a or not b or a[-1].step != b[-1].step:
+        return None
+    last = a[-1].step
+    losses_b = {p.step: p.train_loss for p in b if p.train_loss is not None}
+    gaps = [losses_b[p.step] - p.train_loss for p in a
+            if 0.75 * last < p.step and p.train_loss is not None and p.step in losses_b]
+    if len(gaps) < 3:
+        return None
+    return statistics.fmean(gaps), statistics.stdev(gaps) / len(gaps) ** 0.5
+
+
 def store_path() -> Path:
     from .models import autopeft_home
 

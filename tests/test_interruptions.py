@@ -79,8 +79,10 @@ def test_ctrl_c_during_training_is_one_line_and_resume_finishes_the_run(trainabl
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the foreground group
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-3000:]
-    # it stopped after the step it was in, with a checkpoint there to resume from
-    assert stderr.strip().splitlines()[-2:] == [
+    # it stopped after the step it was in, with a checkpoint there to resume from (that step may still
+    # report its progress line, on a slow machine)
+    lines = [line for line in stderr.strip().splitlines() if not line.startswith("autopeft: step ")]
+    assert lines[-2:] == [
         "autopeft: interrupted: stopping after this step with a checkpoint (`--resume` continues the run; "
         "Ctrl-C again to stop at once)", "autopeft: interrupted"], stderr[-3000:]
     assert "Traceback" not in stderr and not (out / "run.json").exists()

@@ -53,6 +53,31 @@ def test_without_pilots_the_static_model_ranks():
     assert rec.predict(test).shape == (6,)
 
 
+def test_pilots_ending_within_their_noise_are_called_too_close():
+    """Two pilots of one run see the same batches, so their gap is judged step by step: a steady small
+    gap is real, a gap the batches' ups and downs swamp is not, and the explanation says so."""
+    from autopeft.profiles import end_loss_gap
+    from autopeft.recommend import _too_close_to_call
+
+    rng = np.random.default_rng(0)
+    batches = rng.normal(0, 0.2, 40)  # the same batch noise in both pilots
+
+    def pilot(offset, wiggle=0.0):
+        losses = 1.0 + batches + offset + wiggle * (-1.0) ** np.arange(40)
+        return [CurvePoint(step=i + 1, train_loss=float(v)) for i, v in enumerate(losses)]
+
+    chosen = Candidate(name="a", method="loha", pilot=pilot(0.0))
+    steady = Candidate(name="b", method="lora", pilot=pilot(0.05))
+    gap, error = end_loss_gap(chosen.pilot, steady.pilot)
+    assert gap == pytest.approx(0.05) and error < 1e-9
+    assert _too_close_to_call(chosen, [steady]) is None
+    noisy = Candidate(name="c", method="vera", pilot=pilot(0.02, wiggle=0.2))  # its own ups and downs
+    clause = _too_close_to_call(chosen, [noisy])
+    assert clause.startswith("its pilot loss and vera's differ by") and "--pilot-budget" in clause
+    shorter = Candidate(name="d", method="ia3", pilot=pilot(0.0)[:20])
+    assert end_loss_gap(chosen.pilot, shorter.pilot) is None  # pilots of different lengths are not compared
+
+
 def test_pareto_front_keeps_only_undominated_candidates():
     cands = [Candidate(name=n, method=n, peak_memory_bytes=m, seconds=1, adapter_bytes=1)
              for n, m in (("a", 10), ("b", 20), ("c", 30))]
