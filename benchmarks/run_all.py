@@ -42,6 +42,7 @@ STEPS = [
     ("bench_gsm8k", GSM8K, None, "50 min"),
     ("bench_sst2", SST2, None, "50 min"),
     ("sst2_epochs", [sys.executable, "benchmarks/sst2_epochs.py", "--epochs", "5"], None, "30 min"),
+    ("sst2_epochs_8", [sys.executable, "benchmarks/sst2_epochs.py", "--epochs", "8"], None, "30 min"),
     ("make_profiles", [sys.executable, "benchmarks/make_profiles.py"], None, "10 s"),
     ("profile_memory", [sys.executable, "benchmarks/profile_memory.py", "--json",
                         "benchmarks/results/profile_memory.json"], "profile_memory.md", "1 min"),
