@@ -89,7 +89,8 @@ def markdown(best: dict, results: dict) -> str:
              f"({time.strftime('%Y-%m-%d')}, 2-core CPU)", "",
              "Dev accuracy at each method's best learning rate from the bench; a blank: not run, the method "
              "had reached 80% with fewer epochs.", "",
-             "| method | lr | bench (3 epochs) | " + " | ".join(f"{n:g} epochs" for n in lengths) + " | >= 80% |",
+             f"| method | lr | bench ({', '.join(f'{n:g}' for n in sorted({b['epochs'] for b in best.values()}))} "
+             "epochs) | " + " | ".join(f"{n:g} epochs" for n in lengths) + " | >= 80% |",
              "|---|---:|---:|" + "---:|" * len(lengths) + ":-:|"]
     reached = 0
     for method in methods:
