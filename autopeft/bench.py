@@ -61,8 +61,9 @@ def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantize:
         wrong = [m.name for m in chosen if task not in m.tasks]
         if wrong:
             raise BadInputError(f"--methods: {', '.join(wrong)} cannot train a {task} model")
-        for method in chosen if quantize else ():
-            check_supported(quantize, method)
+        if quantize:
+            for method in chosen:
+                check_supported(quantize, method)
     else:
         chosen = [m for m in get_methods().values() if task in m.tasks and m.unavailable_reason() is None
                   and (m.capabilities.quantized or not quantize)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -106,8 +107,6 @@ def end_loss_gap(a: list[CurvePoint], b: list[CurvePoint]) -> tuple[float, float
     spread of the step-by-step differences over the last quarter. Pilots of one run see the same
     batches in the same order, so the difference at each step is the methods', not the batches'.
     None when the curves share fewer than 3 steps there."""
-    import statistics
-
     if not a or not b or a[-1].step != b[-1].step:
         return None
     last = a[-1].step

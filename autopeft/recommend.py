@@ -415,7 +415,7 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots) ->
         parts.append(f"its pilot ran {chosen.pilot[-1].step} steps at learning rate {chosen.learning_rate:g}, "
                      f"{standing} ({n - piloted} more ranked without a pilot), and the recommender predicts "
                      f"it will finish best")
-        close = _too_close_to_call(chosen, [candidates[i] for i in order[1:2]]) if goal.quality == 1 else None
+        close = _too_close_to_call(chosen, candidates[order[1]]) if goal.quality == 1 and n > 1 else None
         if close:
             parts.append(close)
     elif mode == "static":
@@ -437,17 +437,16 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots) ->
     return "; ".join(parts[:1]) + ": " + "; ".join(parts[1:]) + "."
 
 
-def _too_close_to_call(chosen, runners_up) -> str | None:
+def _too_close_to_call(chosen, runner_up) -> str | None:
     """A clause saying the runner-up's pilot ended within noise of the chosen one's, or None."""
     from .profiles import end_loss_gap
 
-    for other in runners_up:
-        gap = end_loss_gap(chosen.pilot, other.pilot)
-        if gap is not None and abs(gap[0]) < 2 * gap[1]:
-            return (f"its pilot loss and {other.method}'s differ by {abs(gap[0]):.3f}, less than twice the standard "
-                    f"error of that gap ({gap[1]:.3f}): either is a sound choice, and a larger --pilot-budget might "
-                    f"tell them apart")
-    return None
+    gap = end_loss_gap(chosen.pilot, runner_up.pilot)
+    if gap is None or abs(gap[0]) > 2 * gap[1]:
+        return None
+    return (f"its pilot loss and {runner_up.method}'s differ by {abs(gap[0]):.3f}, less than twice the standard "
+            f"error of that gap ({gap[1]:.3f}): either is a sound choice, and a larger --pilot-budget might "
+            f"tell them apart")
 
 
 def _ordinal(n: int) -> str:

@@ -92,17 +92,17 @@ def test_no_plugins_and_an_allow_list_keep_them_all_out(broken_site):
 def test_training_with_a_broken_method_fails_in_one_line_and_leaves_nothing(broken_site, trainable_llama, tmp_path,
                                                                             method, problem):
     out = tmp_path / "run"
-    proc = autopeft_with_site(broken_site, "train", "--method", method, str(EXAMPLES / "instructions.jsonl"), "-m",
-                     str(trainable_llama), "--max-length", "64", "--max-steps", "2", "-o", str(out))
+    proc = autopeft_with_site(broken_site, "train", "--method", method, str(EXAMPLES / "instructions.jsonl"),
+                              "-m", str(trainable_llama), "--max-length", "64", "--max-steps", "2", "-o", str(out))
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"autopeft: error: {problem}"
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
 def test_recommend_rules_the_broken_methods_out_by_name_and_chooses_among_the_rest(broken_site, trainable_llama):
-    proc = autopeft_with_site(broken_site, "recommend", str(EXAMPLES / "instructions.jsonl"), "-m", str(trainable_llama),
-                     "--max-length", "64", "--max-examples", "40", "-b", "4", "--epochs", "1",
-                     "--methods", "lora,explodes,hollow", "--pilot-budget", "30s", "--json")
+    proc = autopeft_with_site(broken_site, "recommend", str(EXAMPLES / "instructions.jsonl"), "-m",
+                              str(trainable_llama), "--max-length", "64", "--max-examples", "40", "-b", "4",
+                              "--epochs", "1", "--methods", "lora,explodes,hollow", "--pilot-budget", "30s", "--json")
     assert proc.returncode == 0, proc.stderr
     rec = json.loads(proc.stdout)
     rows = {c["method"]: c for c in rec["candidates"]}

@@ -70,9 +70,9 @@ def test_pilots_ending_within_their_noise_are_called_too_close():
     steady = Candidate(name="b", method="lora", pilot=pilot(0.05))
     gap, error = end_loss_gap(chosen.pilot, steady.pilot)
     assert gap == pytest.approx(0.05) and error < 1e-9
-    assert _too_close_to_call(chosen, [steady]) is None
+    assert _too_close_to_call(chosen, steady) is None
     noisy = Candidate(name="c", method="vera", pilot=pilot(0.02, wiggle=0.2))  # its own ups and downs
-    clause = _too_close_to_call(chosen, [noisy])
+    clause = _too_close_to_call(chosen, noisy)
     assert clause.startswith("its pilot loss and vera's differ by") and "--pilot-budget" in clause
     shorter = Candidate(name="d", method="ia3", pilot=pilot(0.0)[:20])
     assert end_loss_gap(chosen.pilot, shorter.pilot) is None  # pilots of different lengths are not compared
