@@ -10,7 +10,10 @@ crash or an out-of-memory marks that run only.
 
 The sweep is fair: every method gets the same number of learning rates, its default first and then
 its nearest neighbours in its own search space, since untuned learning rates are the main reason
-published comparisons disagree.
+published comparisons disagree. A method whose best rate is the highest (or lowest) it tried has not
+found its best yet, so the sweep goes on past that edge, one rate at a time, until a rate scores worse
+or ``edge_rates`` more have been tried: otherwise a method whose search space sits too low for the
+task would be ranked by its best *un*tuned rate.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class BenchSpec(BaseModel):
     task: str
     options: dict[str, Any] = Field(description="training options shared by every run (model, epochs, ...)")
     learning_rates: int = Field(ge=1, description="learning rates per method")
+    edge_rates: int = Field(default=2, ge=0, description="more rates past each edge where the best rate sits at it")
 
 
 def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantize: str | None = None) -> list[BenchRun]:
@@ -71,11 +75,53 @@ def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantize:
             for m in chosen for lr in m.search_space.learning_rate_grid(task, learning_rates)]
 
 
+#: the step past an edge: the method's own spacing there, within these bounds
+EDGE_STEP = (2.0, 5.0)
+
+
+def edge_runs(records: list[ProfileRecord], planned: dict[str, list[float]], limit: int) -> list[BenchRun]:
+    """The next run of each planned method whose best learning rate is the highest or lowest it tried.
+
+    :param planned: each method's planned learning rates; ``limit`` more may be tried past either end.
+
+    A method needs two scored rates to have an edge, and its edge rate must score strictly better than
+    every other: a rate past its best that failed or scored worse ends the search that way. The next
+    rate is one step further, the step being the ratio between the edge rate and its neighbour
+    (within :data:`EDGE_STEP`), rounded to 3 significant digits."""
+    by_method: dict[str, list[ProfileRecord]] = {}
+    for record in records:
+        by_method.setdefault(record.method, []).append(record)
+    runs = []
+    for method, grid in planned.items():
+        tried = by_method.get(method, [])
+        scored = sorted((r for r in tried if r.score is not None), key=lambda r: r.learning_rate)
+        if len(scored) < 2:
+            continue
+        best = max(scored, key=lambda r: r.quality())
+        if sum(r.quality() == best.quality() for r in scored) > 1:
+            continue
+        rates = sorted({r.learning_rate for r in tried})
+        if best.learning_rate == rates[-1] and sum(lr > max(grid) for lr in rates) < limit:
+            up, neighbour = True, scored[-2].learning_rate
+        elif best.learning_rate == rates[0] and sum(lr < min(grid) for lr in rates) < limit:
+            up, neighbour = False, scored[1].learning_rate
+        else:
+            continue
+        step = min(max(max(best.learning_rate, neighbour) / min(best.learning_rate, neighbour), EDGE_STEP[0]),
+                   EDGE_STEP[1])
+        rate = float(f"{best.learning_rate * step if up else best.learning_rate / step:.3g}")
+        runs.append(BenchRun(experiment=f"{method} lr={rate:g}", method=method, learning_rate=rate))
+    return runs
+
+
 def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | None = None, learning_rates: int = 3,
-          timeout: float | None = None, say: Callable[[str], None] = print, **options) -> list[ProfileRecord]:
+          edge_rates: int = 2, timeout: float | None = None, say: Callable[[str], None] = print,
+          **options) -> list[ProfileRecord]:
     """Run (or continue) the bench in ``output_dir`` and return every record it holds.
 
     :param benchmark: the name the records share, e.g. ``autopeft/sst2-2k-minilm-l6``.
+    :param edge_rates: at most this many more learning rates past each edge of a method's sweep where
+        its best rate sits at that edge (:func:`edge_runs`); 0 keeps to the planned rates.
     :param options: training options shared by every run (any field of ``TrainOptions``).
     :param timeout: seconds after which one run is stopped and recorded as failed.
     """
@@ -83,7 +129,8 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
 
     out = Path(output_dir).expanduser()
     task = options.get("task") or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
-    spec = BenchSpec(benchmark=benchmark, data=str(data), task=task, options=options, learning_rates=learning_rates)
+    spec = BenchSpec(benchmark=benchmark, data=str(data), task=task, options=options, learning_rates=learning_rates,
+                     edge_rates=edge_rates)
     _start_or_continue(out, spec)
     if options.get("quantize"):
         from .quantization import require_here
@@ -95,28 +142,46 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     todo = [r for r in runs if r.experiment not in done]
     say(f"bench {benchmark}: {len(runs)} runs ({len({r.method for r in runs})} methods x up to {learning_rates} "
         f"learning rates), {len(runs) - len(todo)} already finished, {len(todo)} to go")
+    _run_each(spec, todo, out, timeout, say)
+    planned: dict[str, list[float]] = {}
+    for run in runs:
+        planned.setdefault(run.method, []).append(run.learning_rate)
+    while edge_rates:
+        past = [r for r in edge_runs(read_jsonl(records_path), planned, edge_rates) if r.experiment not in done]
+        if not past:
+            break
+        say(f"bench {benchmark}: {len(past)} methods score best at the edge of the learning rates they tried; "
+            f"one rate further for each: {', '.join(r.experiment for r in past)}")
+        _run_each(spec, past, out, timeout, say)
+        done.update(r.experiment for r in past)
+    return read_jsonl(records_path)
+
+
+def _run_each(spec: BenchSpec, runs: list[BenchRun], out: Path, timeout: float | None,
+              say: Callable[[str], None]) -> None:
+    """Train each run in turn, appending its record as it ends and saying how long is left."""
     spent: list[float] = []
-    for i, run in enumerate(todo, 1):
+    for i, run in enumerate(runs, 1):
         started = time.perf_counter()
         record = _run_one(spec, run, out, timeout)
-        append([record], records_path)
+        append([record], out / RECORDS_FILE)
         spent.append(time.perf_counter() - started)
-        left = (len(todo) - i) * sum(spent) / len(spent)
+        left = (len(runs) - i) * sum(spent) / len(spent)
         outcome = f"{record.metric} {record.score:.4f}" if record.score is not None else f"failed: {record.error}"
-        say(f"  [{i}/{len(todo)}] {run.experiment}: {outcome} ({spent[-1]:.0f} s; about {left / 60:.0f} min left)")
-    return read_jsonl(records_path)
+        say(f"  [{i}/{len(runs)}] {run.experiment}: {outcome} ({spent[-1]:.0f} s; about {left / 60:.0f} min left)")
 
 
 def _start_or_continue(out: Path, spec: BenchSpec) -> None:
     """Write ``bench.json`` in a new bench; in an existing one, insist on the same task. Only the
-    number of learning rates may change: a bench continued with more keeps its finished runs."""
+    numbers of learning rates may change: a bench continued with more keeps its finished runs."""
     path = out / BENCH_FILE
     if path.is_file():
         stored = BenchSpec.model_validate_json(path.read_text())
-        if stored.model_copy(update={"learning_rates": spec.learning_rates}) != spec:
+        counts = {"learning_rates": spec.learning_rates, "edge_rates": spec.edge_rates}
+        if stored.model_copy(update=counts) != spec:
             raise BadInputError(f"this bench was started with other settings ({stored.model_dump_json()}); give "
                                 f"the same ones to continue it, or another --output", source=str(path))
-        if stored.learning_rates == spec.learning_rates:
+        if stored == spec and "edge_rates" in path.read_text():
             return
     elif out.exists() and any(out.iterdir()):
         raise BadInputError("not a bench directory (no bench.json) and not empty", source=str(out))

@@ -533,10 +533,12 @@ def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
 @click.option("--methods", "only", help="Comma-separated. Default: every available method for the task.")
 @click.option("--learning-rates", type=click.IntRange(min=1), default=3, show_default=True,
               help="Learning rates per method, from its search space (its default first).")
+@click.option("--edge-rates", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Where a method scores best at its highest (or lowest) rate, try up to N more past it.")
 @click.option("--run-timeout", type=click.FloatRange(min=0, min_open=True), help="Stop a run after N seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines on stdout.")
 @partial(_training_options, outputs=False)
-def bench(data, benchmark, output_dir, only, learning_rates, run_timeout, as_json, **given):
+def bench(data, benchmark, output_dir, only, learning_rates, edge_rates, run_timeout, as_json, **given):
     """Train every method on DATA at a few learning rates each, keeping profile records of how each
     run went (resumable: finished runs are never repeated)."""
     _quiet_libraries()
@@ -548,7 +550,7 @@ def bench(data, benchmark, output_dir, only, learning_rates, run_timeout, as_jso
         raise BadInputError("give a training data file")
     methods = list(split_names(only)) if only else None
     records = run_bench(data, benchmark=benchmark, output_dir=output_dir, methods=methods,
-                        learning_rates=learning_rates, timeout=run_timeout,
+                        learning_rates=learning_rates, edge_rates=edge_rates, timeout=run_timeout,
                         say=_say, **_train_kwargs(given))
     if as_json:
         for record in records:

@@ -83,7 +83,9 @@ def _bench_tables(records) -> list[str]:
         higher = scored[0].higher_is_better if scored else True
         lines += [f"### `autopeft bench`: {benchmark}", "",
                   f"Each method at the best of its learning rates ({scored[0].metric if scored else 'score'}, "
-                  f"{'higher' if higher else 'lower'} is better); the bench's command is in its `bench.json`.", "",
+                  f"{'higher' if higher else 'lower'} is better); the bench's command is in its `bench.json`. "
+                  "A best rate marked *highest tried* (or *lowest*) stayed at that edge even past the planned rates "
+                  "(`--edge-rates`): that method's best may lie further out.", "",
                   "| method | best lr | score | other learning rates | peak memory (MiB) | train s |",
                   "|---|---:|---:|---|---:|---:|"]
         by_method = {}
@@ -99,8 +101,12 @@ def _bench_tables(records) -> list[str]:
                 lines.append(f"| {method} | - | failed | {group[0].error or ''} | - | - |")
                 continue
             others = ", ".join(f"{r.learning_rate:g}: {r.score:.4f}" if r.score is not None else
-                               f"{r.learning_rate:g}: failed" for r in group if r is not best)
-            lines.append(f"| {method} | {best.learning_rate:g} | {best.score:.4f} | {others} | "
+                               f"{r.learning_rate:g}: failed"
+                               for r in sorted(group, key=lambda r: r.learning_rate) if r is not best)
+            tried = [r.learning_rate for r in group]
+            edge = (" (*highest tried*)" if best.learning_rate == max(tried) else
+                    " (*lowest tried*)" if best.learning_rate == min(tried) else "")
+            lines.append(f"| {method} | {best.learning_rate:g}{edge} | {best.score:.4f} | {others} | "
                          f"{(best.peak_memory_bytes or 0) / 2**20:,.0f} | {best.train_seconds or 0:.0f} |")
         lines.append("")
     return (["## Benches", ""] + lines) if lines else []

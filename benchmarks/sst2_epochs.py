@@ -55,16 +55,24 @@ def main() -> int:
              [m for m in sorted(best) if best_accuracy(m, best, results, below=args.epochs) < 0.8])
     for method in names:
         key = f"{args.epochs:g}ep/{method}"
-        if key in results or method not in best:
+        if method not in best or _result(results, args.epochs, method, best) is not None:
             continue
         lr = best[method]["learning_rate"]
         print(f"{key} at lr {lr:g} ...", file=sys.stderr, flush=True)
-        results[key] = run("seq-cls", method, ["--epochs", f"{args.epochs:g}", "--learning-rate", str(lr)])
+        results[key] = {"learning_rate": lr,  # failures too: a run at this rate is not repeated
+                        **run("seq-cls", method, ["--epochs", f"{args.epochs:g}", "--learning-rate", str(lr)])}
         store.write_text(json.dumps(results, indent=2))
     table = markdown(best, results)
     (RESULTS / "sst2_epochs.md").write_text(table)
     print(table)
     return 0
+
+
+def _result(results: dict, epochs: float, method: str, best: dict) -> dict | None:
+    """The run of ``method`` for ``epochs`` epochs, if it trained at the bench's best rate (a bench
+    continued past the edge of a method's rates may have found a better one since)."""
+    result = results.get(f"{epochs:g}ep/{method}")
+    return result if result and result.get("learning_rate") == best[method]["learning_rate"] else None
 
 
 def _accuracy(result: dict | None) -> float | None:
@@ -77,7 +85,7 @@ def _lengths(results: dict) -> list[float]:
 
 def best_accuracy(method: str, best: dict, results: dict, below: float = float("inf")) -> float:
     """The method's best dev accuracy: the bench's, or a longer run's shorter than ``below`` epochs."""
-    scores = [best[method]["accuracy"]] + [_accuracy(results.get(f"{n:g}ep/{method}")) or 0.0
+    scores = [best[method]["accuracy"]] + [_accuracy(_result(results, n, method, best)) or 0.0
                                            for n in _lengths(results) if n < below]
     return max(scores)
 
@@ -96,7 +104,7 @@ def markdown(best: dict, results: dict) -> str:
     for method in methods:
         cells = []
         for n in lengths:
-            result = results.get(f"{n:g}ep/{method}")
+            result = _result(results, n, method, best)
             cells.append("" if result is None else f"failed: {result['error']}" if "error" in result
                          else f"{100 * _accuracy(result):.1f}%")
         top = best_accuracy(method, best, results)

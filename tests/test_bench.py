@@ -9,7 +9,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from autopeft.cli import main
-from autopeft.profiles import load_records, read_jsonl
+from autopeft.bench import edge_runs
+from autopeft.profiles import ProfileRecord, load_records, read_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FAST = ["--max-length", "64", "--max-examples", "24", "--batch-size", "4", "--epochs", "1", "--eval-steps", "2"]
@@ -22,7 +23,7 @@ def _bench(model, out, *extra):
 
 def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_llama, tmp_path):
     out = tmp_path / "bench"
-    res = _bench(trainable_llama, out, "--methods", "lora,ia3", "--learning-rates", "2")
+    res = _bench(trainable_llama, out, "--methods", "lora,ia3", "--learning-rates", "2", "--edge-rates", "0")
     assert res.exit_code == 0, res.output
     records = read_jsonl(out / "records.jsonl")
     assert sorted(r.method for r in records) == ["ia3", "ia3", "lora", "lora"]
@@ -35,7 +36,7 @@ def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_lla
     assert len([r for r in load_records([out], shipped=False, store=False)]) == 4
 
     # continuing adds only what is new
-    res = _bench(trainable_llama, out, "--methods", "lora,ia3,vera", "--learning-rates", "2")
+    res = _bench(trainable_llama, out, "--methods", "lora,ia3,vera", "--learning-rates", "2", "--edge-rates", "0")
     assert res.exit_code == 0, res.output
     assert "4 already finished, 2 to go" in res.output
     again = read_jsonl(out / "records.jsonl")
@@ -43,11 +44,53 @@ def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_lla
     assert sorted(r.method for r in again[4:]) == ["vera", "vera"]
 
     # more learning rates per method: the finished runs stay, only the new rates train
-    res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "3")
+    res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "3", "--edge-rates", "0")
     assert res.exit_code == 0, res.output
     assert "2 already finished, 1 to go" in res.output
     assert json.loads((out / "bench.json").read_text())["learning_rates"] == 3
     assert len(read_jsonl(out / "records.jsonl")) == 7
+
+
+def test_a_method_best_at_the_edge_of_its_rates_gets_one_more_past_it_and_resume_adds_none(trainable_llama, tmp_path):
+    out = tmp_path / "bench"
+    res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "2", "--edge-rates", "1")
+    assert res.exit_code == 0, res.output
+    records = read_jsonl(out / "records.jsonl")
+    # two rates always leave the better one at an edge: one more rate past it, and no further (limit 1)
+    assert len(records) == 3 and "one rate further" in res.output
+    planned, (extra,) = sorted(r.learning_rate for r in records[:2]), records[2:]
+    best = max(records[:2], key=lambda r: r.quality())
+    assert extra.learning_rate > planned[1] if best.learning_rate == planned[1] else extra.learning_rate < planned[0]
+    res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "2", "--edge-rates", "1")
+    assert res.exit_code == 0 and "2 already finished, 0 to go" in res.output
+    assert len(read_jsonl(out / "records.jsonl")) == 3
+
+
+def _record(method, lr, score, *, higher=True):
+    return ProfileRecord(benchmark="b", experiment=f"{method} lr={lr:g}", task="seq-cls", model="m", dataset="d",
+                         method=method, learning_rate=lr, total_steps=10, metric="accuracy" if higher else "eval_loss",
+                         higher_is_better=higher, score=score, source="test")
+
+
+def test_edge_runs_go_one_step_past_an_edge_best_until_a_rate_scores_worse_or_the_limit():
+    records = [
+        _record("up", 1e-3, 0.70), _record("up", 3e-3, 0.80),            # best at the top: 3x further
+        _record("down", 1e-4, 0.80), _record("down", 1e-3, 0.70),        # at the bottom: the step is capped at 5x
+        _record("inside", 1e-3, 0.7), _record("inside", 3e-3, 0.8), _record("inside", 9e-3, 0.75),
+        _record("capped", 1e-3, 0.7), _record("capped", 3e-3, 0.75), _record("capped", 9e-3, 0.8),
+        _record("capped", 2.7e-2, 0.85),                                 # two past its planned top already
+        _record("failed", 1e-3, 0.7), _record("failed", 3e-3, 0.8), _record("failed", 9e-3, None),
+        _record("one", 1e-3, 0.8),                                       # a single rate has no edge
+        _record("tied", 1e-3, 0.8), _record("tied", 3e-3, 0.8),
+        _record("loss", 1e-3, 1.5, higher=False), _record("loss", 2e-3, 1.2, higher=False),  # lower is better
+        _record("unplanned", 1e-3, 0.7), _record("unplanned", 3e-3, 0.8),
+    ]
+    planned = {m: [1e-3, 3e-3] for m in ("up", "inside", "capped", "failed", "one", "tied", "loss")}
+    planned["down"] = [1e-4, 1e-3]
+    runs = {r.method: r.learning_rate for r in edge_runs(records, planned, limit=2)}
+    assert runs == {"up": 9e-3, "down": 2e-5, "loss": 4e-3}
+    assert [r.experiment for r in edge_runs(records, {"up": [1e-3, 3e-3]}, 2)] == ["up lr=0.009"]
+    assert edge_runs(records, planned, limit=0) == []
 
 
 def test_bench_refuses_other_settings_in_a_started_bench(trainable_llama, tmp_path):
@@ -110,11 +153,16 @@ def test_longer_sst2_training_starts_from_each_methods_best_bench_run(tmp_path, 
     best = script.best_runs()
     assert best == {"lora": {"learning_rate": 3e-3, "accuracy": 0.79, "epochs": 3},
                     "ia3": {"learning_rate": 1e-2, "accuracy": 0.76, "epochs": 3}}
-    results = {"5ep/lora": {"metrics": {"accuracy": 0.805}}, "5ep/ia3": {"metrics": {"accuracy": 0.77}},
-               "8ep/ia3": {"metrics": {"accuracy": 0.79}}}
+    results = {"5ep/lora": {"learning_rate": 3e-3, "metrics": {"accuracy": 0.805}},
+               "5ep/ia3": {"learning_rate": 1e-2, "metrics": {"accuracy": 0.77}},
+               "8ep/ia3": {"learning_rate": 1e-2, "metrics": {"accuracy": 0.79}}}
     assert script.best_accuracy("lora", best, results, below=8) == 0.805  # reached: no 8-epoch run
     assert script.best_accuracy("ia3", best, results, below=8) == 0.77
     table = script.markdown(best, results)
     assert "| lora | 0.003 | 79.0% | 80.5% |  | yes |" in table
     assert "| ia3 | 0.01 | 76.0% | 77.0% | 79.0% | NO |" in table
+    # a run at a rate the bench no longer finds best (it went on past an edge since) does not count
+    results["8ep/ia3"] = {"learning_rate": 5e-3, "metrics": {"accuracy": 0.85}}
+    assert script.best_accuracy("ia3", best, results) == 0.77
+    assert "| ia3 | 0.01 | 76.0% | 77.0% |  | NO |" in script.markdown(best, results)
     assert "1 of the 2 methods below 80% in the bench reach it with longer training." in table
