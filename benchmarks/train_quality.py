@@ -61,7 +61,9 @@ def main() -> int:
             store.write_text(json.dumps(results, indent=2))
         for name in names:
             key = f"{task}/{name}"
-            if key in results:
+            default = autopeft.get_method(name).search_space.default_learning_rate(task)
+            # a run at an older default rate trains again; a failure (no rate recorded) does not
+            if key in results and results[key].get("learning_rate", default) == default:
                 continue
             print(f"{key} ...", flush=True)
             results[key] = run(task, name, [])

@@ -21,7 +21,7 @@ class C3A(PeftMethod):
     peft_type = "C3A"
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
     search_space = SearchSpace(learning_rate=(1e-2, 3e-2, 1e-1), settings={"block_size": (64, 256)},
-                               task_learning_rate={"seq-cls": (3e-2, 1e-1, 3e-1)})
+                               task_learning_rate={"seq-cls": (1e-1, 3e-1, 9e-1)})
     Settings = C3ASettings
 
     def settings_for_model(self, model, settings):

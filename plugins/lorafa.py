@@ -13,7 +13,7 @@ class LoraFA(LoRA):
     aliases = ("lora-fa",)
     description = "LoRA with A frozen: half the trainable parameters and no activations kept for A."
     search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3), settings={"r": (16, 32)},
-                               task_learning_rate={"seq-cls": (3e-4, 1e-3, 3e-3)})
+                               task_learning_rate={"seq-cls": (1e-3, 3e-3, 9e-3)})
 
     def recognises(self, config):
         return False  # the adapter file is plain LoRA; only the optimizer differs
