@@ -357,7 +357,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
         return max(0.0, fraction / (1 - fraction) * full - spent())
 
     def rank(configs_, results):
-        cands = [Candidate(name=c.name, method=c.method, pilot=results[c.name].curve,
+        cands = [Candidate(name=c.name, method=c.method, learning_rate=c.learning_rate, pilot=results[c.name].curve,
                            trainable_params=results[c.name].trainable_params,
                            total_params=results[c.name].total_params) for c in configs_]
         return list(recommender.predict(cands))

@@ -37,6 +37,27 @@ def test_recommender_learns_that_lower_pilot_loss_finishes_better():
     assert int(np.argmax(predicted)) == 0  # m0 has the lowest loss and the best score
 
 
+def _two_rates(bench, seed):
+    """Each method at two learning rates: the larger one's pilot loss is lower, yet it finishes worse."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(4):
+        for lr, lead, cost in ((1e-3, 0.0, 0.0), (3e-3, 0.04, 0.06)):
+            end = 1.0 + 0.1 * i - lead + rng.normal(0, 0.005)
+            record = _record(bench, f"m{i} lr={lr:g}", 0.9 - 0.05 * i - cost, list(np.linspace(3.0, end, 20)),
+                             method=f"m{i}")
+            out.append(record.model_copy(update={"learning_rate": lr}))
+    return out
+
+
+def test_recommender_learns_to_discount_the_pilot_lead_of_a_methods_larger_learning_rate():
+    rec = Recommender().fit(_two_rates("a", 0) + _two_rates("b", 1) + _two_rates("c", 2))
+    test = [Candidate.from_record(r, 0.3) for r in _two_rates("d", 3)]
+    losses = [c.pilot[-1].train_loss for c in test]
+    assert test[int(np.argmin(losses))].name == "m0 lr=0.003"  # the pilot alone would take the larger rate
+    assert test[int(np.argmax(rec.predict(test)))].name == "m0 lr=0.001"
+
+
 def test_one_benchmark_is_too_few_to_learn_from_and_the_mode_says_so():
     rec = Recommender().fit(_benchmark("only"))
     test = [Candidate.from_record(r, 0.3) for r in _benchmark("d", seed=3)]
