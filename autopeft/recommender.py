@@ -8,14 +8,16 @@ the rank of that loss, and the candidate's learning rate relative to the other r
 method (log10 of its ratio to their median; 0 for a method tried at one rate). A short pilot favours
 the larger rate of a method, whose loss falls fastest early, though it often finishes worse (on
 SST-2, PiSSA at 2e-3 leads its pilot and ends 1 point below PiSSA at 1e-3); learned across
-benchmarks, this offset lets the pilot's lead be discounted. Added once the benches tried rates past
-the edge of each method's range: in leave-one-task-out evaluation it raised the Spearman correlation
-on GSM8K (0.03 to 0.55) and SST-2 (0.14 to 0.39), lowered it on MetaMathQA (0.94 to 0.83, the same
-choice), and left the MetaMathQA replay unchanged. How fast the loss was still falling at the end of the pilot was a
-feature too, on the idea that a method still dropping fast overtakes one that flattened; in
-leave-one-task-out evaluation on autopeft's own tasks it never lowered the regret (0.284 of the
-spread with or without it), and it made the choice swing with small changes in the profiles
-(MetaMathQA replay without a cap: lily, then shira after the SST-2 bench grew), so it went.
+benchmarks, this offset discounts that lead. It was added once the benches tried rates past the edge
+of each method's range. In leave-one-task-out evaluation it changed no choice, raised the Spearman
+correlation of predicted and final quality on GSM8K (0.10 to 0.45) and SST-2 (0.14 to 0.29), and
+lowered it on MetaMathQA (0.94 to 0.87); the MetaMathQA replay is unchanged.
+
+How fast the loss was still falling at the end of the pilot was a feature too, on the idea that a
+method still dropping fast overtakes one that flattened; in leave-one-task-out evaluation on
+autopeft's own tasks it never lowered the regret (0.284 of the spread with or without it), and it
+made the choice swing with small changes in the profiles (MetaMathQA replay without a cap: lily,
+then shira after the SST-2 bench grew), so it went.
 Static features and priors learned on other tasks are left out here: they carry what was true of
 *those* tasks (on autopeft's own CPU tasks full fine-tuning wins; on a 3B model trained for 5,000
 steps it does not), while the pilot measures this one. In leave-one-task-out evaluation
