@@ -181,7 +181,7 @@ def _start_or_continue(out: Path, spec: BenchSpec) -> None:
         if stored.model_copy(update=counts) != spec:
             raise BadInputError(f"this bench was started with other settings ({stored.model_dump_json()}); give "
                                 f"the same ones to continue it, or another --output", source=str(path))
-        if stored == spec and "edge_rates" in path.read_text():
+        if path.read_text() == spec.model_dump_json(indent=2):
             return
     elif out.exists() and any(out.iterdir()):
         raise BadInputError("not a bench directory (no bench.json) and not empty", source=str(out))

@@ -104,7 +104,7 @@ def _bench_tables(records) -> list[str]:
                                f"{r.learning_rate:g}: failed"
                                for r in sorted(group, key=lambda r: r.learning_rate) if r is not best)
             tried = [r.learning_rate for r in group]
-            edge = (" (*highest tried*)" if best.learning_rate == max(tried) else
+            edge = ("" if len(set(tried)) < 2 else " (*highest tried*)" if best.learning_rate == max(tried) else
                     " (*lowest tried*)" if best.learning_rate == min(tried) else "")
             lines.append(f"| {method} | {best.learning_rate:g}{edge} | {best.score:.4f} | {others} | "
                          f"{(best.peak_memory_bytes or 0) / 2**20:,.0f} | {best.train_seconds or 0:.0f} |")
