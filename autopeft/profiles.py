@@ -97,9 +97,13 @@ def window_loss(curve: list[CurvePoint], start: float, end: float) -> float:
     return min(curve, key=lambda p: abs(p.step - end * last)).train_loss
 
 
+#: where a curve's end begins, as a share of its length: single logged steps are too noisy to compare
+END_WINDOW = 0.75
+
+
 def end_loss(curve: list[CurvePoint]) -> float:
     """Where a (pilot) loss curve ended: the mean over its last quarter; infinite for no curve."""
-    return window_loss(curve, 0.75, 1.0) if curve else float("inf")
+    return window_loss(curve, END_WINDOW, 1.0) if curve else float("inf")
 
 
 def end_loss_gap(a: list[CurvePoint], b: list[CurvePoint]) -> tuple[float, float] | None:
@@ -112,7 +116,7 @@ def end_loss_gap(a: list[CurvePoint], b: list[CurvePoint]) -> tuple[float, float
     last = a[-1].step
     losses_b = {p.step: p.train_loss for p in b if p.train_loss is not None}
     gaps = [losses_b[p.step] - p.train_loss for p in a
-            if 0.75 * last < p.step and p.train_loss is not None and p.step in losses_b]
+            if END_WINDOW * last < p.step and p.train_loss is not None and p.step in losses_b]
     if len(gaps) < 3:
         return None
     return statistics.fmean(gaps), statistics.stdev(gaps) / len(gaps) ** 0.5
