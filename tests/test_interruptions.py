@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from autopeft.outputs import RunRecord
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(autouse=True)
+def children_tmpdir(monkeypatch):
+    """A killed process leaves its temporary dirs behind: here they go to a dir removed afterwards,
+    not the machine's /tmp (a short path: a fork server's socket path must stay under 108 bytes)."""
+    path = tempfile.mkdtemp(prefix="autopeft-test-")
+    monkeypatch.setenv("TMPDIR", path)
+    yield
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _start(args: list[str]) -> subprocess.Popen:
@@ -96,7 +110,6 @@ def test_ctrl_c_during_training_is_one_line_and_resume_finishes_the_run(trainabl
 
 def test_a_run_stopped_while_writing_its_outputs_resumes_to_complete_loadable_ones(trainable_llama, tmp_path,
                                                                                     monkeypatch):
-    import pytest
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
