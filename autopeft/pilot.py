@@ -82,6 +82,8 @@ class Rung(BaseModel):
 
     steps: int
     results: dict[str, PilotResult]
+    chosen: dict[str, str] = Field(default_factory=dict,
+                                   description="each method's best configuration by the ranking: {method: name}")
 
 
 def pilot_slots() -> list[str | None]:
@@ -309,8 +311,8 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
                                 timeout=max(120.0, 5 * (overhead + steps * per_step))))
         for result in results.values():
             overhead, per_step = _costs(result, overhead, per_step)
-        rungs.append(Rung(steps=steps, results=results))
-        alive = _survivors(alive, results, rank)
+        alive, chosen = _survivors(alive, results, rank)
+        rungs.append(Rung(steps=steps, results=results, chosen=chosen))
         if steps >= cap:
             break
     return rungs
@@ -335,20 +337,19 @@ def _affordable(configs: list[PilotConfig], seconds: float, overhead: float, per
     return firsts
 
 
-def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult], rank) -> list[PilotConfig]:
-    """The best learning rate of each method, then the best of the methods (``halving.survivors``)."""
+def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult],
+               rank) -> tuple[list[PilotConfig], dict[str, str]]:
+    """The best learning rate of each method, then the best of the methods (``halving.survivors``),
+    and each method's best configuration by name. One ranking of every configuration of the rung
+    decides both, so that the recommender sees a method's rates side by side and can discount the
+    early lead of the larger one."""
     ok = [c for c in alive if results.get(c.name) and results[c.name].status == "ok" and results[c.name].curve]
+    scores = rank(ok, {c.name: results[c.name] for c in ok}) if len(ok) > 1 else [0.0] * len(ok)
     best: dict[str, PilotConfig] = {}
-    for c in ok:
-        loss = end_loss(results[c.name].curve)
-        if c.method not in best or loss < end_loss(results[best[c.method].name].curve):
-            best[c.method] = c
-    methods = list(best.values())
-    if len(methods) <= 2:
-        return methods
-    scores = rank(methods, {c.name: results[c.name] for c in methods})
-    order = sorted(range(len(methods)), key=lambda i: -scores[i])
-    return [methods[i] for i in order[:survivors(len(methods))]]
+    for i in sorted(range(len(ok)), key=lambda i: -scores[i]):
+        best.setdefault(ok[i].method, ok[i])
+    methods = list(best.values())  # best first
+    return methods[:survivors(len(methods))], {m: c.name for m, c in best.items()}
 
 
 def _methods(configs: Sequence[PilotConfig]) -> int:

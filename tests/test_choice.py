@@ -56,6 +56,28 @@ def test_pilots_side_by_side_measure_what_they_measure_one_after_another(trainab
         assert [p.train_loss for p in result.curve] == [p.train_loss for p in side_by_side[name].curve]
 
 
+def test_halving_keeps_the_learning_rate_the_ranking_prefers_not_the_lowest_pilot_loss():
+    """Each method's rate that goes on is the ranking's choice, made over every configuration of the rung
+    together: a larger rate whose early loss is lowest can lose to a smaller one the recommender prefers."""
+    from autopeft.pilot import PilotResult, _survivors
+    from autopeft.profiles import CurvePoint
+
+    losses = {("lora", 1e-2): 0.5, ("lora", 1e-3): 0.7, ("ia3", 3e-2): 0.6, ("ia3", 3e-3): 0.9, ("vera", 1e-2): 1.0}
+    configs = [PilotConfig(name=f"{m}@{lr:g}", method=m, learning_rate=lr, batch_size=4) for m, lr in losses]
+    results = {c.name: PilotResult(status="ok", curve=[CurvePoint(step=3, train_loss=losses[c.method, c.learning_rate])])
+               for c in configs}
+    seen = []
+
+    def prefer_small_rates(ranked, ranked_results):
+        seen.append([c.name for c in ranked])
+        return [-c.learning_rate for c in ranked]
+
+    alive, chosen = _survivors(configs, results, prefer_small_rates)
+    assert seen == [[c.name for c in configs]]  # one ranking, every rate of every method side by side
+    assert chosen == {"lora": "lora@0.001", "ia3": "ia3@0.003", "vera": "vera@0.01"}
+    assert [c.name for c in alive] == ["lora@0.001", "ia3@0.003"]  # the best of three methods: two go on
+
+
 def test_recommend_json_follows_the_contract(trainable_llama):
     res = CliRunner().invoke(main, ["recommend", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
                                     *FAST, "--methods", "lora,ia3,vera", "--pilot-budget", "60s", "--json"])
