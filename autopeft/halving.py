@@ -17,6 +17,9 @@ contenders pilots several times longer than a flat pilot over every configuratio
 from __future__ import annotations
 
 import math
+from typing import Callable, Hashable, Sequence, TypeVar
+
+T = TypeVar("T")
 
 ETA = 4
 #: the longest pilot, as a fraction of the run: beyond it the budget is better spent on the run itself
@@ -31,6 +34,15 @@ def rounds_needed(methods: int) -> int:
 def survivors(methods: int) -> int:
     """How many of ``methods`` ranked methods go on to the next rung: the best quarter, at least two."""
     return methods if methods <= 2 else max(2, math.ceil(methods / ETA))
+
+
+def best_of_each(items: Sequence[T], scores: Sequence[float], group: Callable[[T], Hashable]) -> dict[Hashable, T]:
+    """The best-scored item of each group (a method's learning rates), best first. One ranking of the
+    whole rung decides both which rate of a method goes on and which methods do."""
+    best: dict[Hashable, T] = {}
+    for i in sorted(range(len(items)), key=lambda i: -scores[i]):
+        best.setdefault(group(items[i]), items[i])
+    return best
 
 
 def next_length(configs: int, methods: int, left: float, *, overhead: float, per_unit: float,

@@ -31,8 +31,8 @@ from typing import Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, Field
 
-from .halving import MAX_FRACTION, next_length, plan_cost, survivors
-from .profiles import CurvePoint, end_loss
+from .halving import MAX_FRACTION, best_of_each, next_length, plan_cost, survivors
+from .profiles import CurvePoint
 
 MIN_STEPS = 3
 _POLL_SECONDS = 0.02
@@ -345,9 +345,7 @@ def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult],
     early lead of the larger one."""
     ok = [c for c in alive if results.get(c.name) and results[c.name].status == "ok" and results[c.name].curve]
     scores = rank(ok, {c.name: results[c.name] for c in ok}) if len(ok) > 1 else [0.0] * len(ok)
-    best: dict[str, PilotConfig] = {}
-    for i in sorted(range(len(ok)), key=lambda i: -scores[i]):
-        best.setdefault(ok[i].method, ok[i])
+    best = best_of_each(ok, scores, lambda c: c.method)
     methods = list(best.values())  # best first
     return methods[:survivors(len(methods))], {m: c.name for m, c in best.items()}
 

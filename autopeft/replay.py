@@ -3,8 +3,8 @@
 For a directory of results in the PEFT method-comparison layout, replay what a recommendation would
 have done: every run is a candidate, and the pilots spend ``budget_fraction`` of what training
 every candidate that fits would cost, by the same successive-halving plan as ``tune``
-(:mod:`autopeft.halving`): every candidate for a short pilot, then the best quarter for pilots at
-least twice as long, and so on. A pilot of ``x`` of the run sees the start of the recorded loss
+(:mod:`autopeft.halving`): every candidate for a short pilot, then the best learning rate of each
+method and the best quarter of the methods for pilots at least twice as long, and so on. A pilot of ``x`` of the run sees the start of the recorded loss
 curve up to ``x`` of the steps. The recommender ranks each rung from those curves, the peak memory
 measured while training and the static facts of each candidate, and it is trained only on profiles
 from *other* benchmarks. Its choice is scored against the best run that fits the memory cap (the
@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from .errors import BadInputError
-from .halving import MAX_FRACTION, next_length, survivors
+from .halving import MAX_FRACTION, best_of_each, next_length, survivors
 from .profiles import ProfileRecord, end_loss, import_peft_results, load_records
 
 
@@ -116,7 +116,9 @@ def _halving(runs: list[ProfileRecord], budget_fraction: float,
              score: Callable[[list[ProfileRecord], float], np.ndarray]) -> tuple[ProfileRecord, list, float]:
     """Successive halving over recorded runs, as ``tune`` plans it; ``score(runs, fraction)`` ranks
     (higher is better) what pilots of ``fraction`` of the run saw. Pilot lengths are fractions of a
-    run, and a rung of ``n`` pilots of ``x`` costs ``n * x``; each candidate counts as its own method.
+    run, and a rung of ``n`` pilots of ``x`` costs ``n * x``. Runs of one method with the same settings
+    at different learning rates are one method's configurations, as in ``tune``: the ranking keeps the
+    best of them, then the best of the methods.
 
     :returns: the choice, the plan as (candidates, fraction) per rung, and the compute spent as a
         fraction of training every run.
@@ -124,11 +126,12 @@ def _halving(runs: list[ProfileRecord], budget_fraction: float,
     # the shortest pilot that sees a logged loss in every run
     shortest = max(min(p.step for p in r.curve if p.train_loss is not None) / r.total_steps for r in runs)
     left = budget_fraction * len(runs)
-    alive, plan, scores = list(runs), [], None
+    alive, plan = list(runs), []
+    configuration = _configurations(runs)
     while len(alive) > 1 or not plan:
         floor = 2 * plan[-1][1] if plan else shortest
-        length = next_length(len(alive), len(alive), left, overhead=0.0, per_unit=1.0, shortest=floor * (1 - 1e-9),
-                             cap=MAX_FRACTION)
+        length = next_length(len(alive), len({configuration[r.experiment] for r in alive}), left, overhead=0.0, per_unit=1.0,
+                             shortest=floor * (1 - 1e-9), cap=MAX_FRACTION)
         if length is None:
             if not plan:
                 raise BadInputError(f"--budget-fraction {budget_fraction:g} cannot pilot every candidate once: the "
@@ -137,13 +140,26 @@ def _halving(runs: list[ProfileRecord], budget_fraction: float,
             break
         left -= length * len(alive)
         plan.append((len(alive), length))
-        scores = score(alive, length)
-        order = np.argsort(-scores, kind="stable")
-        alive = [alive[i] for i in order[:survivors(len(alive))]]
+        kept = list(best_of_each(alive, score(alive, length), lambda r: configuration[r.experiment]).values())
+        alive = kept[:survivors(len(kept))]
         if length >= MAX_FRACTION:
             break
     spent = sum(n * x for n, x in plan) / len(runs)
     return alive[0], plan, spent
+
+
+def _configurations(runs: list[ProfileRecord]) -> dict[str, str]:
+    """Each run's configuration: its method and settings, shared by the runs that differ only in their
+    learning rate. Runs alike in rate too differ in something the record does not hold (a seed, an
+    optimizer): each is its own."""
+    import json
+    from collections import defaultdict
+
+    groups: dict[str, list[ProfileRecord]] = defaultdict(list)
+    for r in runs:
+        groups[json.dumps([r.method, r.settings], sort_keys=True, default=str)].append(r)
+    return {r.experiment: key if len({m.learning_rate for m in group}) == len(group) else r.experiment
+            for key, group in groups.items() for r in group}
 
 
 def _points(oracle: ProfileRecord, record: ProfileRecord) -> float:

@@ -58,6 +58,21 @@ def test_recommender_learns_to_discount_the_pilot_lead_of_a_methods_larger_learn
     assert test[int(np.argmax(rec.predict(test)))].name == "m0 lr=0.001"
 
 
+def test_replay_takes_one_methods_learning_rates_as_its_configurations_as_tune_does():
+    from autopeft.halving import best_of_each
+    from autopeft.replay import _configurations
+
+    runs = _two_rates("d", 3)
+    key = _configurations(runs)
+    assert len(set(key.values())) == 4 and key["m0 lr=0.001"] == key["m0 lr=0.003"]
+    # one ranking keeps each method's best-scored rate, best method first
+    kept = best_of_each(runs, [r.learning_rate * (1 + i) for i, r in enumerate(runs)], lambda r: key[r.experiment])
+    assert [r.experiment for r in kept.values()] == ["m3 lr=0.003", "m2 lr=0.003", "m1 lr=0.003", "m0 lr=0.003"]
+    # runs alike in their rate too differ in something the records do not hold: each is its own
+    twins = [runs[0].model_copy(update={"experiment": f"seed {i}"}) for i in range(2)]
+    assert len(set(_configurations(twins).values())) == 2
+
+
 def test_one_benchmark_is_too_few_to_learn_from_and_the_mode_says_so():
     rec = Recommender().fit(_benchmark("only"))
     test = [Candidate.from_record(r, 0.3) for r in _benchmark("d", seed=3)]
