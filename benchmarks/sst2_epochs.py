@@ -4,11 +4,11 @@ The SST-2 bench (``benchmarks/results/bench/sst2-minilm``) trains every method f
 3 learning rates. Here each method still below 80% (in the bench and in every longer run so far)
 trains again at its best learning rate from that bench for ``--epochs`` epochs (default 5), with the
 bench's other settings (2,000 sentences, batch 32, dev 872). A method whose accuracy falls with more
-epochs at that rate (it overfits) can be tried at another with ``--learning-rate``. The table shows
+epochs at that rate (it overfits) can be tried at another: ``--methods vera@0.02``. The table shows
 every length tried side by side, one row per method and rate. Finished runs are kept in
 ``benchmarks/results/sst2_epochs.json`` and not run again; the table goes to ``sst2_epochs.md``.
 
-    python benchmarks/sst2_epochs.py [--epochs 5] [--methods a,b [--learning-rate R]] [--all]
+    python benchmarks/sst2_epochs.py [--epochs 5] [--methods a,b@RATE] [--all]
 """
 
 from __future__ import annotations
@@ -49,12 +49,10 @@ def _bench_runs() -> list[tuple[str, float, float, float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=5.0)
-    parser.add_argument("--methods", help="comma-separated; default: those still below 80%%")
-    parser.add_argument("--learning-rate", type=float, help="with --methods: this rate, not the bench's best")
+    parser.add_argument("--methods", help="comma-separated, each NAME (at its best bench rate) or NAME@RATE; "
+                                          "default: those still below 80%%")
     parser.add_argument("--all", action="store_true", help="every method of the bench")
     args = parser.parse_args()
-    if args.learning_rate is not None and not args.methods:
-        parser.error("--learning-rate needs --methods")
     best = best_runs()
     if not best:
         sys.exit(f"no scored runs in {BENCH}: run the SST-2 bench first (benchmarks/run_all.py --only bench_sst2)")
@@ -62,10 +60,11 @@ def main() -> int:
     results = _keyed(json.loads(store.read_text())) if store.is_file() else {}
     names = (args.methods.split(",") if args.methods else sorted(best) if args.all else
              [m for m in sorted(best) if best_accuracy(m, best, results, below=args.epochs) < 0.8])
-    for method in names:
+    for name in names:
+        method, _, rate = name.partition("@")
         if method not in best:
             continue
-        lr = args.learning_rate if args.learning_rate is not None else best[method]["learning_rate"]
+        lr = float(rate) if rate else best[method]["learning_rate"]
         key = _key(args.epochs, method, lr)
         if key in results:
             continue
@@ -121,7 +120,7 @@ def markdown(best: dict, results: dict) -> str:
     lines = [f"# `python benchmarks/sst2_epochs.py --epochs N` for N in {', '.join(f'{n:g}' for n in lengths)} "
              f"({time.strftime('%Y-%m-%d')}, 2-core CPU)", "",
              "Dev accuracy of each method at its best learning rate from the bench, and at any other rate tried "
-             "(`--learning-rate`); a blank: not run.", "",
+             "(`--methods NAME@RATE`); a blank: not run.", "",
              f"| method | lr | bench ({', '.join(f'{n:g}' for n in sorted({b['epochs'] for b in best.values()}))} "
              "epochs) | " + " | ".join(f"{n:g} epochs" for n in lengths) + " | >= 80% |",
              "|---|---:|---:|" + "---:|" * len(lengths) + ":-:|"]
