@@ -6,7 +6,8 @@ Here ``autopeft recommend`` runs with the same data and settings, learning only 
 *other* tasks (SST-2's own records are left out; the PEFT MetaMathQA results are added), under a
 pilot budget. Its pick is then trained fully if the brute force did not train that learning rate.
 Printed: the pick, its regret against the best method, and its cost (the whole `recommend` wall
-time) as a fraction of the brute force's (the sum of every method's run).
+time) as a fraction of the brute force's (the sum of every method's run). Each pilot budget's run
+is kept (``sst2_choice.json``), and the table shows them all.
 
     python benchmarks/sst2_choice.py [--pilot-budget 4m]
 """
@@ -67,33 +68,53 @@ def main() -> int:
                 sys.exit(f"training the pick failed: {run.stderr.strip().splitlines()[-1]}")
             pick_acc, trained = json.loads(run.stdout)["metrics"]["accuracy"], "trained here at the chosen lr"
     brute_seconds = sum(v["seconds"] for v in brute.values())
-    lora = brute.get("lora", {}).get("metrics", {}).get("accuracy")
     summary = {
         "chosen": chosen, "learning_rate": lr, "chosen_accuracy": pick_acc, "pick_source": trained,
         "best": best_name, "best_accuracy": best["metrics"]["accuracy"],
         "regret_points": 100 * (best["metrics"]["accuracy"] - pick_acc),
-        "lora_default_regret_points": 100 * (best["metrics"]["accuracy"] - lora) if lora else None,
         "recommend_seconds": recommend_seconds, "pilot_seconds": rec["pilot_seconds"],
         "brute_force_seconds": brute_seconds, "cost_fraction": recommend_seconds / brute_seconds,
         "mode": rec["mode"], "trained_on": rec["trained_on"], "explanation": rec["explanation"],
         "piloted": sum(1 for c in rec["candidates"] if (c.get("measured") or {}).get("status") == "ok"),
         "methods": len(brute),
     }
-    lines = [f"# `python benchmarks/sst2_choice.py --pilot-budget {args.pilot_budget}` ({time.strftime('%Y-%m-%d')}, 2-core CPU)",
-             "", f"Brute force: {len(brute)} methods trained fully, {brute_seconds / 60:.0f} min in all; best "
-             f"{best_name} at {100 * best['metrics']['accuracy']:.1f}% dev accuracy.", "",
-             f"`recommend` ({rec['mode']} mode, learned from {', '.join(rec['trained_on'])}): **{chosen}** at "
-             f"lr {lr:g}, {100 * pick_acc:.1f}% ({trained}); regret {summary['regret_points']:.2f} points; "
-             f"{summary['piloted']} methods piloted; cost {recommend_seconds:.0f} s = "
-             f"{100 * summary['cost_fraction']:.1f}% of the brute force.",
-             "", f"LoRA at its default: regret {summary['lora_default_regret_points']:.2f} points." if lora else "",
-             "", f"> {rec['explanation']}", ""]
     out = Path(args.out)
-    (out / "sst2_choice.md").write_text("\n".join(lines))
-    (out / "sst2_choice.json").write_text(json.dumps({**summary, "recommendation": rec}, indent=2))
-    print("\n".join(lines))
+    store = out / "sst2_choice.json"
+    runs = _runs(json.loads(store.read_text())) if store.is_file() else {}
+    runs[args.pilot_budget] = {**summary, "recommendation": rec}
+    store.write_text(json.dumps({"runs": runs}, indent=2))
+    table = markdown(runs, brute)
+    (out / "sst2_choice.md").write_text(table)
+    print(table)
     return 0
 
+
+def _runs(stored: dict) -> dict:
+    """{pilot budget: run}; a file from before several budgets were kept held one run, at 90s."""
+    return stored["runs"] if "runs" in stored else {"90s": stored}
+
+
+def markdown(runs: dict, brute: dict) -> str:
+    """Every pilot budget tried, one row each, beside the brute force."""
+    best_name, best = max(brute.items(), key=lambda kv: kv[1]["metrics"]["accuracy"])
+    brute_seconds = sum(v["seconds"] for v in brute.values())
+    lora = brute.get("lora", {}).get("metrics", {}).get("accuracy")
+    lines = [f"# `python benchmarks/sst2_choice.py --pilot-budget B` for B in {', '.join(runs)} "
+             f"({time.strftime('%Y-%m-%d')}, 2-core CPU)", "",
+             f"Brute force: {len(brute)} methods trained fully at their default rates, {brute_seconds / 60:.0f} min "
+             f"in all; best {best_name} at {100 * best['metrics']['accuracy']:.1f}% dev accuracy"
+             + (f"; LoRA at its default: regret {100 * (best['metrics']['accuracy'] - lora):.2f} points." if lora
+                else "."), "",
+             "| pilot budget | pick | lr | dev accuracy | regret (points) | methods piloted | `recommend` time | "
+             "share of the brute force |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for budget, r in runs.items():
+        lines.append(f"| {budget} | {r['chosen']} | {r['learning_rate']:g} | {100 * r['chosen_accuracy']:.1f}% "
+                     f"({r['pick_source']}) | {r['regret_points']:.2f} | {r['piloted']} of {r['methods']} | "
+                     f"{r['recommend_seconds']:.0f} s | {100 * r['cost_fraction']:.1f}% |")
+    lines += ["", "The recommender learned from " + ", ".join(next(iter(runs.values()))["trained_on"])
+              + " (every SST-2 record left out). Its explanations:", ""]
+    lines += [f"- {budget}: {r['explanation']}" for budget, r in runs.items()]
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     raise SystemExit(main())
