@@ -4,13 +4,13 @@ For a directory of results in the PEFT method-comparison layout, replay what a r
 have done: every run is a candidate, and the pilots spend ``budget_fraction`` of what training
 every candidate that fits would cost, by the same successive-halving plan as ``tune``
 (:mod:`autopeft.halving`): every candidate for a short pilot, then the best learning rate of each
-method and the best quarter of the methods for pilots at least twice as long, and so on. A pilot of ``x`` of the run sees the start of the recorded loss
-curve up to ``x`` of the steps. The recommender ranks each rung from those curves, the peak memory
-measured while training and the static facts of each candidate, and it is trained only on profiles
-from *other* benchmarks. Its choice is scored against the best run that fits the memory cap (the
-oracle) and against three baselines: LoRA with the benchmark's default settings; the lowest loss
-after a flat pilot of ``budget_fraction`` of every candidate; and the same halving plan ranked by
-pilot loss alone (what the learned model adds).
+method and the best quarter of the methods for pilots at least twice as long, and so on. A pilot
+of ``x`` of the run sees the start of the recorded loss curve up to ``x`` of the steps. The
+recommender ranks each rung from those curves and the candidates' learning rates, and it is trained
+only on profiles from *other* benchmarks. Its choice is scored against the best run that fits the
+memory cap (the oracle) and against three baselines: LoRA with the benchmark's default settings;
+the lowest loss after a flat pilot of ``budget_fraction`` of every candidate; and the same halving
+plan ranked by pilot loss alone (what the learned model adds).
 """
 
 from __future__ import annotations
@@ -130,8 +130,9 @@ def _halving(runs: list[ProfileRecord], budget_fraction: float,
     configuration = _configurations(runs)
     while len(alive) > 1 or not plan:
         floor = 2 * plan[-1][1] if plan else shortest
-        length = next_length(len(alive), len({configuration[r.experiment] for r in alive}), left, overhead=0.0, per_unit=1.0,
-                             shortest=floor * (1 - 1e-9), cap=MAX_FRACTION)
+        methods = len({configuration[r.experiment] for r in alive})
+        length = next_length(len(alive), methods, left, overhead=0.0, per_unit=1.0, shortest=floor * (1 - 1e-9),
+                             cap=MAX_FRACTION)
         if length is None:
             if not plan:
                 raise BadInputError(f"--budget-fraction {budget_fraction:g} cannot pilot every candidate once: the "

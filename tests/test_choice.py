@@ -64,7 +64,8 @@ def test_halving_keeps_the_learning_rate_the_ranking_prefers_not_the_lowest_pilo
 
     losses = {("lora", 1e-2): 0.5, ("lora", 1e-3): 0.7, ("ia3", 3e-2): 0.6, ("ia3", 3e-3): 0.9, ("vera", 1e-2): 1.0}
     configs = [PilotConfig(name=f"{m}@{lr:g}", method=m, learning_rate=lr, batch_size=4) for m, lr in losses]
-    results = {c.name: PilotResult(status="ok", curve=[CurvePoint(step=3, train_loss=losses[c.method, c.learning_rate])])
+    results = {c.name: PilotResult(status="ok",
+                                   curve=[CurvePoint(step=3, train_loss=losses[c.method, c.learning_rate])])
                for c in configs}
     seen = []
 
