@@ -116,5 +116,6 @@ def markdown(runs: dict, brute: dict) -> str:
     lines += [f"- {budget}: {r['explanation']}" for budget, r in runs.items()]
     return "\n".join(lines) + "\n"
 
+
 if __name__ == "__main__":
     raise SystemExit(main())
