@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -115,10 +117,13 @@ def _embedded_config(model: EmbeddedModel):
     if model.gguf_file is None:
         return AutoConfig.from_pretrained(str(directory))
     config = AutoConfig.from_pretrained(str(directory), gguf_file=model.gguf_file)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(str(tmp))
-    os.replace(tmp / "config.json", _ensure_dir(cache) / "config.json")
+    # a dir of this process's own: pilots side by side may each be the first to read the config
+    tmp = Path(tempfile.mkdtemp(prefix=f"{cache.name}.tmp-", dir=_ensure_dir(cache.parent)))
+    try:
+        config.save_pretrained(str(tmp))
+        os.replace(tmp / "config.json", _ensure_dir(cache) / "config.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return config
 
 

@@ -128,3 +128,21 @@ def test_declared_lora_convertibility_matches_peft(name):
 
 def test_load_config_reads_a_dir_with_only_config_json(tiny_llama_dir):
     assert load_config(str(tiny_llama_dir)).num_hidden_layers == 2
+
+
+def test_the_embedded_models_config_is_cached_once_even_when_read_side_by_side():
+    """Pilots side by side may each be first to read the embedded model's config (from its GGUF): each
+    gets it, one config.json lands in the cache, and no temporary dir is left beside it."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from transformers import AutoConfig  # noqa: F401  imported once: transformers' lazy imports race in threads
+
+    with ThreadPoolExecutor(2) as pool:
+        configs = list(pool.map(lambda _: load_config("smollm2-135m"), range(2)))
+    assert {c.num_hidden_layers for c in configs} == {30}
+    models = Path(os.environ["AUTOPEFT_HOME"]) / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["smollm2-135m"]
+    assert [p.name for p in (models / "smollm2-135m").iterdir()] == ["config.json"]
+    assert load_config("smollm2-135m").num_hidden_layers == 30  # from the cache
