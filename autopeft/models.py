@@ -117,7 +117,7 @@ def _embedded_config(model: EmbeddedModel):
     if model.gguf_file is None:
         return AutoConfig.from_pretrained(str(directory))
     config = AutoConfig.from_pretrained(str(directory), gguf_file=model.gguf_file)
-    # a dir of this process's own: pilots side by side may each be the first to read the config
+    # a dir of its own: two autopeft processes started at once on a fresh machine may both be first here
     tmp = Path(tempfile.mkdtemp(prefix=f"{cache.name}.tmp-", dir=_ensure_dir(cache.parent)))
     try:
         config.save_pretrained(str(tmp))

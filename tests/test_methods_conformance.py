@@ -131,8 +131,9 @@ def test_load_config_reads_a_dir_with_only_config_json(tiny_llama_dir):
 
 
 def test_the_embedded_models_config_is_cached_once_even_when_read_side_by_side():
-    """Pilots side by side may each be first to read the embedded model's config (from its GGUF): each
-    gets it, one config.json lands in the cache, and no temporary dir is left beside it."""
+    """Two autopeft processes started at once on a fresh machine may both be first to read the embedded
+    model's config (from its GGUF): each gets it, one config.json lands in the cache, and no temporary
+    dir is left beside it."""
     import os
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
