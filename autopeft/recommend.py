@@ -15,7 +15,7 @@ import math
 import time
 from typing import Any, Callable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from .constraints import Constraints, check, method_reasons, nearest_misses
 from .errors import AutopeftError, BadInputError
@@ -66,7 +66,7 @@ class CandidateReport(BaseModel):
     """One row of ``recommend --json``."""
 
     method: str
-    settings: dict[str, Any]
+    settings: dict[str, Any] = Field(description="every setting, the method's defaults included")
     feasible: bool
     excluded_because: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list, description="e.g. a cost model its pilot proved wrong")
@@ -74,13 +74,17 @@ class CandidateReport(BaseModel):
     measured: Measured | None = None
     predicted_score: float | None = None
     pareto: bool = False
+    # what pilots and the fine-tune are given: only the settings set, so that the method still fits
+    # the rest to the model and the run (VB-LoRA's vector length, C3A's block size, AdaLoRA's schedule)
+    _given: dict[str, Any] = PrivateAttr(default_factory=dict)
 
 
 class Recommendation(BaseModel):
     """What ``recommend --json`` prints (and ``tune`` stores in run.json)."""
 
     chosen: str | None
-    settings: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict, description="the settings the fine-tune is given; the "
+                                     "method's defaults, fitted to the model and the run, fill in the rest")
     learning_rate: float | None = None
     batch_size: int | None = None
     gradient_accumulation_steps: int = 1
@@ -227,7 +231,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     explanation = _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots)
     say(explanation)
     return Recommendation(
-        chosen=chosen.method, settings=chosen.settings,
+        chosen=chosen.method, settings=row._given,
         learning_rate=chosen.learning_rate, batch_size=row.estimated.batch_size,
         gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
         gradient_checkpointing=row.estimated.gradient_checkpointing, quantize=quantize, explanation=explanation,
@@ -291,6 +295,7 @@ def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_l
             continue
         settings = method.settings()
         row = CandidateReport(method=method.name, settings=settings.model_dump(mode="json"), feasible=False)
+        row._given = settings.model_dump(mode="json", exclude_unset=True)
         reports[method.name] = row
         row.excluded_because = method_reasons(method, constraints)
         if row.excluded_because:
@@ -340,7 +345,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
         method = methods[row.method]
         for lr in method.search_space.learning_rate_grid(options.task, per_method):
             configs.append(PilotConfig(
-                name=f"{row.method} lr={lr:g}", method=row.method, settings=row.settings, learning_rate=lr,
+                name=f"{row.method} lr={lr:g}", method=row.method, settings=row._given, learning_rate=lr,
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
                 gradient_checkpointing=row.estimated.gradient_checkpointing))
     base = options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",

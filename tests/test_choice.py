@@ -97,6 +97,20 @@ def test_recommend_json_follows_the_contract(trainable_llama):
     assert rec["explanation"].startswith(rec["chosen"])
 
 
+def test_pilots_and_the_fine_tune_get_only_the_settings_set_so_methods_fit_the_rest_to_the_model(trainable_llama):
+    """VB-LoRA's vector length must divide the layer sizes (64 here, not its default 256): left unset, the
+    method fits it to the model. recommend shows every default, but pilots and tune are given only what
+    was set, so that fitting still happens."""
+    res = CliRunner().invoke(main, ["recommend", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
+                                    *FAST, "--methods", "vblora", "--pilot-budget", "30s", "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    row = next(c for c in rec["candidates"] if c["method"] == "vblora")
+    assert row["settings"]["vector_length"] == 256  # the default, shown
+    assert row["measured"]["status"] == "ok", row["measured"]["error"]
+    assert rec["chosen"] == "vblora" and rec["settings"] == {}
+
+
 def test_constraints_nothing_satisfies_exit_3_with_the_nearest_misses(trainable_llama):
     res = CliRunner().invoke(main, ["recommend", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
                                     *FAST, "--max-vram", "1MB", "--no-pilot"])
