@@ -341,8 +341,8 @@ def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult],
                rank) -> tuple[list[PilotConfig], dict[str, str]]:
     """The best learning rate of each method, then the best of the methods (``halving.survivors``),
     and each method's best configuration by name. One ranking of every configuration of the rung
-    decides both, so that the recommender sees a method's rates side by side and can discount the
-    early lead of the larger one."""
+    decides both, so that the recommender sees a method's rates side by side and weighs the early
+    lead of the larger one as it learned to."""
     ok = [c for c in alive if results.get(c.name) and results[c.name].status == "ok" and results[c.name].curve]
     scores = rank(ok, {c.name: results[c.name] for c in ok}) if len(ok) > 1 else [0.0] * len(ok)
     best = best_of_each(ok, scores, lambda c: c.method)

@@ -389,10 +389,8 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
             if config.name in rung.results:
                 by_method.setdefault(config.method, []).append((config, rung.results[config.name]))
         for method, pairs in by_method.items():
-            ok = [(c, r) for c, r in pairs if r.status == "ok" and r.curve]
-            # the rate halving kept for the method (ranked by the recommender), else its lowest loss
-            config, result = next(((c, r) for c, r in ok if c.name == rung.chosen.get(method)),
-                                  min(ok, key=lambda cr: end_loss(cr[1].curve)) if ok else pairs[0])
+            # the rate halving kept for the method (ranked by the recommender); none when every pilot failed
+            config, result = next(((c, r) for c, r in pairs if c.name == rung.chosen.get(method)), pairs[0])
             best[method] = Measured(
                 status=result.status, error=result.error, learning_rate=config.learning_rate, pilot_steps=result.steps,
                 pilot_loss=end_loss(result.curve) if result.curve else None,
