@@ -33,6 +33,8 @@ class ProgressCallback(TrainerCallback):
         self._loss = None
         self._eval = None
         self._announced = False
+        self._eval_seconds = 0.0
+        self._evaluations = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = time.perf_counter()
@@ -61,12 +63,17 @@ class ProgressCallback(TrainerCallback):
                                 and not k.endswith(("runtime", "per_second")))
                 self._write(f"eval at step {state.global_step}: loss {self._eval:.4f}{extra}")
 
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._eval_seconds += (metrics or {}).get("eval_runtime", 0.0)
+        self._evaluations += 1
+
     def on_step_end(self, args, state, control, **kwargs):
         now = time.perf_counter()
         done = state.global_step - self._first_step
         elapsed = now - self._start
-        per_step = elapsed / max(done, 1)
-        left = per_step * (state.max_steps - state.global_step)
+        # evaluations (one before the first step, on a large validation set) would pass for slow steps
+        per_step = max(0.0, elapsed - self._eval_seconds) / max(done, 1)
+        left = per_step * (state.max_steps - state.global_step) + self._evaluations_left(args, state)
         tokens = (state.num_input_tokens_seen or 0) - self._tokens_at_start
         rate = tokens / elapsed if elapsed > 0 else 0.0
         if not self._announced and done >= min(3, state.max_steps):
@@ -81,7 +88,17 @@ class ProgressCallback(TrainerCallback):
             self._bar.update(self._task, completed=state.global_step, info=info)
         elif now - self._last_line >= self.interval or state.global_step == state.max_steps:
             self._last_line = now
-            self._write(f"step {state.global_step}/{state.max_steps} {info}, {_duration(left)} left")
+            self._write(f"step {state.global_step}/{state.max_steps}{' ' + info if info else ''}, "
+                        f"{_duration(left)} left")
+
+    def _evaluations_left(self, args, state) -> float:
+        """Seconds the evaluations still to come should take: the periodic ones, and one at the end
+        where the last step is not one of them."""
+        if not self._evaluations or getattr(args, "eval_strategy", None) != "steps":
+            return 0.0
+        every = state.eval_steps or 1
+        coming = state.max_steps // every - state.global_step // every + (1 if state.max_steps % every else 0)
+        return self._eval_seconds / self._evaluations * coming
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._bar is not None:

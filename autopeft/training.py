@@ -342,7 +342,8 @@ class _Run:
         peak = peak_memory_bytes(self.device)
         metrics: dict[str, float | None] = {"train_loss": _final_train_loss(trainer.state.log_history)}
         if trainer.eval_dataset is not None:
-            scores = trainer.evaluate()  # with several processes, all take part
+            # with several processes, all take part (or all skip: each holds the same log)
+            scores = _evaluation_of_current_weights(trainer) or trainer.evaluate()
             metrics["eval_loss_before"] = _first_eval_loss(trainer.state.log_history)
             metrics["eval_loss"] = scores.get("eval_loss")
             if self.task == "causal-lm":
@@ -657,6 +658,18 @@ def _final_train_loss(log_history: list[dict]) -> float | None:
 def _eval_seconds(log_history: list[dict]) -> float:
     """Time spent evaluating during training: not part of training throughput."""
     return sum(e.get("eval_runtime", 0.0) for e in log_history)
+
+
+def _evaluation_of_current_weights(trainer) -> dict | None:
+    """The evaluation the training loop already ran on the weights the model holds now, if it ran one:
+    that of the last step (transformers evaluates there at the end of training) or, where the best
+    checkpoint was loaded at the end, that of the best step. Evaluating again would repeat a whole
+    pass over the validation set for the same numbers."""
+    state = trainer.state
+    step = state.global_step
+    if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
+        step = int(Path(state.best_model_checkpoint).name.rpartition("-")[2])
+    return next((e for e in reversed(state.log_history) if "eval_loss" in e and e.get("step") == step), None)
 
 
 def _first_eval_loss(log_history: list[dict]) -> float | None:

@@ -97,6 +97,39 @@ def test_classification_trains_the_head_and_reports_accuracy(trainable_bert, tmp
     assert any("classifier" in n for n, _ in loaded.named_parameters())
 
 
+def _count_evaluations(monkeypatch) -> list[int]:
+    from transformers import Trainer
+
+    steps, evaluate = [], Trainer.evaluate
+
+    def counted(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", counted)
+    return steps
+
+
+def test_the_last_evaluation_is_not_repeated_for_the_final_metrics(trainable_llama, tmp_path, monkeypatch):
+    evaluated = _count_evaluations(monkeypatch)
+    record = _train(trainable_llama, tmp_path / "run", max_steps=4, eval_steps=2, early_stopping_patience=0,
+                    samples=0, forgetting=False)
+    assert evaluated == [0, 2, 4]  # a pass over the validation set each, none twice
+    assert record.metrics["eval_loss"] == record.history[-1].eval_loss
+
+
+def test_after_early_stopping_the_final_metrics_are_the_best_checkpoints(trainable_llama, tmp_path, monkeypatch):
+    evaluated = _count_evaluations(monkeypatch)
+    # at this rate the validation loss bottoms out at step 6 and rises, so early stopping keeps an early step
+    record = _train(trainable_llama, tmp_path / "run", method="full", learning_rate=3e-2, max_steps=16, eval_steps=2,
+                    early_stopping_patience=2, samples=0, forgetting=False)
+    evals = {p.step: p.eval_loss for p in record.history if p.eval_loss is not None and p.step > 0}
+    best = min(evals, key=evals.get)
+    assert best < max(evals)  # the test needs a best checkpoint other than the last
+    assert record.metrics["eval_loss"] == evals[best]
+    assert len(evaluated) == len(set(evaluated))
+
+
 def test_output_dir_of_someone_else_is_refused(trainable_llama, tmp_path):
     out = tmp_path / "theirs"
     out.mkdir()
@@ -174,3 +207,26 @@ def test_the_estimate_reports_the_settings_the_method_adapts_to_the_model(traina
     """Asked with C3A's defaults, the estimate shows the block size the run would use, not 256."""
     estimate = autopeft.estimate(str(trainable_llama), "c3a", batch_size=2, seq_len=32, device="cpu")
     assert estimate.settings["block_size"] == 32
+
+
+def test_the_time_announced_leaves_evaluations_out_of_the_step_time_and_counts_those_to_come(monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    from autopeft import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    out = io.StringIO()
+    callback = progress.ProgressCallback(stream=out, live=False)
+    args = SimpleNamespace(eval_strategy="steps")
+    state = SimpleNamespace(global_step=0, max_steps=100, eval_steps=50, num_input_tokens_seen=0)
+    callback.on_train_begin(args, state, None)
+    clock[0] += 30.0  # the evaluation before the first step: 30 s
+    callback.on_evaluate(args, state, None, metrics={"eval_runtime": 30.0})
+    for _ in range(3):
+        clock[0] += 1.0
+        state.global_step += 1
+        callback.on_step_end(args, state, None)
+    # 97 steps of 1 s, then evaluations at step 50 and 100 (the last is the final one): 30 s each
+    assert "100 steps at ~1.0 s each: about 3m10s in all, 2m37s left" in out.getvalue()
