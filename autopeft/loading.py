@@ -134,7 +134,18 @@ def _convert_gguf(model: EmbeddedModel, target: Path) -> None:
         net.hf_quantizer = None
         net.config.__dict__.pop("quantization_config", None)
         net.save_pretrained(str(tmp))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        _publish(tmp, target, complete="model.safetensors")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, target: Path, complete: str) -> None:
+    """Rename ``tmp`` to ``target``, unless another process finished first (``target/complete`` exists):
+    replacing its copy would leave, for a moment, no copy to anyone loading it."""
+    try:
+        os.replace(tmp, target)  # atomic, where target is absent (or an empty dir)
+    except OSError:
+        if (target / complete).is_file():
+            return
+        shutil.rmtree(target, ignore_errors=True)  # the remains of an older, unfinished layout
+        os.replace(tmp, target)

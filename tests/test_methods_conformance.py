@@ -147,3 +147,26 @@ def test_the_embedded_models_config_is_cached_once_even_when_read_side_by_side()
     assert sorted(p.name for p in models.iterdir()) == ["smollm2-135m"]
     assert [p.name for p in (models / "smollm2-135m").iterdir()] == ["config.json"]
     assert load_config("smollm2-135m").num_hidden_layers == 30  # from the cache
+
+
+def test_a_converted_model_another_process_finished_first_is_kept_not_replaced(tmp_path):
+    """Replacing it would leave, for a moment, no model for that process to load."""
+    from autopeft.loading import _publish
+
+    target, ours = tmp_path / "converted", tmp_path / "converted.tmp-1"
+    for directory, text in ((target, "theirs"), (ours, "ours")):
+        directory.mkdir()
+        (directory / "model.safetensors").write_text(text)
+    inode = target.stat().st_ino
+    _publish(ours, target, complete="model.safetensors")
+    assert target.stat().st_ino == inode and (target / "model.safetensors").read_text() == "theirs"
+
+    first = tmp_path / "other"
+    _publish(target, first, complete="model.safetensors")  # nobody there yet: renamed into place
+    assert (first / "model.safetensors").read_text() == "theirs" and not target.exists()
+
+    half = tmp_path / "half"  # an unfinished dir in the way is replaced
+    half.mkdir()
+    (half / "config.json").write_text("{}")
+    _publish(first, half, complete="model.safetensors")
+    assert sorted(p.name for p in half.iterdir()) == ["model.safetensors"]
