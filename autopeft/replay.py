@@ -61,7 +61,7 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
     """Replay a recommendation on the results in ``results_dir`` (see the module docstring).
 
     :param records: what the recommender may learn from; default: every profile on this machine.
-        Records of the replayed benchmark itself are always left out.
+        Records of the replayed benchmark itself, and of any other on the same data, are always left out.
     :param pilots: ``halving`` (as ``tune`` spends a budget) or ``flat`` (every candidate piloted for
         exactly ``budget_fraction`` of its steps, and ranked once).
     """
@@ -78,7 +78,8 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
     fitting = [r for r in runs if max_vram is None or (r.peak_memory_bytes or 0) <= max_vram]
     if not fitting:
         raise BadInputError(f"no run of {benchmark} fits in {max_vram} bytes")
-    learn_from = [r for r in (records if records is not None else load_records()) if r.benchmark != benchmark]
+    learn_from = [r for r in (records if records is not None else load_records())
+                  if r.benchmark != benchmark and r.dataset != runs[0].dataset]
     recommender = Recommender().fit(learn_from)
 
     def learned(records_at: list[ProfileRecord], fraction: float) -> np.ndarray:
@@ -207,7 +208,8 @@ class TaskEvaluation(BaseModel):
 
 
 def leave_one_task_out(records: list[ProfileRecord], budget_fraction: float = 0.1) -> list[TaskEvaluation]:
-    """For every benchmark in ``records`` with pilot curves: learn from all the others, choose by
+    """For every benchmark in ``records`` with pilot curves: learn from all the others except those on
+    the same data (SST-2 with another model would teach it which methods do well on SST-2), choose by
     successive halving as :func:`replay` does, and score the choice and the baselines."""
     from scipy.stats import spearmanr
 
@@ -219,7 +221,8 @@ def leave_one_task_out(records: list[ProfileRecord], budget_fraction: float = 0.
         runs = [r for r in usable if r.benchmark == benchmark]
         if len(runs) < 3:
             continue
-        recommender = Recommender().fit([r for r in records if r.benchmark != benchmark])
+        data = {r.dataset for r in runs}
+        recommender = Recommender().fit([r for r in records if r.benchmark != benchmark and r.dataset not in data])
 
         def learned(at: list[ProfileRecord], fraction: float) -> np.ndarray:
             return recommender.predict([Candidate.from_record(r, fraction) for r in at])

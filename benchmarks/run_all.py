@@ -33,6 +33,14 @@ SST2 = ["autopeft", "bench", "../shared/data/sst2/train.tsv", "--benchmark", "au
         "loraplus,lorafa,fourierft,gralora,randlora,lily,galore,ptuning,prefix_tuning,adalora,beft,boft,c3a",
         "-o", "benchmarks/results/bench/sst2-minilm"]
 
+# a second model on SST-2: a decoder, which classifies from its last token rather than a CLS token
+SST2_SMOLLM2 = ["autopeft", "bench", "../shared/data/sst2/train.tsv",
+                "--benchmark", "autopeft/sst2-1k-1ep-smollm2-135m", "--model", "smollm2-135m",
+                "--validation", "../shared/data/sst2/dev.tsv", "--max-examples", "1000", "--max-length", "64",
+                "--batch-size", "16", "--epochs", "1", "--eval-steps", "1000", "--learning-rates", "2", "--methods",
+                "lora,full,dora,ia3,vera,pissa,oft,loha,lokr,miss,ln_tuning,prompt_tuning,rslora",
+                "-o", "benchmarks/results/bench/sst2-smollm2"]
+
 #: name, command, the Markdown file its stdout becomes (None: the script writes its own), rough time
 STEPS = [
     ("cost_model_peft", [sys.executable, "benchmarks/cost_model_peft.py", "--json",
@@ -43,6 +51,7 @@ STEPS = [
     ("train_throughput", [sys.executable, "benchmarks/train_throughput.py"], "train_throughput.md", "10 min"),
     ("bench_gsm8k", GSM8K, None, "90 min"),
     ("bench_sst2", SST2, None, "100 min"),
+    ("bench_sst2_smollm2", SST2_SMOLLM2, None, "90 min"),
     ("sst2_epochs", [sys.executable, "benchmarks/sst2_epochs.py", "--epochs", "5"], None, "30 min"),
     ("sst2_epochs_8", [sys.executable, "benchmarks/sst2_epochs.py", "--epochs", "8"], None, "30 min"),
     # the methods still below 80%: longer, or at a lower rate where more epochs overfit

@@ -11,9 +11,9 @@ from autopeft.profiles import CurvePoint, ProfileRecord, append, import_peft_res
 from autopeft.recommender import Candidate, Objective, Recommender, pareto_front
 
 
-def _record(bench, name, final, losses, trainable=1000, method=None):
+def _record(bench, name, final, losses, trainable=1000, method=None, dataset="d"):
     curve = [CurvePoint(step=10 * (i + 1), train_loss=v) for i, v in enumerate(losses)]
-    return ProfileRecord(benchmark=bench, experiment=name, task="causal-lm", model="m", dataset="d",
+    return ProfileRecord(benchmark=bench, experiment=name, task="causal-lm", model="m", dataset=dataset,
                          method=method or name, total_steps=10 * len(losses), trainable_params=trainable,
                          total_params=10**6, curve=curve, metric="accuracy", score=final, source="test")
 
@@ -218,15 +218,17 @@ def test_shipped_profiles_load():
 def test_leave_one_task_out_scores_each_task_with_the_others_and_the_baselines():
     from autopeft.replay import leave_one_task_out
 
-    def bench(name, shift):
+    def bench(name, shift, dataset=None):
         # the lower the loss at every point, the better it ends: a pilot tells the truth
         return [_record(name, f"{m}", 0.9 - 0.1 * i, [3 + i + shift, 2 + i + shift, 1.5 + i, 1 + i, 0.9 + i] * 4,
-                        method=m) for i, m in enumerate(["ia3", "lora", "vera", "oft"])]
+                        method=m, dataset=dataset or name) for i, m in enumerate(["ia3", "lora", "vera", "oft"])]
 
-    rows = leave_one_task_out(bench("a", 0) + bench("b", 0.5) + bench("c", 0.2), budget_fraction=0.3)
-    assert [r.benchmark for r in rows] == ["a", "b", "c"]
+    # "c2" is the data of "c" with another model: neither is learned from when the other is judged
+    records = bench("a", 0) + bench("b", 0.5) + bench("c", 0.2) + bench("c2", 0.3, dataset="c")
+    rows = leave_one_task_out(records, budget_fraction=0.3)
+    assert [r.benchmark for r in rows] == ["a", "b", "c", "c2"]
+    assert [r.trained_on for r in rows] == [["b", "c", "c2"], ["a", "c", "c2"], ["a", "b"], ["a", "b"]]
     for r in rows:
-        assert r.benchmark not in r.trained_on and len(r.trained_on) == 2
         assert r.top1 and r.chosen == r.oracle == "ia3" and r.regret == 0 and r.spearman == pytest.approx(1.0)
         assert r.baselines["always_lora"] == pytest.approx(1 / 3) and r.baselines["random"] == pytest.approx(0.5)
         assert 0 < r.compute_fraction <= 0.3
