@@ -192,6 +192,7 @@ class TaskEvaluation(BaseModel):
     """How the recommender did on one task it did not learn from, beside the baselines."""
 
     benchmark: str
+    task: str = Field(description="causal-lm or seq-cls")
     metric: str
     candidates: int
     trained_on: list[str]
@@ -239,7 +240,8 @@ def leave_one_task_out(records: list[ProfileRecord], budget_fraction: float = 0.
             return None if record is None or not spread else (best - record.quality()) / spread
 
         results.append(TaskEvaluation(
-            benchmark=benchmark, metric=runs[0].metric, candidates=len(runs), trained_on=recommender.benchmarks_,
+            benchmark=benchmark, task=runs[0].task, metric=runs[0].metric, candidates=len(runs),
+            trained_on=recommender.benchmarks_,
             chosen=chosen.experiment, oracle=max(runs, key=lambda r: r.quality()).experiment,
             top1=chosen.quality() == best, regret=scale * (best - chosen.quality()),
             regret_of_spread=of_spread(chosen) or 0.0,

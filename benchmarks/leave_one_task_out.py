@@ -49,7 +49,8 @@ def main() -> int:
             f"| {r.benchmark} ({r.metric}) | {r.candidates} | {r.chosen} | {r.oracle} | {'yes' if r.top1 else 'no'} "
             f"| {r.regret:.3f} | {r.regret_of_spread:.3f} | {_num(r.spearman)} | {r.compute_fraction:.1%} | "
             + " | ".join(_num(base[k]) for k in ("always_lora", "lowest_pilot_loss", "random")) + " |")
-    lines += ["", f"Better than every baseline on {wins} of {len(rows)} tasks; no worse than any on {ties}.", ""]
+    lines += ["", f"Better than every baseline on {wins} of {len(rows)} tasks; no worse than any on {ties}. "
+              + _summary(rows), ""]
     lines += _budget_table(records, rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,24 @@ def _verdicts(rows) -> tuple[int, int]:
     wins = sum(all(v is None or r.regret_of_spread < v for v in r.baselines.values()) for r in rows)
     ties = sum(all(v is None or r.regret_of_spread <= v for v in r.baselines.values()) for r in rows)
     return wins, ties
+
+
+def _summary(rows) -> str:
+    """The issue's measures over all tasks: top-1 hit rate, mean regret in accuracy points on the
+    classification tasks and as a share of the spread on the others, mean Spearman."""
+    accuracy = [r.regret for r in rows if r.task == "seq-cls"]
+    other = [r.regret_of_spread for r in rows if r.task != "seq-cls"]
+    rhos = [r.spearman for r in rows if r.spearman is not None]
+    parts = [f"Top-1 hit rate {sum(r.top1 for r in rows)} of {len(rows)}."]
+    if accuracy:
+        parts.append(f"Mean regret on the classification task{'s' * (len(accuracy) > 1)} ({len(accuracy)}): "
+                     f"{sum(accuracy) / len(accuracy):.2f} points of accuracy.")
+    if other:
+        parts.append(f"On the other task{'s' * (len(other) > 1)} ({len(other)}): {sum(other) / len(other):.1%} "
+                     "of the best-to-worst spread.")
+    if rhos:
+        parts.append(f"Mean Spearman {sum(rhos) / len(rhos):.2f}.")
+    return " ".join(parts)
 
 
 def _budget_table(records, rows) -> list[str]:
