@@ -9,7 +9,7 @@ libraries are imported (by a fork server), so a pilot costs its steps and the mo
 fresh interpreter.
 
 :func:`successive_halving` spends a time budget over many (method, learning rate) configurations:
-every configuration runs a few steps, the best learning rate of each method and the best quarter of
+every configuration runs a few steps, the best learning rate of each method and the best third of
 the methods go on to a pilot at least twice as long, and so on, so most of the budget goes to
 contenders (the plan is :mod:`autopeft.halving`'s, which ``replay`` also follows).
 
@@ -268,7 +268,7 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
                        announce: Callable[[str], None] | None = None,
                        slots: Sequence[str | None] | None = None, cache: Path | None = None) -> list[Rung]:
     """Spend a time budget over ``configs``: a few steps each, then the best learning rate per
-    method and the best quarter of the methods (by ``rank``, higher is better) at least twice as
+    method and the best third of the methods (by ``rank``, higher is better) at least twice as
     long, until one or two methods are left or the budget is spent (see :mod:`autopeft.halving`). Returns every rung's results.
 
     The first configuration runs first, for ``MIN_STEPS`` steps, to measure the process overhead and

@@ -4,7 +4,7 @@ For a directory of results in the PEFT method-comparison layout, replay what a r
 have done: every run is a candidate, and the pilots spend ``budget_fraction`` of what training
 every candidate that fits would cost, by the same successive-halving plan as ``tune``
 (:mod:`autopeft.halving`): every candidate for a short pilot, then the best learning rate of each
-method and the best quarter of the methods for pilots at least twice as long, and so on. A pilot
+method and the best third of the methods for pilots at least twice as long, and so on. A pilot
 of ``x`` of the run sees the start of the recorded loss curve up to ``x`` of the steps. The
 recommender ranks each rung from those curves and the candidates' learning rates, and it is trained
 only on profiles from *other* benchmarks. Its choice is scored against the best run that fits the

@@ -172,18 +172,19 @@ def test_replay_spends_its_budget_by_halving_and_the_longer_pilots_decide(tmp_pa
 
     d = tmp_path / "Bench"
     d.mkdir()
-    # eight runs of 20 logged points; the slow starter is behind at 10% of the run, ahead from 15%
-    for i in range(7):
+    # nine runs of 20 logged points; the slow starter is behind at 10% of the run, ahead from 15%
+    for i in range(8):
         write_peft_result(d, f"fast{i}", 0.40 - 0.01 * i, 20e9, [2.0 + 0.01 * i, 1.0 + 0.01 * i] + [0.9 + 0.01 * i] * 18)
     write_peft_result(d, "slow", 0.50, 20e9, [2.0, 1.2, 0.8, 0.7] + [0.6] * 16)
     halved = replay(d, 0.1, records=[])
-    assert halved.rungs[0] == (8, pytest.approx(0.05)) and len(halved.rungs) == 2
-    assert halved.rungs[1][0] == 2 and halved.rungs[1][1] >= 0.15
+    # half the budget each for two rungs: 9 pilots of 5%, then the best third, 3 pilots of 15%
+    assert halved.rungs[0] == (9, pytest.approx(0.05)) and len(halved.rungs) == 2
+    assert halved.rungs[1] == (3, pytest.approx(0.15))
     assert halved.compute_fraction <= 0.1 + 1e-9
     assert halved.chosen == "lora/slow" and halved.regret == 0
     assert halved.baselines["lowest_pilot_loss"].choice == "lora/fast0"  # a flat pilot of 10% is fooled
     flat = replay(d, 0.1, records=[], pilots="flat")
-    assert flat.chosen == "lora/fast0" and flat.rungs == [(8, 0.1)] and flat.compute_fraction == pytest.approx(0.1)
+    assert flat.chosen == "lora/fast0" and flat.rungs == [(9, 0.1)] and flat.compute_fraction == pytest.approx(0.1)
     with pytest.raises(BadInputError, match="budget-fraction"):
         replay(d, 0.01, records=[])
 
@@ -191,13 +192,13 @@ def test_replay_spends_its_budget_by_halving_and_the_longer_pilots_decide(tmp_pa
 def test_halving_plans_fewer_rounds_rather_than_pilots_too_short_to_learn_from():
     from autopeft.halving import next_length, survivors
 
-    # 64 methods need 3 rounds at ETA 4: a third of 96 units each, over 64 pilots
-    assert next_length(64, 64, 96.0, overhead=0, per_unit=1, shortest=0.1, cap=10) == pytest.approx(0.5)
-    # that would be too short: two rounds, half the budget each
+    # 64 methods need 4 rounds at ETA 3: a quarter of 96 units each, over 64 pilots
+    assert next_length(64, 64, 96.0, overhead=0, per_unit=1, shortest=0.1, cap=10) == pytest.approx(0.375)
+    # that would be too short, and so would three rounds (0.5): two rounds, half the budget each
     assert next_length(64, 64, 96.0, overhead=0, per_unit=1, shortest=0.6, cap=10) == pytest.approx(0.75)
     assert next_length(64, 64, 96.0, overhead=0.5, per_unit=1, shortest=1.2, cap=10) is None  # not even one
     assert next_length(2, 2, 96.0, overhead=0, per_unit=1, shortest=0.1, cap=10) == 10
-    assert [survivors(n) for n in (1, 2, 3, 8, 9, 63)] == [1, 2, 2, 2, 3, 16]
+    assert [survivors(n) for n in (1, 2, 3, 8, 9, 63)] == [1, 2, 2, 3, 3, 21]
 
 
 def test_store_appends_whole_records_and_reads_them_back(tmp_path):
