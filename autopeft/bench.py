@@ -150,11 +150,17 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
         past = [r for r in edge_runs(read_jsonl(records_path), planned, edge_rates) if r.experiment not in done]
         if not past:
             break
-        say(f"bench {benchmark}: {len(past)} methods score best at the edge of the learning rates they tried; "
-            f"one rate further for each: {', '.join(r.experiment for r in past)}")
+        say(f"bench {benchmark}: {_methods_at_the_edge(len(past))}; one rate further for "
+            f"{'each' if len(past) > 1 else 'it'}: {', '.join(r.experiment for r in past)}")
         _run_each(spec, past, out, timeout, say)
         done.update(r.experiment for r in past)
     return read_jsonl(records_path)
+
+
+def _methods_at_the_edge(count: int) -> str:
+    if count == 1:
+        return "1 method scores best at the edge of the learning rates it tried"
+    return f"{count} methods score best at the edge of the learning rates they tried"
 
 
 def _run_each(spec: BenchSpec, runs: list[BenchRun], out: Path, timeout: float | None,

@@ -9,8 +9,12 @@ method (log10 of its ratio to their median; 0 for a method tried at one rate). A
 the larger rate of a method, whose loss falls fastest early; whether that lead lasts differs by task
 (on SST-2, PiSSA at 2e-3 leads its pilot and ends 1 point below PiSSA at 1e-3; on GSM8K's 27-step
 runs the largest rates win), so the weight of this offset is learned, not assumed. On the shipped
-profiles it comes out positive in every leave-one-task-out fold (0.06 to 0.11, against 0.08 to 0.19
-for the loss rank): at equal pilot loss, a method's larger rate tended to finish better. Added once
+profiles it comes out positive in every leave-one-task-out fold (0.06 to 0.10, against 0.08 to 0.19
+for the loss rank): at equal pilot loss, a method's larger rate tended to finish better. The two
+SST-2 tasks disagree: judged by leave-one-task-out, MiniLM's choice at budgets 0.15 and 0.2 is full
+fine-tuning at 3e-4 (78.9%) over 1e-4 (82.7%), whose training loss leads to the end of the run, and
+SmolLM2's at 0.1 is LoRA at 3.3e-3 (79.0%) over 1e-3 (82.6%). A fold judging one of them learns from
+neither (same data), and the causal-LM tasks it does learn from favour the larger rate. Added once
 the benches tried rates past the edge of each method's range, it raised the Spearman correlation of
 predicted and final quality on GSM8K (0.10 to 0.45) and SST-2 (0.14 to 0.29), lowered it on
 MetaMathQA (0.94 to 0.87), and left the MetaMathQA replay unchanged.

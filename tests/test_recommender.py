@@ -201,6 +201,14 @@ def test_halving_plans_fewer_rounds_rather_than_pilots_too_short_to_learn_from()
     assert [survivors(n) for n in (1, 2, 3, 8, 9, 63)] == [1, 2, 2, 3, 3, 21]
 
 
+def test_the_least_a_plan_costs_counts_each_rung_with_its_survivors_at_twice_the_length():
+    from autopeft.halving import plan_cost
+
+    # 27 methods at two rates: 54 pilots of 4 steps, then 9 of 8, then 3 of 16 (2 s to start each)
+    assert plan_cost(54, 27, overhead=2, per_unit=1, shortest=4) == 54 * 6 + 9 * 10 + 3 * 18
+    assert plan_cost(1, 1, overhead=1, per_unit=1, shortest=4) == 5  # one pilot, one rung
+
+
 def test_store_appends_whole_records_and_reads_them_back(tmp_path):
     path = tmp_path / "store.jsonl"
     append(_benchmark("x", n=3), path)
