@@ -269,7 +269,8 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
                        slots: Sequence[str | None] | None = None, cache: Path | None = None) -> list[Rung]:
     """Spend a time budget over ``configs``: a few steps each, then the best learning rate per
     method and the best third of the methods (by ``rank``, higher is better) at least twice as
-    long, until one or two methods are left or the budget is spent (see :mod:`autopeft.halving`). Returns every rung's results.
+    long, until one or two methods are left or the budget is spent (see :mod:`autopeft.halving`).
+    Returns every rung's results.
 
     The first configuration runs first, for ``MIN_STEPS`` steps, to measure the process overhead and
     the step time; ``budget(overhead, seconds_per_step)`` then gives the seconds to spend, and the
