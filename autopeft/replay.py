@@ -78,9 +78,7 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
     fitting = [r for r in runs if max_vram is None or (r.peak_memory_bytes or 0) <= max_vram]
     if not fitting:
         raise BadInputError(f"no run of {benchmark} fits in {max_vram} bytes")
-    learn_from = [r for r in (records if records is not None else load_records())
-                  if r.benchmark != benchmark and r.dataset != runs[0].dataset]
-    recommender = Recommender().fit(learn_from)
+    recommender = Recommender().fit(_other_tasks(records if records is not None else load_records(), runs))
 
     def learned(records_at: list[ProfileRecord], fraction: float) -> np.ndarray:
         return recommender.predict([Candidate.from_record(r, fraction) for r in records_at])
@@ -150,6 +148,13 @@ def _halving(runs: list[ProfileRecord], budget_fraction: float,
     return alive[0], plan, spent
 
 
+def _other_tasks(records: list[ProfileRecord], judged: list[ProfileRecord]) -> list[ProfileRecord]:
+    """What the recommender may learn from when judged on ``judged``: the records of other benchmarks
+    on other data (the same data with another model would teach it which methods do well there)."""
+    benchmarks, data = {r.benchmark for r in judged}, {r.dataset for r in judged}
+    return [r for r in records if r.benchmark not in benchmarks and r.dataset not in data]
+
+
 def _configurations(runs: list[ProfileRecord]) -> dict[str, str]:
     """Each run's configuration: its method and settings, shared by the runs that differ only in their
     learning rate. Runs alike in rate too differ in something the record does not hold (a seed, an
@@ -209,9 +214,9 @@ class TaskEvaluation(BaseModel):
 
 
 def leave_one_task_out(records: list[ProfileRecord], budget_fraction: float = 0.1) -> list[TaskEvaluation]:
-    """For every benchmark in ``records`` with pilot curves: learn from all the others except those on
-    the same data (SST-2 with another model would teach it which methods do well on SST-2), choose by
-    successive halving as :func:`replay` does, and score the choice and the baselines."""
+    """For every benchmark in ``records`` with pilot curves: learn from the others on other data
+    (:func:`_other_tasks`), choose by successive halving as :func:`replay` does, and score the choice
+    and the baselines."""
     from scipy.stats import spearmanr
 
     from .recommender import Candidate, Recommender
@@ -222,8 +227,7 @@ def leave_one_task_out(records: list[ProfileRecord], budget_fraction: float = 0.
         runs = [r for r in usable if r.benchmark == benchmark]
         if len(runs) < 3:
             continue
-        data = {r.dataset for r in runs}
-        recommender = Recommender().fit([r for r in records if r.benchmark != benchmark and r.dataset not in data])
+        recommender = Recommender().fit(_other_tasks(records, runs))
 
         def learned(at: list[ProfileRecord], fraction: float) -> np.ndarray:
             return recommender.predict([Candidate.from_record(r, fraction) for r in at])

@@ -28,8 +28,13 @@ SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_quality import TASKS  # noqa: E402  the brute force's exact settings
 
-#: every SST-2 benchmark in the profiles, whatever the model: the recommender must not have learned from this data
-LEAVE_OUT = ("autopeft/sst2-2k-minilm-l6", "autopeft/sst2-2k-3ep-minilm-l6", "autopeft/sst2-1k-1ep-smollm2-135m")
+
+def sst2_benchmarks() -> list[str]:
+    """Every SST-2 benchmark in the profiles, whatever the model: the recommender must not have learned
+    from this data."""
+    from autopeft.profiles import load_records
+
+    return sorted({r.benchmark for r in load_records(store=False) if "sst2" in r.dataset.lower()})
 
 
 def main() -> int:
@@ -45,7 +50,7 @@ def main() -> int:
     settings = [a for a in spec["args"] if a not in ("--eval-steps", "1000")]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "autopeft", "recommend", str(spec["data"]), *settings, "--json",
-           "--pilot-budget", args.pilot_budget, *(arg for name in LEAVE_OUT for arg in ("--leave-out", name))]
+           "--pilot-budget", args.pilot_budget, *(arg for name in sst2_benchmarks() for arg in ("--leave-out", name))]
     with tempfile.TemporaryDirectory() as home:
         # a machine that has never run autopeft: no stored SST-2 runs to learn from, no cached pilots
         started = time.perf_counter()
