@@ -402,7 +402,15 @@ def _register_trace_attention() -> None:
     AttentionInterface.register("autopeft_trace", attention)
 
 
-def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _Trace:
+def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int, *, every_block: bool = False) -> _Trace:
+    """Trace one forward pass of ``net`` on meta tensors.
+
+    Within a run of alike blocks (same structure and settings, inputs of the same shape that require
+    grad alike: :func:`_block_signature`), every block from the third on would save and make what the
+    second did, so it is not run: it takes the second's numbers, and a view of its input stands in for
+    its output (see :class:`_RepeatedBlocks`). A 30-layer decoder is traced in three blocks' time.
+    ``every_block`` runs them all, as the tests do to check that both agree.
+    """
     import torch
 
     blocks = _blocks(net)
@@ -431,6 +439,7 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _T
     for i, block in enumerate(blocks):
         handles.append(block.register_forward_pre_hook(enter(i), with_kwargs=True))
         handles.append(block.register_forward_hook(leave(i), with_kwargs=True))
+    repeated = None if every_block else _RepeatedBlocks(blocks, seen)
 
     def pack(tensor):
         key = _storage_key(tensor)
@@ -470,15 +479,130 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int) -> _T
     finally:
         for handle in handles:
             handle.remove()
+        if repeated is not None:
+            repeated.restore()
     for nbytes, block in made.values():
         if block is None:
             result.temporaries_outside_blocks += nbytes
         else:
             result.block_temporaries[block] += nbytes
+    if repeated is not None:
+        repeated.fill_in(result, made)
     logits = getattr(out, "logits", None)
     if isinstance(logits, torch.Tensor) and _storage_key(logits) not in seen:
         result.logits = logits.numel() * logits.element_size()
     return result
+
+
+class _RepeatedBlocks:
+    """Skips the blocks of a trace that would repeat the one before them, and fills in their numbers.
+
+    Each block gets a ``forward`` that runs the block unless the two blocks before it were alike
+    (:func:`_block_signature`, and inputs alike) and it is alike too; then it returns a view of its
+    input shaped as the last run block's output. The second block of a run stands for the rest: the
+    first also saves what all of them share (rotary tables, the mask), and only from the second on is
+    the input the output of an alike block.
+
+    The small temporaries need care at the run's edges: a block's output is a temporary unless the
+    next block saves it, so the stand-for block's own output (the one the skipped blocks pass on)
+    counts as what the *last* block of the run leaves to whatever follows.
+    """
+
+    def __init__(self, blocks: list, seen: set[int]):
+        self.blocks, self.seen = blocks, seen
+        self.signatures = [_block_signature(block) for block in blocks]
+        self.keys: list[tuple | None] = [None] * len(blocks)
+        self.ran: dict[int, tuple[bool, int, int, Any]] = {}  # block -> (saved its input, out key, out bytes, out)
+        self.runs: list[list[int]] = []  # [stand-for block, first skipped, last skipped]
+        for i, block in enumerate(blocks):
+            block.forward = self._forward(i, type(block).forward.__get__(block))
+
+    def restore(self) -> None:
+        for block in self.blocks:
+            block.__dict__.pop("forward", None)
+
+    def _forward(self, index: int, original):
+        import torch
+
+        def forward(*args, **kwargs):
+            hidden = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+            if isinstance(hidden, torch.Tensor) and self.signatures[index] is not None:
+                self.keys[index] = (self.signatures[index], hidden.requires_grad, tuple(hidden.shape), hidden.dtype)
+                standin = self._standin(index, hidden)
+                if standin is not None:
+                    return standin
+            output = original(*args, **kwargs)
+            first = output[0] if isinstance(output, tuple) and output else output
+            if isinstance(hidden, torch.Tensor) and isinstance(first, torch.Tensor):
+                self.ran[index] = (_storage_key(hidden) in self.seen, _storage_key(first), _saved_bytes(first), output)
+            return output
+        return forward
+
+    def _standin(self, index: int, hidden):
+        if index < 2 or not self.keys[index] == self.keys[index - 1] == self.keys[index - 2]:
+            return None
+        if self.runs and self.runs[-1][2] == index - 1:
+            stand_for = self.runs[-1][0]
+        elif index - 1 in self.ran and index - 2 in self.ran:
+            stand_for = index - 1
+        else:
+            return None
+        standin = _standin_output(self.ran[stand_for][3], hidden)
+        if standin is None:
+            return None
+        if self.runs and self.runs[-1][2] == index - 1:
+            self.runs[-1][2] = index
+        else:
+            self.runs.append([stand_for, index, index])
+        return standin
+
+    def fill_in(self, result: _Trace, made: dict[int, tuple[int, Any]]) -> None:
+        """Give the skipped blocks the stand-for block's numbers, with its output counted where it belongs."""
+        for stand_for, first, last in self.runs:
+            saved_input, out_key, out_bytes, _ = self.ran[stand_for]
+            out = out_bytes if 0 < out_bytes < HEAP_BLOCK_LIMIT else 0
+            left_over = out if out_key in made else 0  # nothing after the run saved it
+            own = result.block_temporaries[stand_for] - left_over  # without its output
+            steady = own + (0 if saved_input else out)
+            result.block_temporaries[stand_for] = steady
+            for i in range(first, last + 1):
+                result.blocks[i] = result.blocks[stand_for]
+                result.block_temporaries[i] = steady
+            result.block_temporaries[last] = own + left_over
+
+
+def _standin_output(output, hidden):
+    """``output`` (a block's: a tensor, or a tuple starting with one) with its hidden state replaced
+    by a view of ``hidden``; None when the output has another form or another shape."""
+    import torch
+
+    first = output[0] if isinstance(output, tuple) and output else output
+    if not isinstance(first, torch.Tensor) or first.shape != hidden.shape or first.dtype != hidden.dtype:
+        return None
+    view = hidden.view_as(hidden)  # a new tensor on the same storage: nothing new is allocated or saved
+    return (view, *output[1:]) if isinstance(output, tuple) else view
+
+
+def _block_signature(block) -> tuple | None:
+    """What makes two blocks trace alike: each submodule's class, the shapes, dtypes and trainability
+    of its parameters and buffers, and its plain settings (a sliding-window flag, an adapter's rank),
+    but not its position in the stack. None for a block with a forward of its own already."""
+    if "forward" in block.__dict__:
+        return None
+    parts = []
+    for name, module in block.named_modules():
+        settings = tuple(sorted((k, v) for k, v in vars(module).items()
+                                if isinstance(v, (bool, int, float, str, type(None)))
+                                and not k.startswith("_") and k not in _POSITION_ATTRIBUTES))
+        tensors = tuple((n, tuple(t.shape), t.dtype, t.requires_grad)
+                        for n, t in (*module.named_parameters(recurse=False), *module.named_buffers(recurse=False))
+                        if t is not None)
+        parts.append((name, type(module).__qualname__, settings, tensors))
+    return tuple(parts)
+
+
+#: attributes that hold a block's position in the stack, not something that changes what it computes
+_POSITION_ATTRIBUTES = frozenset({"layer_idx", "layer_id", "layer_index", "layer_number", "block_idx", "idx"})
 
 
 def _NewTensors(callback):

@@ -170,3 +170,80 @@ def test_a_converted_model_another_process_finished_first_is_kept_not_replaced(t
     (half / "config.json").write_text("{}")
     _publish(first, half, complete="model.safetensors")
     assert sorted(p.name for p in half.iterdir()) == ["model.safetensors"]
+
+
+def _deep(config: dict, layers: int = 6) -> dict:
+    return {**config, "num_hidden_layers": layers}
+
+
+def _estimate_every_block(monkeypatch, *args, **kwargs):
+    """The estimate with every block of the trace run (none stood in for by an alike one)."""
+    import functools
+
+    from autopeft import costmodel
+
+    with monkeypatch.context() as patch:
+        patch.setattr(costmodel, "_trace", functools.partial(costmodel._trace, every_block=True))
+        return autopeft.estimate(*args, **kwargs)
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
+@pytest.mark.parametrize("name", METHODS)
+def test_a_deep_models_trace_that_skips_repeated_blocks_estimates_as_if_it_ran_them_all(name, task, monkeypatch):
+    from transformers import BertConfig, LlamaConfig
+
+    method = autopeft.get_method(name)
+    if task not in method.tasks:
+        pytest.skip(f"{name} does not support {task}")
+    config = LlamaConfig(**_deep(TINY_LLAMA)) if task == "causal-lm" else BertConfig(**_deep(TINY_BERT))
+    settings = method.settings(TINY_SETTINGS.get(name, {})).model_dump()
+    for device in ("cpu", "cuda"):
+        kwargs = dict(settings=settings, task=task, config=config, batch_size=2, seq_len=16, device=device)
+        try:
+            fast = autopeft.estimate(None, name, **kwargs)
+        except autopeft.BadInputError:
+            with pytest.raises(autopeft.BadInputError):
+                _estimate_every_block(monkeypatch, None, name, **kwargs)
+            continue
+        assert fast == _estimate_every_block(monkeypatch, None, name, **kwargs)
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "qwen2_moe", "smollm3", "modernbert"])
+def test_blocks_that_differ_along_the_stack_are_each_traced(model_type, monkeypatch):
+    """Sliding-window and global attention, mixture-of-experts and dense layers, layers with and
+    without rotary embeddings: blocks alike in shape but not in what they compute must not stand in
+    for one another."""
+    from transformers import AutoConfig
+
+    extra = {"gemma3_text": {"sliding_window": 8, "sliding_window_pattern": 3, "head_dim": 16},
+             "qwen2_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                           "shared_expert_intermediate_size": 64, "mlp_only_layers": [1, 3]},
+             "smollm3": {"no_rope_layer_interval": 3}, "modernbert": {"global_attn_every_n_layers": 3,
+                                                                     "local_attention": 8}}[model_type]
+    config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=128, num_hidden_layers=7,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+                                  max_position_embeddings=128, pad_token_id=0, **extra)
+    task = "seq-cls" if model_type == "modernbert" else "causal-lm"
+    attention = ["Wqkv"] if model_type == "modernbert" else ["q_proj", "v_proj"]
+    for name, settings in (("lora", {"target_modules": attention}), ("full", {})):
+        # the experts' grouped matmul wants bf16
+        kwargs = dict(settings=settings, task=task, config=config, batch_size=2, seq_len=16, device="cpu",
+                      dtype="bf16" if model_type == "qwen2_moe" else None)
+        assert autopeft.estimate(None, name, **kwargs) == _estimate_every_block(monkeypatch, None, name, **kwargs)
+
+
+def test_the_trace_runs_a_deep_models_repeated_blocks_only_until_they_repeat():
+    from transformers import LlamaConfig
+
+    from autopeft import costmodel
+
+    calls = []
+    original = costmodel._standin_output
+    try:
+        costmodel._standin_output = lambda output, hidden: calls.append(1) or original(output, hidden)
+        autopeft.estimate(None, "lora", task="causal-lm", config=LlamaConfig(**_deep(TINY_LLAMA, 12)),
+                          batch_size=2, seq_len=16, device="cpu")
+    finally:
+        costmodel._standin_output = original
+    # block 0 (an input that needs no grad), blocks 1 and 2 run; the other nine stand in
+    assert len(calls) == 9
