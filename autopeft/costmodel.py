@@ -1,7 +1,8 @@
 """The static cost model: exact parameter counts and adapter size, and predicted peak training memory.
 
 Everything here runs on PyTorch's meta device: the model is instantiated from its config with no
-weights, the method's own build function wraps it, and one forward pass is traced. Parameter counts
+weights, the method's own build function wraps it, and one forward pass is traced (a stack of alike
+blocks only until it repeats: the rest take the numbers of one that ran). Parameter counts
 and adapter bytes are therefore exact, and the activations are the tensors autograd really saves for
 backward with this model code and this adapter code (a saved-tensors hook sees each one), not a
 formula per architecture.
@@ -525,7 +526,7 @@ class _RepeatedBlocks:
         import torch
 
         def forward(*args, **kwargs):
-            hidden = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+            hidden = args[0] if args else kwargs.get("hidden_states")
             if isinstance(hidden, torch.Tensor) and self.signatures[index] is not None:
                 self.keys[index] = (self.signatures[index], hidden.requires_grad, tuple(hidden.shape), hidden.dtype)
                 standin = self._standin(index, hidden)
