@@ -510,24 +510,27 @@ class _RepeatedBlocks:
     """
 
     def __init__(self, blocks: list, seen: set[int]):
-        self.blocks, self.seen = blocks, seen
+        self.seen = seen
         self.signatures = [_block_signature(block) for block in blocks]
         self.keys: list[tuple | None] = [None] * len(blocks)
         self.ran: dict[int, tuple[bool, int, int, Any]] = {}  # block -> (saved its input, out key, out bytes, out)
         self.runs: list[list[int]] = []  # [stand-for block, first skipped, last skipped]
+        # a block with a forward of its own (a hook set on the instance) is left alone, and always runs
+        self.wrapped = [block for block, signature in zip(blocks, self.signatures) if signature is not None]
         for i, block in enumerate(blocks):
-            block.forward = self._forward(i, type(block).forward.__get__(block))
+            if self.signatures[i] is not None:
+                block.forward = self._forward(i, type(block).forward.__get__(block))
 
     def restore(self) -> None:
-        for block in self.blocks:
-            block.__dict__.pop("forward", None)
+        for block in self.wrapped:
+            del block.forward
 
     def _forward(self, index: int, original):
         import torch
 
         def forward(*args, **kwargs):
             hidden = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(hidden, torch.Tensor) and self.signatures[index] is not None:
+            if isinstance(hidden, torch.Tensor):
                 self.keys[index] = (self.signatures[index], hidden.requires_grad, tuple(hidden.shape), hidden.dtype)
                 standin = self._standin(index, hidden)
                 if standin is not None:

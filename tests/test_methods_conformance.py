@@ -247,3 +247,27 @@ def test_the_trace_runs_a_deep_models_repeated_blocks_only_until_they_repeat():
         costmodel._standin_output = original
     # block 0 (an input that needs no grad), blocks 1 and 2 run; the other nine stand in
     assert len(calls) == 9
+
+
+def test_the_trace_leaves_every_blocks_forward_as_it_found_it():
+    """A block whose instance carries a forward of its own (as Accelerate's hooks do) keeps it, and
+    runs; the others get back their class's forward."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from autopeft import costmodel
+
+    with torch.device("meta"):
+        net = AutoModelForCausalLM.from_config(LlamaConfig(**_deep(TINY_LLAMA)))
+    blocks = costmodel._blocks(net)
+    calls = []
+    own = blocks[3].forward
+
+    def hooked(*args, **kwargs):
+        calls.append(1)
+        return own(*args, **kwargs)
+
+    blocks[3].forward = hooked
+    costmodel._trace(net, "causal-lm", 2, 16, 2)
+    assert calls == [1]
+    assert blocks[3].__dict__["forward"] is hooked
+    assert all("forward" not in b.__dict__ for i, b in enumerate(blocks) if i != 3)
