@@ -88,6 +88,7 @@ class PreparedData:
     validation: "datasets.Dataset | None"
     info: DataInfo
     label2id: dict[str, int] | None
+    test: "datasets.Dataset | None" = None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -761,8 +762,9 @@ def _token_stats(lengths: list[int], truncated: int) -> TokenStats:
 def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None = None,
                  validation_path: str | os.PathLike | None = None, validation_fraction: float = 0.1,
                  max_length: int = 512, train_on_inputs: bool = False, pack: bool = False,
-                 max_examples: int | None = None, seed: int = 0) -> PreparedData:
-    """Read, check, tokenise and split a training file (and an optional validation file).
+                 max_examples: int | None = None, seed: int = 0,
+                 test_path: str | os.PathLike | None = None) -> PreparedData:
+    """Read, check, tokenise and split a training file (and optional validation and test files).
 
     ``task`` defaults to what the format serves (classification -> "seq-cls", the rest -> "causal-lm").
     Without ``validation_path``, a seeded random ``validation_fraction`` of the training records (at least
@@ -771,7 +773,8 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
     ``max_examples`` keeps a seeded random sample of that many training records, before the split.
     ``pack`` (causal LM only) packs the whole (untruncated) training examples into ``max_length`` blocks;
     validation is never packed.
-    Both datasets have the columns input_ids, attention_mask, labels and length.
+    ``test_path``: a file in the training file's format, encoded alike, scored once after training.
+    The datasets have the columns input_ids, attention_mask, labels and length.
     """
     _check_options(task, validation_fraction, max_length, max_examples)
     train = _load(train_path)
@@ -814,6 +817,17 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
             raise BadInputError(f"no validation example has anything to learn within max_length={max_length}",
                                 val_file)
 
+    test_enc = None
+    if test_path is not None:
+        test = _load(test_path)
+        if test.format != train.format:
+            raise BadInputError(f"the test file is {test.format} but the training file is {train.format}; both "
+                                f"must hold one format", test.source, test.lines[0])
+        test_enc = encode(list(zip(test.lines, test.records)), test.source)
+        _warn_dropped(test_enc, len(test.records), "test", max_length)
+        if not len(test_enc):
+            raise BadInputError(f"no test example has anything to learn within max_length={max_length}", test.source)
+
     stats = _token_stats(train_enc.columns["length"], train_enc.truncated)
     info = DataInfo(
         path=str(train_path), format=train.format, task=task, num_examples=len(train.records),
@@ -826,7 +840,7 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
     if pack:
         train_enc = _pack(train_enc, max_length, tokenizer)
     return PreparedData(train=_dataset(train_enc), validation=_dataset(val_enc) if val_enc else None, info=info,
-                        label2id=label2id)
+                        label2id=label2id, test=_dataset(test_enc) if test_enc is not None else None)
 
 
 def _check_options(task, validation_fraction, max_length, max_examples) -> None:

@@ -186,6 +186,8 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
 
     task = run.task
     metric, higher = ("accuracy", True) if task == "seq-cls" else ("eval_loss", False)
+    if run.options.get("test"):  # scored on a test file: the validation set guided the run
+        metric, higher = ("test_accuracy", True) if task == "seq-cls" else ("test_loss", False)
     data = run.data or {}
     fingerprint = data.get("fingerprint") or "unknown"
     method = get_methods().get(run.method)

@@ -34,6 +34,8 @@ class TrainOptions(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict)
     model: str | None = Field(default=None, description="embedded name, local dir or Hub id; default by task")
     validation: str | None = None
+    test: str | None = Field(default=None, description="a labelled file scored once after training; never used to "
+                                                       "stop early or to choose a checkpoint")
     task: Literal["causal-lm", "seq-cls"] | None = None
     epochs: float = Field(default=3.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
@@ -207,7 +209,8 @@ class _Run:
         self.data = prepare_data(
             opts.data, self.tokenizer, task=opts.task, validation_path=opts.validation,
             validation_fraction=opts.validation_fraction, max_length=opts.max_length,
-            train_on_inputs=opts.train_on_inputs, pack=opts.pack, max_examples=opts.max_examples, seed=opts.seed)
+            train_on_inputs=opts.train_on_inputs, pack=opts.pack, max_examples=opts.max_examples, seed=opts.seed,
+            test_path=None if opts.pilot_steps else opts.test)
         self.task = self.data.info.task
         if self.task not in self.method.tasks:
             raise BadInputError(f"method {self.method.name} does not support {self.task} "
@@ -351,6 +354,8 @@ class _Run:
             else:
                 metrics["accuracy"] = scores.get("eval_accuracy")
                 metrics["macro_f1"] = scores.get("eval_macro_f1")
+        if self.data.test is not None:
+            metrics.update(_test_metrics(trainer, self.data.test, self.task))
         distributed = None
         if self.data_trace is not None:
             from .launch import gather
@@ -670,6 +675,17 @@ def _evaluation_of_current_weights(trainer) -> dict | None:
     if trainer.args.load_best_model_at_end and state.best_model_checkpoint:
         step = int(Path(state.best_model_checkpoint).name.rpartition("-")[2])
     return next((e for e in reversed(state.log_history) if "eval_loss" in e and e.get("step") == step), None)
+
+
+def _test_metrics(trainer, test, task: str) -> dict[str, float | None]:
+    """The test file's scores: its loss, and accuracy and macro-F1 (classification) or perplexity."""
+    from .evaluation import perplexity
+
+    scores = trainer.evaluate(eval_dataset=test, metric_key_prefix="test")
+    if task == "causal-lm":
+        return {"test_loss": scores.get("test_loss"), "test_perplexity": perplexity(scores.get("test_loss"))}
+    return {"test_loss": scores.get("test_loss"), "test_accuracy": scores.get("test_accuracy"),
+            "test_macro_f1": scores.get("test_macro_f1")}
 
 
 def _first_eval_loss(log_history: list[dict]) -> float | None:

@@ -230,3 +230,33 @@ def test_the_time_announced_leaves_evaluations_out_of_the_step_time_and_counts_t
         callback.on_step_end(args, state, None)
     # 97 steps of 1 s, then evaluations at step 50 and 100 (the last is the final one): 30 s each
     assert "100 steps at ~1.0 s each: about 3m10s in all, 2m37s left" in out.getvalue()
+
+
+def test_a_test_file_is_scored_once_after_training_and_scores_the_profile_record(trainable_bert, tmp_path,
+                                                                                   monkeypatch):
+    import json
+
+    from autopeft.profiles import record_from_run
+
+    rows = [json.loads(line) for line in (EXAMPLES / "sentiment.jsonl").read_text().splitlines() if line.strip()]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[:10]))
+    evaluated = _count_evaluations(monkeypatch)
+    record = _train(trainable_bert, tmp_path / "run", data=EXAMPLES / "sentiment.jsonl", method="ln_tuning",
+                    max_steps=4, eval_steps=2, test=str(test))
+    assert 0 <= record.metrics["test_accuracy"] <= 1 and record.metrics["test_loss"] > 0
+    assert "test_macro_f1" in record.metrics and "accuracy" in record.metrics  # the validation set's, as before
+    # the validation set at steps 0, 2 and 4 (the last reused), then the test file once
+    assert len(evaluated) == 4
+    profile = record_from_run(record)
+    assert profile.metric == "test_accuracy" and profile.score == record.metrics["test_accuracy"]
+
+
+def test_a_test_file_with_a_label_the_training_data_lacks_is_refused_with_its_line(trainable_bert, tmp_path):
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"text": "fine", "label": "positive"}\n{"text": "what", "label": "confused"}\n')
+    with pytest.raises(autopeft.BadInputError) as err:
+        _train(trainable_bert, tmp_path / "run", data=EXAMPLES / "sentiment.jsonl", method="ln_tuning", max_steps=1,
+               test=str(test))
+    assert "test.jsonl" in str(err.value) and "confused" in str(err.value)
+    assert not (tmp_path / "run" / "run.json").exists()
