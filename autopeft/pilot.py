@@ -35,11 +35,6 @@ from .halving import MAX_FRACTION, best_of_each, next_length, plan_cost, survivo
 from .profiles import CurvePoint
 
 MIN_STEPS = 3
-#: how many validation examples a classification pilot is evaluated on at its end (the held-out
-#: quarter of the SST-2 bench that taught the recommender to use this loss held 300)
-PILOT_HELDOUT_EXAMPLES = 300
-#: what a pilot measures, in the cache key: a pilot cached before it measured the held-out loss is run again
-PILOT_MEASURES = 2
 _POLL_SECONDS = 0.02
 #: a watched child is stopped this far below its memory budget: the watcher samples, and memory
 #: can grow between two samples
@@ -54,8 +49,6 @@ class PilotResult(BaseModel):
     steps: int = 0
     total_steps: int | None = Field(default=None, description="steps of the full run this pilot stands for")
     curve: list[CurvePoint] = Field(default_factory=list)
-    heldout_loss: float | None = Field(default=None, description="classification: the loss on (up to "
-                                       "PILOT_HELDOUT_EXAMPLES of) the validation split at the pilot's end")
     peak_memory_bytes: int | None = None
     train_seconds: float | None = None
     seconds: float | None = Field(default=None, description="wall time of the whole pilot process")
@@ -201,7 +194,7 @@ def _cache_key(config: PilotConfig, base_options: dict[str, Any], steps: int, ma
     described = {"config": config.model_dump(mode="json"), "options": options, "steps": steps,
                  "max_memory": max_memory, "data": _stamp(options.get("data")),
                  "validation": _stamp(options.get("validation")), "model": _stamp(options.get("model")),
-                 "version": __version__, "measures": PILOT_MEASURES}
+                 "version": __version__}
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

@@ -80,14 +80,6 @@ class ProfileRecord(BaseModel):
         limit = fraction * self.total_steps
         return [p for p in self.curve if 0 < p.step <= limit + 1e-9 and p.train_loss is not None]
 
-    def heldout_loss(self, fraction: float) -> float | None:
-        """The latest loss on held-out data a pilot of ``fraction`` of the steps would have seen (the
-        run's last evaluation at or before that step, after step 0); None if it evaluated none by then.
-        Classification pilots measure this at their end (``PilotResult.heldout_loss``)."""
-        limit = fraction * self.total_steps
-        seen = [p for p in self.curve if 0 < p.step <= limit + 1e-9 and p.eval_loss is not None]
-        return seen[-1].eval_loss if seen else None
-
     def quality(self) -> float | None:
         """The score with larger always better (a loss is negated)."""
         if self.score is None:

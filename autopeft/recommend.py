@@ -56,8 +56,6 @@ class Measured(BaseModel):
     learning_rate: float | None = None
     pilot_steps: int = 0
     pilot_loss: float | None = None
-    heldout_loss: float | None = Field(default=None, description="classification: the pilot's loss on held-out "
-                                                                 "examples at its end")
     peak_memory_bytes: int | None = None
     seconds_per_step: float | None = None
     estimated_full_seconds: float | None = None
@@ -209,8 +207,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
             adapter_bytes=row.estimated.adapter_bytes,
             peak_memory_bytes=(result.peak_memory_bytes if result and not device.planned
                                else row.estimated.peak_memory_bytes),
-            seconds=result.estimated_full_seconds if result else None, pilot=result.curve if result else [],
-            heldout_loss=result.heldout_loss if result else None))
+            seconds=result.estimated_full_seconds if result else None, pilot=result.curve if result else []))
         rows.append(row)
     if not candidates:
         raise NoFeasibleMethodError("every candidate failed its pilot: " + "; ".join(
@@ -366,7 +363,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
 
     def rank(configs_, results):
         cands = [Candidate(name=c.name, method=c.method, learning_rate=c.learning_rate, pilot=results[c.name].curve,
-                           heldout_loss=results[c.name].heldout_loss, trainable_params=results[c.name].trainable_params,
+                           trainable_params=results[c.name].trainable_params,
                            total_params=results[c.name].total_params) for c in configs_]
         return list(recommender.predict(cands))
 
@@ -396,7 +393,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
             config, result = next(((c, r) for c, r in pairs if c.name == rung.chosen.get(method)), pairs[0])
             best[method] = Measured(
                 status=result.status, error=result.error, learning_rate=config.learning_rate, pilot_steps=result.steps,
-                pilot_loss=end_loss(result.curve) if result.curve else None, heldout_loss=result.heldout_loss,
+                pilot_loss=end_loss(result.curve) if result.curve else None,
                 peak_memory_bytes=result.peak_memory_bytes, seconds_per_step=result.seconds_per_step,
                 estimated_full_seconds=(result.seconds_per_step or 0) * total_steps or None, curve=result.curve)
     return best

@@ -70,8 +70,6 @@ class Candidate(BaseModel):
     peak_memory_bytes: int | None = None
     seconds: float | None = Field(default=None, description="estimated or measured full fine-tune time")
     pilot: list[CurvePoint] = Field(default_factory=list, description="the pilot's loss curve; empty: none")
-    heldout_loss: float | None = Field(default=None, description="classification: the pilot's loss on held-out "
-                                                                 "examples at its end")
 
     @classmethod
     def from_record(cls, record: ProfileRecord, fraction: float | None) -> Candidate:
@@ -80,8 +78,7 @@ class Candidate(BaseModel):
                    learning_rate=record.learning_rate, trainable_params=record.trainable_params,
                    total_params=record.total_params, adapter_bytes=record.adapter_bytes,
                    peak_memory_bytes=record.peak_memory_bytes, seconds=record.train_seconds,
-                   pilot=record.pilot(fraction) if fraction else [],
-                   heldout_loss=record.heldout_loss(fraction) if fraction and record.task == "seq-cls" else None)
+                   pilot=record.pilot(fraction) if fraction else [])
 
 
 class Recommender:
@@ -198,14 +195,6 @@ def _learning_rate_offsets(candidates: Sequence[Candidate]) -> np.ndarray:
                      for c in candidates])
 
 
-def _pilot_losses(candidates: Sequence[Candidate]) -> np.ndarray:
-    """Where each pilot's loss ended: on held-out examples when every pilot measured one, else in training."""
-    heldout = [c.heldout_loss for c in candidates]
-    if heldout and all(h is not None and math.isfinite(h) for h in heldout):
-        return np.array(heldout, dtype=float)
-    return np.array([end_loss(c.pilot) for c in candidates])
-
-
 def _features(candidates: Sequence[Candidate], priors: dict[str, float], names: Sequence[str]) -> np.ndarray:
     columns: dict[str, np.ndarray] = {}
     fraction = np.array([c.trainable_params / c.total_params if c.trainable_params and c.total_params else 1e-3
@@ -213,7 +202,7 @@ def _features(candidates: Sequence[Candidate], priors: dict[str, float], names: 
     columns["log_trainable_fraction"] = np.log10(np.clip(fraction, 1e-7, 1.0))
     columns["prior"] = np.array([priors.get(c.method, 0.5) for c in candidates])
     if set(names) & set(PILOT_FEATURES):
-        last = _pilot_losses(candidates)
+        last = np.array([end_loss(c.pilot) for c in candidates])
         columns["loss_gap"] = last / np.min(last) - 1
         columns["loss_rank"] = _percentile(-last)
         columns["lr_offset"] = _learning_rate_offsets(candidates)

@@ -419,24 +419,11 @@ class _Run:
         tokens = state.num_input_tokens_seen or 0
         return PilotResult(
             status="ok", steps=steps, curve=[CurvePoint(step=s, train_loss=v) for s, v in losses],
-            heldout_loss=self._pilot_heldout_loss(trainer),
             peak_memory_bytes=peak_memory_bytes(self.device), train_seconds=self.train_seconds,
             seconds_per_step=self.train_seconds / steps, total_steps=self.total_steps,
             tokens_per_second=tokens / self.train_seconds if tokens else None, learning_rate=self.learning_rate,
             trainable_params=sum(p.numel() for p in _unique_trainable(trainer.model)),
             total_params=sum(p.numel() for p in _unique_params(trainer.model)))
-
-    def _pilot_heldout_loss(self, trainer) -> float | None:
-        """A classification pilot's loss on held-out examples. Its training loss, over batches of
-        short sentences, is too noisy to rank by and cannot see a rate that overfits (measured in
-        the recommender's docstring); causal-LM pilots, whose training loss ranks well, skip the cost."""
-        from .pilot import PILOT_HELDOUT_EXAMPLES
-
-        validation = self.data.validation
-        if self.task != "seq-cls" or validation is None or not len(validation):
-            return None
-        subset = validation.select(range(min(len(validation), PILOT_HELDOUT_EXAMPLES)))
-        return trainer.evaluate(eval_dataset=subset, metric_key_prefix="heldout").get("heldout_loss")
 
     def _estimate(self) -> int | None:
         """The cost model's prediction for this run, kept beside the measurement so both can be compared."""

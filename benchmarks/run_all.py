@@ -41,8 +41,8 @@ SST2_SMOLLM2 = ["autopeft", "bench", "../shared/data/sst2/train.tsv",
                 "lora,full,dora,ia3,vera,pissa,oft,loha,lokr,miss,ln_tuning,prompt_tuning,rslora",
                 "-o", "benchmarks/results/bench/sst2-smollm2"]
 
-# SST-2 again, with what a pilot can see: a quarter of the sample held out and evaluated every tenth of the
-# run (the signal classification pilots use), the dev set only scored at the end (--test)
+# SST-2 again, with a held-out quarter of the sample evaluated every tenth of the run and the dev set only
+# scored at the end (--test): whether a pilot's held-out loss ranks better than its training loss
 SST2_HELDOUT = ["autopeft", "bench", "../shared/data/sst2/train.tsv",
                 "--benchmark", "autopeft/sst2-900-2ep-heldout-minilm-l6", "--model", "minilm-l6",
                 "--test", "../shared/data/sst2/dev.tsv", "--max-examples", "1200", "--validation-fraction", "0.25",

@@ -241,22 +241,3 @@ def test_leave_one_task_out_scores_each_task_with_the_others_and_the_baselines()
         assert r.top1 and r.chosen == r.oracle == "ia3" and r.regret == 0 and r.spearman == pytest.approx(1.0)
         assert r.baselines["always_lora"] == pytest.approx(1 / 3) and r.baselines["random"] == pytest.approx(0.5)
         assert 0 < r.compute_fraction <= 0.3
-
-
-def test_classification_pilots_rank_by_their_held_out_loss_where_every_pilot_has_one():
-    """The training loss of each pilot says m0 leads; the held-out loss, which the final score
-    follows, says m2. The held-out loss ranks, and only when all the pilots measured one."""
-    rec = Recommender().fit(_benchmark("a") + _benchmark("b", seed=1) + _benchmark("c", seed=2))
-    runs = []
-    for i, heldout in enumerate((0.9, 0.7, 0.5)):
-        record = _record("d", f"m{i}", 0.5 + 0.1 * i, list(np.linspace(3.0, 1.0 + 0.1 * i, 20)))
-        curve = record.curve + [CurvePoint(step=60, eval_loss=heldout), CurvePoint(step=200, eval_loss=heldout / 2)]
-        runs.append(record.model_copy(update={"task": "seq-cls", "curve": sorted(curve, key=lambda p: p.step)}))
-    pilots = [Candidate.from_record(r, 0.3) for r in runs]
-    assert [c.heldout_loss for c in pilots] == [0.9, 0.7, 0.5]  # the last evaluation by step 60, not the final one
-    assert int(np.argmax(rec.predict(pilots))) == 2
-    pilots[0] = pilots[0].model_copy(update={"heldout_loss": None})
-    assert int(np.argmax(rec.predict(pilots))) == 0  # one pilot without it: all rank by training loss
-    # a pilot too short to have seen an evaluation, and a causal-LM run, carry none
-    assert Candidate.from_record(runs[0], 0.2).heldout_loss is None
-    assert Candidate.from_record(runs[0].model_copy(update={"task": "causal-lm"}), 0.3).heldout_loss is None

@@ -260,13 +260,3 @@ def test_a_test_file_with_a_label_the_training_data_lacks_is_refused_with_its_li
                test=str(test))
     assert "test.jsonl" in str(err.value) and "confused" in str(err.value)
     assert not (tmp_path / "run" / "run.json").exists()
-
-
-def test_a_classification_pilot_reports_its_loss_on_held_out_examples_and_a_causal_lm_pilot_does_not(
-        trainable_bert, trainable_llama, tmp_path, monkeypatch):
-    evaluated = _count_evaluations(monkeypatch)
-    pilot = _train(trainable_bert, tmp_path / "cls", data=EXAMPLES / "sentiment.jsonl", method="ln_tuning",
-                   pilot_steps=2)
-    assert pilot.status == "ok" and pilot.heldout_loss > 0 and evaluated == [2]
-    pilot = _train(trainable_llama, tmp_path / "lm", pilot_steps=2)
-    assert pilot.status == "ok" and pilot.heldout_loss is None and evaluated == [2]
