@@ -24,6 +24,17 @@ method still dropping fast overtakes one that flattened; in leave-one-task-out e
 autopeft's own tasks it never lowered the regret (0.284 of the spread with or without it), and it
 made the choice swing with small changes in the profiles (MetaMathQA replay without a cap: lily,
 then shira after the SST-2 bench grew), so it went.
+A classification pilot's loss on held-out examples, in place of its training loss, was tried too
+(the SST-2 bench ``bench-sst2-heldout-minilm`` evaluates a held-out quarter every 6 of its 58 steps).
+Its Spearman correlation with the final accuracy was not steadier: 0.44 at 15% and at 20% of the run
+against 0.53 and 0.29 for the training loss, 0.77 to 0.83 against 0.78 to 0.81 from 30% on.
+Leave-one-task-out on that bench chose a little better with it at two budgets (5.7 and 2.8 points
+below the best, against 8.0 and 3.6) and the same at the third (6.9). Live on SST-2
+(``benchmarks/sst2_choice.py``) the evaluations cost the 150 s budget three methods' pilots, and the
+pick went from 1.8 to 5.4 points below the best. So it went: what misleads a short pilot there is a
+rate past the method's range whose early lead does not last, and an early held-out loss shows the
+same lead.
+
 Static features and priors learned on other tasks are left out here: they carry what was true of
 *those* tasks (on autopeft's own CPU tasks full fine-tuning wins; on a 3B model trained for 5,000
 steps it does not), while the pilot measures this one. In leave-one-task-out evaluation
