@@ -32,8 +32,8 @@ Leave-one-task-out on that bench chose a little better with it at two budgets (5
 below the best, against 8.0 and 3.6) and the same at the third (6.9). Live on SST-2
 (``benchmarks/sst2_choice.py``) the evaluations cost the 150 s budget three methods' pilots, and the
 pick went from 1.8 to 5.4 points below the best. So it went: what misleads a short pilot there is a
-rate past the method's range whose early lead does not last, and an early held-out loss shows the
-same lead.
+large rate (past the method's range, on that bench) whose early lead does not last, and an early
+held-out loss shows the same lead.
 
 Static features and priors learned on other tasks are left out here: they carry what was true of
 *those* tasks (on autopeft's own CPU tasks full fine-tuning wins; on a 3B model trained for 5,000
