@@ -334,7 +334,7 @@ class _Run:
     # -- results ---------------------------------------------------------------------------------
 
     def finish(self, trainer) -> RunRecord:
-        from .evaluation import generate_samples, perplexity, peak_memory_bytes
+        from .evaluation import generate_samples, peak_memory_bytes
         from .outputs import hardware, move_into, versions, write_json, write_report
 
         from .progress import ProgressCallback
@@ -348,14 +348,12 @@ class _Run:
             # with several processes, all take part (or all skip: each holds the same log)
             scores = _evaluation_of_current_weights(trainer) or trainer.evaluate()
             metrics["eval_loss_before"] = _first_eval_loss(trainer.state.log_history)
-            metrics["eval_loss"] = scores.get("eval_loss")
-            if self.task == "causal-lm":
-                metrics["perplexity"] = perplexity(scores.get("eval_loss"))
-            else:
-                metrics["accuracy"] = scores.get("eval_accuracy")
-                metrics["macro_f1"] = scores.get("eval_macro_f1")
+            named = _named_scores(scores, "eval", self.task)
+            metrics["eval_loss"] = named.pop("loss")
+            metrics.update(named)  # perplexity, or accuracy and macro_f1
         if self.data.test is not None:
-            metrics.update(_test_metrics(trainer, self.data.test, self.task))
+            scores = trainer.evaluate(eval_dataset=self.data.test, metric_key_prefix="test")
+            metrics.update({f"test_{k}": v for k, v in _named_scores(scores, "test", self.task).items()})
         distributed = None
         if self.data_trace is not None:
             from .launch import gather
@@ -677,15 +675,15 @@ def _evaluation_of_current_weights(trainer) -> dict | None:
     return next((e for e in reversed(state.log_history) if "eval_loss" in e and e.get("step") == step), None)
 
 
-def _test_metrics(trainer, test, task: str) -> dict[str, float | None]:
-    """The test file's scores: its loss, and accuracy and macro-F1 (classification) or perplexity."""
+def _named_scores(scores: dict, prefix: str, task: str) -> dict[str, float | None]:
+    """What an evaluation (its metrics under ``prefix``, as the Trainer names them) reports: the loss,
+    and perplexity (causal LM) or accuracy and macro-F1 (classification)."""
     from .evaluation import perplexity
 
-    scores = trainer.evaluate(eval_dataset=test, metric_key_prefix="test")
+    loss = scores.get(f"{prefix}_loss")
     if task == "causal-lm":
-        return {"test_loss": scores.get("test_loss"), "test_perplexity": perplexity(scores.get("test_loss"))}
-    return {"test_loss": scores.get("test_loss"), "test_accuracy": scores.get("test_accuracy"),
-            "test_macro_f1": scores.get("test_macro_f1")}
+        return {"loss": loss, "perplexity": perplexity(loss)}
+    return {"loss": loss, "accuracy": scores.get(f"{prefix}_accuracy"), "macro_f1": scores.get(f"{prefix}_macro_f1")}
 
 
 def _first_eval_loss(log_history: list[dict]) -> float | None:

@@ -232,19 +232,17 @@ def test_blocks_that_differ_along_the_stack_are_each_traced(model_type, monkeypa
         assert autopeft.estimate(None, name, **kwargs) == _estimate_every_block(monkeypatch, None, name, **kwargs)
 
 
-def test_the_trace_runs_a_deep_models_repeated_blocks_only_until_they_repeat():
+def test_the_trace_runs_a_deep_models_repeated_blocks_only_until_they_repeat(monkeypatch):
     from transformers import LlamaConfig
 
     from autopeft import costmodel
 
     calls = []
     original = costmodel._standin_output
-    try:
-        costmodel._standin_output = lambda output, hidden: calls.append(1) or original(output, hidden)
-        autopeft.estimate(None, "lora", task="causal-lm", config=LlamaConfig(**_deep(TINY_LLAMA, 12)),
-                          batch_size=2, seq_len=16, device="cpu")
-    finally:
-        costmodel._standin_output = original
+    monkeypatch.setattr(costmodel, "_standin_output",
+                        lambda output, hidden: calls.append(1) or original(output, hidden))
+    autopeft.estimate(None, "lora", task="causal-lm", config=LlamaConfig(**_deep(TINY_LLAMA, 12)),
+                      batch_size=2, seq_len=16, device="cpu")
     # block 0 (an input that needs no grad), blocks 1 and 2 run; the other nine stand in
     assert len(calls) == 9
 
