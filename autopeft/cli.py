@@ -253,6 +253,8 @@ def _training_options(command, outputs: bool = True):
         click.option("--train-on-inputs", is_flag=True, default=None, help="Loss on prompts too, not only responses."),
         click.option("--pack", is_flag=True, default=None, help="Pack examples into full-length blocks."),
         click.option("--seed", type=int, help="Default 0."),
+        click.option("--data-seed", type=int,
+                     help="Seed of the --max-examples sample and the validation split. Default: --seed."),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code."),
         click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle (.bin) weights, which can run code."),
     ]

@@ -58,6 +58,9 @@ class TrainOptions(BaseModel):
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
     seed: int = 0
+    data_seed: int | None = Field(default=None, description="seed of the --max-examples sample and of the "
+                                  "validation split; default: seed. Fixing it while varying seed measures "
+                                  "what training's randomness alone does to a score")
     samples: int = Field(default=3, ge=0, description="sample generations in the report (causal LM)")
     forgetting: bool = True
     keep_checkpoints: bool = False
@@ -209,7 +212,8 @@ class _Run:
         self.data = prepare_data(
             opts.data, self.tokenizer, task=opts.task, validation_path=opts.validation,
             validation_fraction=opts.validation_fraction, max_length=opts.max_length,
-            train_on_inputs=opts.train_on_inputs, pack=opts.pack, max_examples=opts.max_examples, seed=opts.seed,
+            train_on_inputs=opts.train_on_inputs, pack=opts.pack, max_examples=opts.max_examples,
+            seed=opts.seed if opts.data_seed is None else opts.data_seed,
             test_path=None if opts.pilot_steps else opts.test)
         self.task = self.data.info.task
         if self.task not in self.method.tasks:

@@ -20,6 +20,7 @@ SECTIONS = [
     ("Choosing: the recommender", [
         ("Replay on the PEFT method-comparison results", "replay_peft.md"),
         ("Leave one task out", "leave_one_task_out.md"),
+        ("How much of a bench's ranking is training noise", "seed_noise.md"),
         ("Live on SST-2: `recommend` against training every candidate", "sst2_choice.md"),
     ]),
     ("Training", [

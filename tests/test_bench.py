@@ -171,3 +171,24 @@ def test_longer_sst2_training_starts_from_each_methods_best_bench_run(tmp_path, 
     table = script.markdown(best, results)
     assert "| ia3 | 0.005 |  |  | 85.0% | yes |" in table and "| ia3 | 0.01 | 76.0% | 77.0% | 79.0% | NO |" in table
     assert "2 of the 2 methods below 80% in the bench reach it with longer training " in table
+
+
+def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_floor(monkeypatch):
+    """benchmarks/seed_noise.py trains with the bench's options (not the ones that choose its runs) and
+    reports how far the best run at seed 0 lands below the best at each fresh seed."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_noise.py"
+    monkeypatch.syspath_prepend(str(path.parent))
+    spec = importlib.util.spec_from_file_location("seed_noise", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    command, data = script._train_command(["autopeft", "bench", "d.tsv", "--benchmark", "x/y", "--model", "m",
+                                           "--learning-rates", "2", "--json", "--epochs", "2", "--methods", "a,b",
+                                           "-o", "out"])
+    assert (command, data) == (["autopeft", "train", "--model", "m", "--epochs", "2"], "d.tsv")
+    lines = script._report("x/y", "accuracy", {"a": [0.80, 0.78, 0.80], "b": [0.79, 0.79, 0.77]}, "cmd")
+    text = "\n".join(lines)
+    assert "| a | 80.0 | 78.0 | 80.0 | 79.3 | 1.15 |" in text
+    # seed 1: b leads a by 1 point; seed 2: a leads
+    assert "lands 0.50 points below the best of these at a fresh seed" in text and "1.00, 0.00" in text

@@ -260,3 +260,12 @@ def test_a_test_file_with_a_label_the_training_data_lacks_is_refused_with_its_li
                test=str(test))
     assert "test.jsonl" in str(err.value) and "confused" in str(err.value)
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_data_seed_keeps_the_sample_and_split_while_the_training_seed_changes(trainable_llama, tmp_path):
+    # the untouched model's validation loss depends on which examples were held out, and nothing else
+    before = {seed: _train(trainable_llama, tmp_path / f"fixed{seed}", max_steps=1, seed=seed, data_seed=0,
+                           samples=0).metrics["eval_loss_before"] for seed in (1, 2)}
+    moved = _train(trainable_llama, tmp_path / "moved", max_steps=1, seed=2, samples=0).metrics["eval_loss_before"]
+    assert before[1] == pytest.approx(before[2], rel=1e-5)  # the same examples, summed in another order
+    assert moved != pytest.approx(before[2], rel=1e-3)
