@@ -219,38 +219,113 @@ def leave_one_task_out(records: list[ProfileRecord], budget_fraction: float = 0.
     and the baselines."""
     from scipy.stats import spearmanr
 
-    from .recommender import Candidate, Recommender
+    from .recommender import Candidate
 
-    usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)]
     results = []
-    for benchmark in sorted({r.benchmark for r in usable}):
-        runs = [r for r in usable if r.benchmark == benchmark]
-        if len(runs) < 3:
-            continue
-        recommender = Recommender().fit(_other_tasks(records, runs))
-
+    for runs, recommender in _judged_tasks(records):
         def learned(at: list[ProfileRecord], fraction: float) -> np.ndarray:
             return recommender.predict([Candidate.from_record(r, fraction) for r in at])
 
         chosen, _, spent = _halving(runs, budget_fraction, learned)
         quality = np.array([r.quality() for r in runs])
         best, spread = quality.max(), quality.max() - quality.min()
-        scale = 100 if runs[0].metric.endswith("accuracy") else 1
         flat = learned(runs, budget_fraction)
-        lowest = min(runs, key=lambda r: end_loss(r.pilot(budget_fraction)))
-        lora = _default_lora(runs)
-
-        def of_spread(record: ProfileRecord | None) -> float | None:
-            return None if record is None or not spread else (best - record.quality()) / spread
-
         results.append(TaskEvaluation(
-            benchmark=benchmark, task=runs[0].task, metric=runs[0].metric, candidates=len(runs),
+            benchmark=runs[0].benchmark, task=runs[0].task, metric=runs[0].metric, candidates=len(runs),
             trained_on=recommender.benchmarks_,
             chosen=chosen.experiment, oracle=max(runs, key=lambda r: r.quality()).experiment,
-            top1=chosen.quality() == best, regret=scale * (best - chosen.quality()),
-            regret_of_spread=of_spread(chosen) or 0.0,
+            top1=chosen.quality() == best, regret=_scale(runs) * (best - chosen.quality()),
+            regret_of_spread=(best - chosen.quality()) / spread if spread else 0.0,
             spearman=float(spearmanr(flat, quality).statistic) if len(set(flat)) > 1 else None,
-            compute_fraction=spent,
-            baselines={"always_lora": of_spread(lora), "lowest_pilot_loss": of_spread(lowest),
-                       "random": float(np.mean([(best - q) / spread for q in quality])) if spread else 0.0}))
+            compute_fraction=spent, baselines=_baseline_regrets(runs, budget_fraction, spread)))
     return results
+
+
+class SubsetEvaluation(BaseModel):
+    """The recommender and the baselines on many random subsets of one task's runs: the mean regret,
+    with its standard error, which one draw of a task's candidates cannot give."""
+
+    benchmark: str
+    task: str
+    metric: str
+    subsets: int
+    share: float = Field(description="the share of the task's runs in each subset")
+    regret: float = Field(description="mean regret in the metric's points (x100 for accuracy)")
+    regret_of_spread: float = Field(description="mean regret as a fraction of the whole task's spread")
+    stderr_of_spread: float
+    baselines: dict[str, float | None] = Field(description="mean regret / spread: always LoRA (over the "
+                                                           "subsets holding a LoRA run), lowest flat-pilot loss, random")
+    baseline_stderr: dict[str, float | None]
+
+    def better_than_every_baseline(self) -> bool:
+        return all(v is None or self.regret_of_spread < v for v in self.baselines.values())
+
+
+def leave_one_task_out_subsets(records: list[ProfileRecord], budget_fraction: float = 0.1, subsets: int = 40,
+                               share: float = 2 / 3, seed: int = 0) -> list[SubsetEvaluation]:
+    """:func:`leave_one_task_out` over ``subsets`` random ``share`` subsets of each task's runs, each
+    judged against its own best run. A task is a single draw of candidates: on one draw a baseline
+    can land on the best run by luck, or the choice miss it by one noisy pilot; the mean over many
+    draws of the same task tells a steady edge from a lucky one."""
+    from .recommender import Candidate
+
+    rng = np.random.default_rng(seed)
+    results = []
+    for runs, recommender in _judged_tasks(records):
+        def learned(at: list[ProfileRecord], fraction: float) -> np.ndarray:
+            return recommender.predict([Candidate.from_record(r, fraction) for r in at])
+
+        quality = np.array([r.quality() for r in runs])
+        spread = quality.max() - quality.min()
+        size = max(3, round(share * len(runs)))
+        ours, theirs = [], []
+        for _ in range(subsets):
+            sub = [runs[i] for i in sorted(rng.choice(len(runs), size=size, replace=False))]
+            chosen = _halving(sub, budget_fraction, learned)[0]
+            ours.append(max(r.quality() for r in sub) - chosen.quality())
+            theirs.append(_baseline_regrets(sub, budget_fraction, spread))
+
+        def mean_and_error(values: list[float | None]) -> tuple[float | None, float | None]:
+            kept = [v for v in values if v is not None]
+            if not kept:
+                return None, None
+            return float(np.mean(kept)), float(np.std(kept) / np.sqrt(len(kept)))
+
+        of_spread = [v / spread if spread else 0.0 for v in ours]
+        stats = {k: mean_and_error([t[k] for t in theirs]) for k in theirs[0]}
+        results.append(SubsetEvaluation(
+            benchmark=runs[0].benchmark, task=runs[0].task, metric=runs[0].metric, subsets=subsets, share=share,
+            regret=_scale(runs) * float(np.mean(ours)), regret_of_spread=float(np.mean(of_spread)),
+            stderr_of_spread=float(np.std(of_spread) / np.sqrt(len(of_spread))),
+            baselines={k: m for k, (m, _) in stats.items()}, baseline_stderr={k: e for k, (_, e) in stats.items()}))
+    return results
+
+
+def _judged_tasks(records: list[ProfileRecord]):
+    """Each benchmark's runs that have a score and a loss curve (three at least), with a recommender
+    fit on the other tasks (:func:`_other_tasks`)."""
+    from .recommender import Recommender
+
+    usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)]
+    for benchmark in sorted({r.benchmark for r in usable}):
+        runs = [r for r in usable if r.benchmark == benchmark]
+        if len(runs) >= 3:
+            yield runs, Recommender().fit(_other_tasks(records, runs))
+
+
+def _scale(runs: list[ProfileRecord]) -> int:
+    """Points of the metric: x100 for an accuracy."""
+    return 100 if runs[0].metric.endswith("accuracy") else 1
+
+
+def _baseline_regrets(runs: list[ProfileRecord], budget_fraction: float, spread: float) -> dict[str, float | None]:
+    """Regret / ``spread`` against the best of ``runs`` of: LoRA with default settings (None without a
+    LoRA run), the lowest loss after a flat pilot of ``budget_fraction``, and a random pick (its expectation)."""
+    best = max(r.quality() for r in runs)
+
+    def of_spread(record: ProfileRecord | None) -> float | None:
+        return None if record is None or not spread else (best - record.quality()) / spread
+
+    lowest = min(runs, key=lambda r: end_loss(r.pilot(budget_fraction)))
+    return {"always_lora": of_spread(_default_lora(runs)), "lowest_pilot_loss": of_spread(lowest),
+            "random": float(np.mean([(best - r.quality()) / spread for r in runs])) if spread else 0.0}
