@@ -201,7 +201,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
                 continue
         method = get_methods()[row.method]
         candidates.append(Candidate(
-            name=row.method, method=row.method, family=method.family, settings=row.settings,
+            name=row.method, method=row.method, task=options.task, family=method.family, settings=row.settings,
             learning_rate=result.learning_rate if result else None,
             trainable_params=row.estimated.trainable_params, total_params=row.estimated.total_params,
             adapter_bytes=row.estimated.adapter_bytes,
@@ -362,7 +362,8 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
         return max(0.0, fraction / (1 - fraction) * full - spent())
 
     def rank(configs_, results):
-        cands = [Candidate(name=c.name, method=c.method, learning_rate=c.learning_rate, pilot=results[c.name].curve,
+        cands = [Candidate(name=c.name, method=c.method, task=options.task, learning_rate=c.learning_rate,
+                           pilot=results[c.name].curve,
                            trainable_params=results[c.name].trainable_params,
                            total_params=results[c.name].total_params) for c in configs_]
         return list(recommender.predict(cands))

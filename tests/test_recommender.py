@@ -58,6 +58,15 @@ def test_recommender_learns_to_discount_the_pilot_lead_of_a_methods_larger_learn
     assert test[int(np.argmax(rec.predict(test)))].name == "m0 lr=0.001"
 
 
+def test_what_a_larger_rate_predicts_is_learned_per_kind_of_task_and_not_carried_to_another():
+    rec = Recommender().fit(_two_rates("a", 0) + _two_rates("b", 1) + _two_rates("c", 2))
+    causal = [Candidate.from_record(r, 0.3) for r in _two_rates("d", 3)]
+    # the same pilots on a classification task, which no profile taught it anything about
+    classification = [c.model_copy(update={"task": "seq-cls"}) for c in causal]
+    assert causal[int(np.argmax(rec.predict(causal)))].name == "m0 lr=0.001"
+    assert classification[int(np.argmax(rec.predict(classification)))].name == "m0 lr=0.003"  # the lower loss
+
+
 def test_replay_takes_one_methods_learning_rates_as_its_configurations_as_tune_does():
     from autopeft.halving import best_of_each
     from autopeft.replay import _configurations
