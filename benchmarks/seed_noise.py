@@ -65,7 +65,8 @@ def main() -> int:
         scores[record.experiment] = [record.score]
         for seed in range(1, args.seeds + 1):
             scores[record.experiment].append(_score(runs, command, data, record, seed))
-    lines = _report(args.benchmark, records[0].metric, scores, " ".join(["python", "benchmarks/seed_noise.py", *sys.argv[1:]]))
+    lines = _report(args.benchmark, records[0].metric, scores, " ".join(["python", "benchmarks/seed_noise.py", *sys.argv[1:]]),
+                    top=args.top)
     out = Path(args.out)
     (out / "seed_noise.md").write_text("\n".join(lines))
     (out / "seed_noise.json").write_text(json.dumps({"benchmark": args.benchmark, "scores": scores}, indent=2))
@@ -110,7 +111,9 @@ def _score(runs: Path, command: list[str], data: str, record, seed: int) -> floa
     return json.loads(kept.read_text())["metrics"][record.metric]
 
 
-def _report(benchmark: str, metric: str, scores: dict[str, list[float]], shown: str) -> list[str]:
+def _report(benchmark: str, metric: str, scores: dict[str, list[float]], shown: str, top: int | None = None) -> list[str]:
+    """The table, and the floor; ``top``: how many of ``scores`` (the first) are the bench's best, whose
+    spread is given apart from that of the configurations named besides."""
     seeds = len(next(iter(scores.values())))
     lines = [f"# `{shown}` ({time.strftime('%Y-%m-%d')})", "",
              f"{benchmark}: the bench's best configurations (and any named) trained again at training seeds "
@@ -121,11 +124,17 @@ def _report(benchmark: str, metric: str, scores: dict[str, list[float]], shown: 
     for name, values in scores.items():
         lines.append(f"| {name} | " + " | ".join(f"{100 * v:.1f}" for v in values)
                      + f" | {100 * statistics.fmean(values):.1f} | {100 * statistics.stdev(values):.2f} |")
-    pooled = statistics.fmean(statistics.variance(v) for v in scores.values()) ** 0.5
+    def pooled(values: list[list[float]]) -> float:
+        return statistics.fmean(statistics.variance(v) for v in values) ** 0.5
+
+    groups = [("all", list(scores.values()))]
+    if top is not None and 0 < top < len(scores):
+        groups = [(f"the {top} best", list(scores.values())[:top]), ("the others", list(scores.values())[top:])]
     first = max(scores, key=lambda k: scores[k][0])
     regrets = [max(v[s] for v in scores.values()) - scores[first][s] for s in range(1, seeds)]
     winners = [max(scores, key=lambda k: scores[k][s]) for s in range(seeds)]
-    lines += ["", f"Pooled SD of one run's score: {100 * pooled:.2f} points. Best at each seed: "
+    lines += ["", "Pooled SD of one run's score: " + ", ".join(f"{name} {100 * pooled(v):.2f} points" for name, v in groups)
+              + ". Best at each seed: "
               + ", ".join(f"{s}: {w}" for s, w in enumerate(winners)) + ".",
               f"The best at seed 0 ({first}) lands {100 * statistics.fmean(regrets):.2f} points below the best of "
               f"these at a fresh seed, on average (seeds 1 to {seeds - 1}: "

@@ -192,3 +192,14 @@ def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_fl
     assert "| a | 80.0 | 78.0 | 80.0 | 79.3 | 1.15 |" in text
     # seed 1: b leads a by 1 point; seed 2: a leads
     assert "lands 0.50 points below the best of these at a fresh seed" in text and "1.00, 0.00" in text
+
+
+def test_the_gsm8k_steps_task_labels_a_problem_by_its_solutions_lines_of_working():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "derive_gsm8k_steps.py"
+    spec = importlib.util.spec_from_file_location("derive_gsm8k_steps", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.label("a = 1\nb = 2\n\nc = 3\n#### 3") == "short"  # blank lines and the answer do not count
+    assert script.label("a\nb\nc\nd\n#### 4") == "long"
