@@ -79,6 +79,7 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
     if not fitting:
         raise BadInputError(f"no run of {benchmark} fits in {max_vram} bytes")
     recommender = Recommender().fit(_other_tasks(records if records is not None else load_records(), runs))
+    fitting = _in_tune_order(fitting, recommender)
 
     def learned(records_at: list[ProfileRecord], fraction: float) -> np.ndarray:
         return recommender.predict([Candidate.from_record(r, fraction) for r in records_at])
@@ -146,6 +147,18 @@ def _halving(runs: list[ProfileRecord], budget_fraction: float,
             break
     spent = sum(n * x for n, x in plan) / len(runs)
     return alive[0], plan, spent
+
+
+def _in_tune_order(runs: list[ProfileRecord], recommender) -> list[ProfileRecord]:
+    """``runs`` in the order ``tune`` pilots its configurations: LoRA first, then the methods by the
+    static ranking, each method's rates as given. Where pilots cannot tell candidates apart (a first
+    rung of a step or two, before warm-up has moved anything) the first of them goes on, so the order
+    decides; a bench's own order (the most used methods first) would slip in a prior tune does not have."""
+    from .recommender import Candidate
+
+    candidates = [Candidate.from_record(r, None) for r in runs]
+    static = recommender.predict(candidates) if recommender.mode(candidates) == "static" else np.zeros(len(runs))
+    return [runs[i] for i in sorted(range(len(runs)), key=lambda i: (runs[i].method != "lora", -static[i]))]
 
 
 def _other_tasks(records: list[ProfileRecord], judged: list[ProfileRecord]) -> list[ProfileRecord]:
@@ -302,15 +315,16 @@ def leave_one_task_out_subsets(records: list[ProfileRecord], budget_fraction: fl
 
 
 def _judged_tasks(records: list[ProfileRecord]):
-    """Each benchmark's runs that have a score and a loss curve (three at least), with a recommender
-    fit on the other tasks (:func:`_other_tasks`)."""
+    """Each benchmark's runs that have a score and a loss curve (three at least), in the order tune
+    would pilot them, with a recommender fit on the other tasks (:func:`_other_tasks`)."""
     from .recommender import Recommender
 
     usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)]
     for benchmark in sorted({r.benchmark for r in usable}):
         runs = [r for r in usable if r.benchmark == benchmark]
         if len(runs) >= 3:
-            yield runs, Recommender().fit(_other_tasks(records, runs))
+            recommender = Recommender().fit(_other_tasks(records, runs))
+            yield _in_tune_order(runs, recommender), recommender
 
 
 def _scale(runs: list[ProfileRecord]) -> int:

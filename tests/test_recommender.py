@@ -250,3 +250,17 @@ def test_leave_one_task_out_scores_each_task_with_the_others_and_the_baselines()
         assert r.top1 and r.chosen == r.oracle == "ia3" and r.regret == 0 and r.spearman == pytest.approx(1.0)
         assert r.baselines["always_lora"] == pytest.approx(1 / 3) and r.baselines["random"] == pytest.approx(0.5)
         assert 0 < r.compute_fraction <= 0.3
+
+
+def test_replay_pilots_candidates_in_the_order_tune_does_lora_first_then_the_static_ranking():
+    from autopeft.replay import _in_tune_order
+
+    class Static:
+        def mode(self, candidates):
+            return "static"
+
+        def predict(self, candidates):
+            return np.array([{"lora": 0.1, "a": 0.5, "b": 0.9}[c.method] for c in candidates])
+
+    runs = [_record("x", name, 0.5, [1.0, 0.9], method=name.split()[0]) for name in ("a 1", "lora 1", "b 1", "b 2")]
+    assert [r.experiment for r in _in_tune_order(runs, Static())] == ["lora 1", "b 1", "b 2", "a 1"]
