@@ -51,7 +51,11 @@ def main() -> int:
     chosen = sorted(records, key=lambda r: -r.quality())[:args.top]
     for name in args.also:
         method, _, rate = name.partition("@")
-        match = [r for r in records if r.method == method and r.learning_rate and abs(r.learning_rate / float(rate) - 1) < 0.01]
+        try:
+            wanted = float(rate)
+        except ValueError:
+            parser.error(f"--also {name}: give METHOD@RATE, e.g. lora@0.0111")
+        match = [r for r in records if r.method == method and r.learning_rate and abs(r.learning_rate / wanted - 1) < 0.01]
         if not match:
             parser.error(f"--also {name}: no run of {args.benchmark} has that method and rate")
         chosen += [r for r in match if r not in chosen]
