@@ -107,6 +107,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
               pilot: bool = True, pilot_fraction: float = DEFAULT_PILOT_FRACTION, pilot_seconds: float | None = None,
               learning_rates_per_method: int = 2, batch_size: int = 8, epochs: float = 3.0,
               max_steps: int | None = None, max_length: int = 512, max_examples: int | None = None,
+              validation_fraction: float = 0.1, seed: int = 0, data_seed: int | None = None,
               trust_remote_code: bool = False, profiles: list[str] | None = None, leave_out: list[str] | None = None,
               num_processes: int = 1, accelerate_config: str | None = None, quantize: str | None = None,
               say: Callable[[str], None] | None = None) -> Recommendation:
@@ -115,6 +116,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     :param num_processes, accelerate_config: how the fine-tune will run; with several processes the
         memory constraint is per device and ``batch_size`` each device's micro-batch (each pilot
         runs on one device; with several GPUs, one pilot per GPU at a time).
+    :param validation_fraction, seed, data_seed: as for ``train``: the pilots sample and split the data
+        as the fine-tune will.
     :param quantize: ``4bit`` or ``8bit``: a quantised base (CUDA); only methods that train on one are
         candidates, and their memory is estimated so.
 
@@ -151,11 +154,14 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     # choosing starts here: loading the model (converting the embedded GGUF, the first time on a
     # machine) is a cost of the fine-tune, which pays it the same without a recommendation
     started = time.perf_counter()
+    # the pilots train on the sample and split the fine-tune will, so their losses are its losses
     prepared = prepare_data(data, tokenizer, task=task, validation_path=validation, max_length=max_length,
-                            max_examples=max_examples)
+                            max_examples=max_examples, validation_fraction=validation_fraction,
+                            seed=seed if data_seed is None else data_seed)
     task = prepared.info.task
     options = TrainOptions(data=data, output_dir="-", model=model, task=task, validation=validation, epochs=epochs,
                            max_steps=max_steps, batch_size=batch_size, max_length=max_length, max_examples=max_examples,
+                           validation_fraction=validation_fraction, seed=seed, data_seed=data_seed,
                            trust_remote_code=trust_remote_code, quantize=quantize)
     total_steps = _total_steps(options, len(prepared.train))
     config = load_config(model, trust_remote_code=trust_remote_code)
@@ -484,7 +490,8 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
         return _resume_tune(out, progress)
     check_output_dir(out, resume=False, overwrite=overwrite)
     keys = ("model", "task", "validation", "batch_size", "epochs", "max_steps", "max_length", "max_examples",
-            "trust_remote_code", "num_processes", "accelerate_config", "quantize")
+            "validation_fraction", "seed", "data_seed", "trust_remote_code", "num_processes", "accelerate_config",
+            "quantize")
     rec = recommend(data, constraints=constraints, objective=objective, target_gpu=target_gpu, pilot=pilot,
                     pilot_fraction=pilot_fraction, pilot_seconds=pilot_seconds, say=say,
                     **{k: options[k] for k in keys if options.get(k) is not None})

@@ -208,3 +208,24 @@ def test_a_cost_model_its_pilot_proves_wrong_is_named_and_judged_by_the_measurem
     rows, _ = run(max_vram=2 * estimate)  # fits as estimated, not as measured
     assert not rows["ia3"].feasible and "pilot measured" in rows["ia3"].excluded_because[-1]
     assert rows["lora"].feasible
+
+
+def test_pilots_sample_and_split_the_data_as_the_fine_tune_will(trainable_llama, tmp_path, monkeypatch):
+    import pytest
+
+    import autopeft.recommend as recommend_module
+    from autopeft.constraints import Constraints
+
+    seen = {}
+
+    def pilots(feasible, methods, options, *args, **kwargs):
+        seen.update(options.model_dump(include={"seed", "data_seed", "validation_fraction"}))
+        raise KeyboardInterrupt  # enough: what the pilots were given is all this test needs
+
+    monkeypatch.setattr(recommend_module, "_run_pilots", pilots)
+    with pytest.raises(KeyboardInterrupt):
+        recommend_module.tune(str(EXAMPLES / "instructions.jsonl"), output_dir=str(tmp_path / "run"),
+                              model=str(trainable_llama), max_length=64, max_examples=40, batch_size=4, epochs=1,
+                              constraints=Constraints(methods=("lora",)), seed=5, data_seed=2,
+                              validation_fraction=0.2, progress=False)
+    assert seen == {"seed": 5, "data_seed": 2, "validation_fraction": 0.2}
