@@ -154,15 +154,15 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     # choosing starts here: loading the model (converting the embedded GGUF, the first time on a
     # machine) is a cost of the fine-tune, which pays it the same without a recommendation
     started = time.perf_counter()
-    # the pilots train on the sample and split the fine-tune will, so their losses are its losses
-    prepared = prepare_data(data, tokenizer, task=task, validation_path=validation, max_length=max_length,
-                            max_examples=max_examples, validation_fraction=validation_fraction,
-                            seed=seed if data_seed is None else data_seed)
-    task = prepared.info.task
     options = TrainOptions(data=data, output_dir="-", model=model, task=task, validation=validation, epochs=epochs,
                            max_steps=max_steps, batch_size=batch_size, max_length=max_length, max_examples=max_examples,
                            validation_fraction=validation_fraction, seed=seed, data_seed=data_seed,
                            trust_remote_code=trust_remote_code, quantize=quantize)
+    # the pilots train on the sample and split the fine-tune will, so their losses are its losses
+    prepared = prepare_data(data, tokenizer, task=task, validation_path=validation, max_length=max_length,
+                            max_examples=max_examples, validation_fraction=validation_fraction,
+                            seed=options.sample_seed)
+    options.task = task = prepared.info.task
     total_steps = _total_steps(options, len(prepared.train))
     config = load_config(model, trust_remote_code=trust_remote_code)
     seq_len = prepared.info.tokens.max

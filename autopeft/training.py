@@ -76,6 +76,11 @@ class TrainOptions(BaseModel):
     accelerate_config: str | None = Field(default=None, description="an Accelerate config file (FSDP, DeepSpeed, "
                                           "several machines) to launch with")
 
+    @property
+    def sample_seed(self) -> int:
+        """The seed of the --max-examples sample and of the validation split."""
+        return self.seed if self.data_seed is None else self.data_seed
+
 
 def train(data: str | None = None, *, output_dir: str, resume: bool = False, overwrite: bool = False,
           progress: bool = True, recommendation: dict | None = None, **options) -> RunRecord:
@@ -213,7 +218,7 @@ class _Run:
             opts.data, self.tokenizer, task=opts.task, validation_path=opts.validation,
             validation_fraction=opts.validation_fraction, max_length=opts.max_length,
             train_on_inputs=opts.train_on_inputs, pack=opts.pack, max_examples=opts.max_examples,
-            seed=opts.seed if opts.data_seed is None else opts.data_seed,
+            seed=opts.sample_seed,
             test_path=None if opts.pilot_steps else opts.test)
         self.task = self.data.info.task
         if self.task not in self.method.tasks:
