@@ -67,6 +67,29 @@ def test_what_a_larger_rate_predicts_is_learned_per_kind_of_task_and_not_carried
     assert classification[int(np.argmax(rec.predict(classification)))].name == "m0 lr=0.003"  # the lower loss
 
 
+def _three_rates(bench, seed):
+    """Each method at three learning rates: the larger the rate, the lower its pilot loss, but the best
+    final score is the middle rate's; the largest, past the method's range, leads and falls back."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(4):
+        for lr, lead, cost in ((1e-3, 0.0, 0.05), (3e-3, 0.04, 0.0), (1e-2, 0.08, 0.03)):
+            end = 1.0 + 0.1 * i - lead + rng.normal(0, 0.005)
+            record = _record(bench, f"m{i} lr={lr:g}", 0.9 - 0.05 * i - cost, list(np.linspace(3.0, end, 20)),
+                             method=f"m{i}")
+            out.append(record.model_copy(update={"learning_rate": lr}))
+    return out
+
+
+def test_recommender_learns_that_a_larger_rate_helps_only_up_to_the_middle_of_the_methods_range():
+    rec = Recommender().fit(_three_rates("a", 0) + _three_rates("b", 1) + _three_rates("c", 2))
+    test = [Candidate.from_record(r, 0.3) for r in _three_rates("d", 3)]
+    losses = [c.pilot[-1].train_loss for c in test]
+    assert test[int(np.argmin(losses))].name == "m0 lr=0.01"
+    # a single slope would rank the three rates in order, one way or the other: never the middle first
+    assert test[int(np.argmax(rec.predict(test)))].name == "m0 lr=0.003"
+
+
 def test_replay_takes_one_methods_learning_rates_as_its_configurations_as_tune_does():
     from autopeft.halving import best_of_each
     from autopeft.replay import _configurations
