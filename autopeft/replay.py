@@ -163,7 +163,12 @@ def _in_tune_order(runs: list[ProfileRecord], recommender) -> list[ProfileRecord
 
 def _other_tasks(records: list[ProfileRecord], judged: list[ProfileRecord]) -> list[ProfileRecord]:
     """What the recommender may learn from when judged on ``judged``: the records of other benchmarks
-    on other data (the same data with another model would teach it which methods do well there)."""
+    on other data (the same data with another model would teach it which methods do well there).
+    Data is told apart by its file, so a task derived from another's data (GSM8K questions labelled
+    by the length of their solutions) learns from it. Leaving out every GSM8K-derived task as well
+    moved leave-one-task-out (over subsets, at each budget) by at most 0.3 points of accuracy on
+    classification and 0.1% of the spread on the rest; with MetaMathQA (built partly from GSM8K)
+    left out too, 0.1 points and 0.7%; on how many tasks the choice beat every baseline, not at all."""
     benchmarks, data = {r.benchmark for r in judged}, {r.dataset for r in judged}
     return [r for r in records if r.benchmark not in benchmarks and r.dataset not in data]
 
