@@ -234,7 +234,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     best = max(range(len(candidates)), key=lambda i: scores[i])
     chosen, row = candidates[best], rows[best]
     order = sorted(range(len(candidates)), key=lambda i: -scores[i])
-    explanation = _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots)
+    explanation = _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots,
+                           prior_loss=_label_frequency_loss(prepared))
     say(explanation)
     return Recommendation(
         chosen=chosen.method, settings=row._given,
@@ -412,7 +413,7 @@ def _by_pilot_length(candidates) -> list[list[int]]:
     return [[i for i, c in enumerate(candidates) if (c.pilot[-1].step if c.pilot else 0) == n] for n in lengths]
 
 
-def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots) -> str:
+def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, prior_loss=None) -> str:
     n = len(candidates)
     parts = [f"{chosen.method} is recommended"]
     if mode == "pilot" and chosen.pilot:
@@ -430,6 +431,10 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots) ->
         close = _too_close_to_call(chosen, candidates[order[1]]) if goal.quality == 1 and n > 1 else None
         if close:
             parts.append(close)
+    if mode in ("pilot", "pilot-loss"):
+        unlearned = _not_learned_yet(candidates, prior_loss)
+        if unlearned:
+            parts.append(unlearned)
     elif mode == "static":
         parts.append("ranked without pilots, from its cost and how the method did in the stored profiles")
     elif mode == "pilot-loss":
@@ -459,6 +464,33 @@ def _too_close_to_call(chosen, runner_up) -> str | None:
     return (f"its pilot loss and {runner_up.method}'s differ by {abs(gap[0]):.3f}, less than twice the standard "
             f"error of that gap ({gap[1]:.3f}): either is a sound choice, and a larger --pilot-budget might "
             f"tell them apart")
+
+
+def _label_frequency_loss(prepared) -> float | None:
+    """Classification: the loss of answering every example with the training labels' frequencies,
+    which a classifier reaches without reading the text. None for other tasks."""
+    if prepared.info.task != "seq-cls" or not len(prepared.train):
+        return None
+    from collections import Counter
+
+    counts = Counter(prepared.train["labels"])
+    total = sum(counts.values())
+    return -sum(n / total * math.log(n / total) for n in counts.values())
+
+
+def _not_learned_yet(candidates, prior_loss: float | None) -> str | None:
+    """A clause saying no pilot got below the loss of the label frequencies, or None. On a task a
+    model learns late (GSM8K questions sorted by the length of their solution, with MiniLM: every
+    pilot up to half the run ends at that loss), the pilots then rank how methods began, not what
+    they learned, and the user should know the choice rests on little."""
+    from .profiles import end_loss
+
+    ends = [end_loss(c.pilot) for c in candidates if c.pilot]
+    if prior_loss is None or not ends or min(ends) < prior_loss:
+        return None
+    return (f"no pilot has yet learned more than the label frequencies (the lowest pilot loss, {min(ends):.3f}, "
+            f"is no lower than {prior_loss:.3f}, that of answering every example with them): the ranking rests "
+            f"on how the methods began, and a larger --pilot-budget would make it firmer")
 
 
 def _ordinal(n: int) -> str:

@@ -146,6 +146,30 @@ def test_pilots_ending_within_their_noise_are_called_too_close():
     assert end_loss_gap(chosen.pilot, shorter.pilot) is None  # pilots of different lengths are not compared
 
 
+def test_a_classification_choice_says_when_no_pilot_beat_the_label_frequencies():
+    """A pilot ending at the loss of always answering with the label frequencies has learned nothing
+    from the text yet: the explanation says the choice rests on how the methods began."""
+    import math
+    from types import SimpleNamespace
+
+    from autopeft.recommend import _label_frequency_loss, _not_learned_yet
+
+    prepared = SimpleNamespace(info=SimpleNamespace(task="seq-cls"), train={"labels": [0] * 55 + [1] * 45})
+    prior = _label_frequency_loss(prepared)
+    assert prior == pytest.approx(-(0.55 * math.log(0.55) + 0.45 * math.log(0.45)))
+    assert _label_frequency_loss(SimpleNamespace(info=SimpleNamespace(task="causal-lm"), train={})) is None
+
+    def pilot(end):
+        return [CurvePoint(step=i + 1, train_loss=0.70 + (end - 0.70) * i / 19) for i in range(20)]
+
+    stuck = [Candidate(name=m, method=m, pilot=pilot(e)) for m, e in (("lora", 0.695), ("loha", 0.700))]
+    clause = _not_learned_yet(stuck, prior)
+    assert clause.startswith("no pilot has yet learned more than the label frequencies") and "--pilot-budget" in clause
+    learning = stuck + [Candidate(name="dora", method="dora", pilot=pilot(0.55))]
+    assert _not_learned_yet(learning, prior) is None
+    assert _not_learned_yet(stuck, None) is None  # not a classification task
+
+
 def test_pareto_front_keeps_only_undominated_candidates():
     cands = [Candidate(name=n, method=n, peak_memory_bytes=m, seconds=1, adapter_bytes=1)
              for n, m in (("a", 10), ("b", 20), ("c", 30))]
