@@ -194,12 +194,15 @@ def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_fl
     assert "lands 0.50 points below the best of these at a fresh seed" in text and "1.00, 0.00" in text
 
 
-def test_the_gsm8k_steps_task_labels_a_problem_by_its_solutions_lines_of_working():
+def test_the_gsm8k_tasks_label_a_problem_by_its_solution():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "derive_gsm8k_steps.py"
-    spec = importlib.util.spec_from_file_location("derive_gsm8k_steps", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "derive_gsm8k.py"
+    spec = importlib.util.spec_from_file_location("derive_gsm8k", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    assert script.label("a = 1\nb = 2\n\nc = 3\n#### 3") == "short"  # blank lines and the answer do not count
-    assert script.label("a\nb\nc\nd\n#### 4") == "long"
+    assert script.steps("a = 1\nb = 2\n\nc = 3\n#### 3") == "short"  # blank lines and the answer do not count
+    assert script.steps("a\nb\nc\nd\n#### 4") == "long"
+    assert script.division("She sold 48/2 = <<48/2=24>>24 clips.\n#### 24") == "yes"
+    # a slash outside the calculations (a fraction in the prose, a date) is not a division
+    assert script.division("1/2 of them: 10 * 2 = <<10*2=20>>20\n#### 20") == "no"
