@@ -169,7 +169,7 @@ def _run_each(spec: BenchSpec, runs: list[BenchRun], out: Path, timeout: float |
     spent: list[float] = []
     for i, run in enumerate(runs, 1):
         started = time.perf_counter()
-        record = _run_one(spec, run, out, timeout)
+        record = run_one(spec, run, out, timeout)
         append([record], out / RECORDS_FILE)
         spent.append(time.perf_counter() - started)
         left = (len(runs) - i) * sum(spent) / len(spent)
@@ -197,9 +197,15 @@ def _start_or_continue(out: Path, spec: BenchSpec) -> None:
     write_text(path, spec.model_dump_json(indent=2))
 
 
-def _run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None) -> ProfileRecord:
-    """Train ``run`` in a watched child process; a failure becomes a record with no score. The
-    run's ``run.json`` is kept in ``out/runs``; its adapter is not (the record holds what counts)."""
+def run_file(out: Path, experiment: str) -> Path:
+    """Where a bench in ``out`` keeps the ``run.json`` of ``experiment``."""
+    return out / "runs" / ("".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in experiment) + ".json")
+
+
+def run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None = None) -> ProfileRecord:
+    """Train ``run`` with ``spec``'s options in a watched child process; a failure becomes a record
+    with no score. The run's ``run.json`` is kept as ``out/runs/<its experiment>.json``; its adapter
+    is not (the record holds what counts). ``benchmarks/seed_noise.py`` reruns a bench's runs so."""
     from .pilot import run_watched
 
     with tempfile.TemporaryDirectory(prefix="autopeft-bench-") as tmp:
@@ -213,9 +219,9 @@ def _run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None) -
         if failure is None and result_path.is_file():
             from .outputs import write_text
 
-            name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in run.experiment)
-            (out / "runs").mkdir(exist_ok=True)
-            write_text(out / "runs" / f"{name}.json", (Path(tmp) / "run.json").read_text())
+            kept = run_file(out, run.experiment)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            write_text(kept, (Path(tmp) / "run.json").read_text())
             return ProfileRecord.model_validate_json(result_path.read_text())
         error = (failure[1] if failure else None) or "the run ended with no result"
         if result_path.with_suffix(".error").is_file():

@@ -2,14 +2,16 @@
 
 Leave-one-task-out judges a choice by its regret against the best run of the bench, and every bench
 trains each configuration once. This reruns the ``--top`` best configurations of a bench (and any
-named with ``--also``) with ``--seeds`` other training seeds, on the same data sample and split
-(``--data-seed 0``, the bench's), and prints each one's scores, their spread, and what that spread
-means for regret: how far below the best of a fresh seed's runs the configuration that was best at
-seed 0 lands. No choice judged on one seed's runs can count on doing better than that.
+named with ``--also``) with ``--seeds`` other training seeds, on the same data sample and split, and
+prints each one's scores, their spread, and what that spread means for regret: how far below the
+best of a fresh seed's runs the configuration that was best at seed 0 lands. No choice judged on one
+seed's runs can count on doing better than that.
 
-    python benchmarks/seed_noise.py [--benchmark NAME] [--top 5] [--seeds 3] [--also METHOD@RATE ...]
+    python benchmarks/seed_noise.py [--bench DIR] [--top 5] [--seeds 3] [--also METHOD@RATE ...]
 
-Each run's ``run.json`` is kept in ``benchmarks/results/seed_noise/``; a run found there is not repeated.
+The bench directory's ``bench.json`` gives the task and training options, and each rerun trains as
+the bench's own runs did (``autopeft.bench.run_one``), with only the training seed changed. Each
+run's ``run.json`` is kept in ``benchmarks/results/seed_noise/runs/``; a run found there is not repeated.
 """
 
 from __future__ import annotations
@@ -17,26 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from run_all import SST2_HELDOUT  # noqa: E402
-
-#: the benches this script knows how to rerun: name -> the ``autopeft bench`` command that made it
-BENCHES = {"autopeft/sst2-900-2ep-heldout-minilm-l6": SST2_HELDOUT}
-#: flags of ``autopeft bench`` that choose runs or name the bench, with whether each takes a value
-_BENCH_ONLY = {"--benchmark": True, "--learning-rates": True, "--edge-rates": True, "--methods": True, "-o": True,
-               "--output": True, "--run-timeout": True, "--json": False}
+DEFAULT_BENCH = ROOT / "benchmarks" / "results" / "bench" / "sst2-heldout-minilm"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--benchmark", default="autopeft/sst2-900-2ep-heldout-minilm-l6", choices=sorted(BENCHES))
+    parser.add_argument("--bench", default=str(DEFAULT_BENCH), help="a bench directory (its bench.json and records)")
     parser.add_argument("--top", type=int, default=5, help="rerun the N best configurations of the bench")
     parser.add_argument("--also", action="append", default=[], metavar="METHOD@RATE",
                         help="rerun this configuration too (e.g. one a choice picked)")
@@ -45,9 +38,14 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
 
-    from autopeft.profiles import load_records
+    from autopeft.bench import BENCH_FILE, RECORDS_FILE, BenchSpec
+    from autopeft.profiles import read_jsonl
 
-    records = [r for r in load_records(store=False) if r.benchmark == args.benchmark and r.score is not None]
+    bench = Path(args.bench)
+    if not (bench / BENCH_FILE).is_file() or not (bench / RECORDS_FILE).is_file():
+        parser.error(f"--bench {bench}: not a bench directory (no {BENCH_FILE} and {RECORDS_FILE} there)")
+    spec = BenchSpec.model_validate_json((bench / BENCH_FILE).read_text())
+    records = [r for r in read_jsonl(bench / RECORDS_FILE) if r.score is not None]
     chosen = sorted(records, key=lambda r: -r.quality())[:args.top]
     for name in args.also:
         method, _, rate = name.partition("@")
@@ -57,9 +55,8 @@ def main() -> int:
             parser.error(f"--also {name}: give METHOD@RATE, e.g. lora@0.0111")
         match = [r for r in records if r.method == method and r.learning_rate and abs(r.learning_rate / wanted - 1) < 0.01]
         if not match:
-            parser.error(f"--also {name}: no run of {args.benchmark} has that method and rate")
+            parser.error(f"--also {name}: no run of {spec.benchmark} has that method and rate")
         chosen += [r for r in match if r not in chosen]
-    command, data = _train_command(BENCHES[args.benchmark])
     runs = Path(args.runs)
     total = len(chosen) * args.seeds
     print(f"{total} runs ({len(chosen)} configurations x {args.seeds} seeds); about 40 s each on 2 CPU cores",
@@ -68,50 +65,38 @@ def main() -> int:
     for record in chosen:
         scores[record.experiment] = [record.score]
         for seed in range(1, args.seeds + 1):
-            scores[record.experiment].append(_score(runs, command, data, record, seed))
-    lines = _report(args.benchmark, records[0].metric, scores, " ".join(["python", "benchmarks/seed_noise.py", *sys.argv[1:]]),
-                    top=args.top)
+            scores[record.experiment].append(_score(runs, spec, record, seed))
+    lines = _report(spec.benchmark, records[0].metric, scores,
+                    " ".join(["python", "benchmarks/seed_noise.py", *sys.argv[1:]]), top=args.top)
     out = Path(args.out)
     (out / "seed_noise.md").write_text("\n".join(lines))
-    (out / "seed_noise.json").write_text(json.dumps({"benchmark": args.benchmark, "scores": scores}, indent=2))
+    (out / "seed_noise.json").write_text(json.dumps({"benchmark": spec.benchmark, "scores": scores}, indent=2))
     print("\n".join(lines))
     return 0
 
 
-def _train_command(bench: list[str]) -> tuple[list[str], str]:
-    """``autopeft train`` with the bench's training options, and the bench's data."""
-    rest, data, i = [], None, 2
-    while i < len(bench):
-        arg = bench[i]
-        if arg in _BENCH_ONLY:
-            i += 2 if _BENCH_ONLY[arg] else 1
-            continue
-        if data is None and not arg.startswith("-"):
-            data = arg
-        else:
-            rest.append(arg)
-        i += 1
-    return ["autopeft", "train", *rest], data
+def seeded(spec, seed: int):
+    """``spec`` with training seed ``seed``, on the data sample and split the bench's runs had."""
+    options = dict(spec.options)
+    options["data_seed"] = options.get("data_seed", options.get("seed", 0))
+    options["seed"] = seed
+    return spec.model_copy(update={"options": options})
 
 
-def _score(runs: Path, command: list[str], data: str, record, seed: int) -> float:
+def _score(runs: Path, spec, record, seed: int) -> float:
     """The score of ``record``'s configuration trained with ``seed`` (trained once; its ``run.json`` is
-    kept in ``runs``, the adapter is not)."""
-    import shutil
-    import tempfile
+    kept under ``runs``, the adapter is not)."""
+    from autopeft.bench import BenchRun, run_file, run_one
 
-    name = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in record.experiment) + f"-seed{seed}"
-    kept = runs / f"{name}.json"
+    experiment = f"{record.experiment} seed={seed}"
+    kept = run_file(runs, experiment)
     if not kept.is_file():
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="autopeft-seed-") as tmp:
-            # the bench trains every method with its default settings, as this does
-            subprocess.run([*command, data, "--method", record.method, "--lr", repr(record.learning_rate),
-                            "--seed", str(seed), "--data-seed", "0", "--no-profile-store", "-o", f"{tmp}/run"],
-                           cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-            runs.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f"{tmp}/run/run.json", kept)
-        print(f"  {record.experiment} seed {seed}: {time.perf_counter() - started:.0f} s", flush=True)
+        result = run_one(seeded(spec, seed), BenchRun(experiment=experiment, method=record.method,
+                                                      learning_rate=record.learning_rate), runs)
+        if result.score is None:
+            sys.exit(f"{experiment}: {result.error}")
+        print(f"  {experiment}: {time.perf_counter() - started:.0f} s", flush=True)
     return json.loads(kept.read_text())["metrics"][record.metric]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from autopeft.cli import main
@@ -173,20 +174,27 @@ def test_longer_sst2_training_starts_from_each_methods_best_bench_run(tmp_path, 
     assert "2 of the 2 methods below 80% in the bench reach it with longer training " in table
 
 
-def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_floor(monkeypatch):
-    """benchmarks/seed_noise.py trains with the bench's options (not the ones that choose its runs) and
-    reports how far the best run at seed 0 lands below the best at each fresh seed."""
+def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_floor(monkeypatch, tmp_path, capsys):
+    """benchmarks/seed_noise.py trains with the bench's own options (its bench.json), only the training
+    seed changed, and reports how far the best run at seed 0 lands below the best at each fresh seed."""
     import importlib.util
 
+    from autopeft.bench import BenchSpec
+
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_noise.py"
-    monkeypatch.syspath_prepend(str(path.parent))
     spec = importlib.util.spec_from_file_location("seed_noise", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    command, data = script._train_command(["autopeft", "bench", "d.tsv", "--benchmark", "x/y", "--model", "m",
-                                           "--learning-rates", "2", "--json", "--epochs", "2", "--methods", "a,b",
-                                           "-o", "out"])
-    assert (command, data) == (["autopeft", "train", "--model", "m", "--epochs", "2"], "d.tsv")
+    bench = BenchSpec(benchmark="x/y", data="d.tsv", task="seq-cls", options={"model": "m", "epochs": 2},
+                      learning_rates=2)
+    # the bench's data sample and split (its seed, 0 by default), another training seed
+    assert script.seeded(bench, 3).options == {"model": "m", "epochs": 2, "seed": 3, "data_seed": 0}
+    given = bench.model_copy(update={"options": {"seed": 5}})
+    assert script.seeded(given, 1).options == {"seed": 1, "data_seed": 5}
+    monkeypatch.setattr("sys.argv", ["seed_noise.py", "--bench", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        script.main()
+    assert exit_info.value.code == 2 and "not a bench directory" in capsys.readouterr().err
     lines = script._report("x/y", "accuracy", {"a": [0.80, 0.78, 0.80], "b": [0.79, 0.79, 0.77]}, "cmd")
     text = "\n".join(lines)
     assert "| a | 80.0 | 78.0 | 80.0 | 79.3 | 1.15 |" in text
