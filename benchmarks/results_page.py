@@ -20,7 +20,7 @@ SECTIONS = [
     ("Choosing: the recommender", [
         ("Replay on the PEFT method-comparison results", "replay_peft.md"),
         ("Leave one task out", "leave_one_task_out.md"),
-        ("How much of a bench's ranking is training noise", "seed_noise.md"),
+        ("How much of a bench's ranking is training noise", "seed_noise-*.md"),
         ("Live on SST-2: `recommend` against training every candidate", "sst2_choice.md"),
     ]),
     ("Training", [
@@ -63,9 +63,12 @@ def main() -> int:
     for title, parts in SECTIONS:
         lines += [f"## {title}", ""]
         for subtitle, name in parts:
-            path = RESULTS / name
+            # a name with a * is one result per bench (seed_noise-<bench>.md), shown one after another
+            paths = sorted(RESULTS.glob(name)) if "*" in name else [RESULTS / name]
             lines += [f"### {subtitle}", ""]
-            lines += [_demoted(path.read_text()) if path.is_file() else f"(no results yet: `{name}` is missing)", ""]
+            lines += [text for path in paths if path.is_file() for text in (_demoted(path.read_text()), "")]
+            if not any(path.is_file() for path in paths):
+                lines += [f"(no results yet: `{name}` is missing)", ""]
     (DOCS / "benchmarks.md").write_text("\n".join(lines))
     print(f"wrote {DOCS / 'benchmarks.md'}")
     return 0

@@ -107,6 +107,10 @@ STEPS = [
     # with one rate slope: a rate past the method's range
     ("seed_noise", [sys.executable, "benchmarks/seed_noise.py", "--also", "lora@0.0111", "--also", "shira@0.027"],
      None, "15 min"),
+    # the held-out classification task: most of its runs end at the majority class; how much of its
+    # ranking would another seed keep? beside its best five, leave-one-task-out's pick at budget 0.1
+    ("seed_noise_division", [sys.executable, "benchmarks/seed_noise.py", "--bench",
+                             "benchmarks/results/bench/gsm8k-division-minilm", "--also", "ia3@0.005"], None, "20 min"),
     ("sst2_choice", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "90s"], None, "5 min"),
     # the limit is 15% of the brute force (18 min): the budget that spends close to it
     ("sst2_choice_150s", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "150s"], None, "5 min"),

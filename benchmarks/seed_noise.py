@@ -11,7 +11,8 @@ seed's runs can count on doing better than that.
 
 The bench directory's ``bench.json`` gives the task and training options, and each rerun trains as
 the bench's own runs did (``autopeft.bench.run_one``), with only the training seed changed. Each
-run's ``run.json`` is kept in ``benchmarks/results/seed_noise/runs/``; a run found there is not repeated.
+run's ``run.json`` is kept in ``benchmarks/results/seed_noise/<bench directory>/runs/``; a run found
+there is not repeated. The report is ``benchmarks/results/seed_noise-<bench directory>.md`` (and .json).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main() -> int:
     parser.add_argument("--also", action="append", default=[], metavar="METHOD@RATE",
                         help="rerun this configuration too (e.g. one a choice picked)")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 1..N beside the bench's own 0")
-    parser.add_argument("--runs", default=str(ROOT / "benchmarks" / "results" / "seed_noise"))
+    parser.add_argument("--runs", help="where reruns are kept (default: benchmarks/results/seed_noise/<bench directory>)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
 
@@ -57,7 +58,7 @@ def main() -> int:
         if not match:
             parser.error(f"--also {name}: no run of {spec.benchmark} has that method and rate")
         chosen += [r for r in match if r not in chosen]
-    runs = Path(args.runs)
+    runs = Path(args.runs) if args.runs else ROOT / "benchmarks" / "results" / "seed_noise" / bench.resolve().name
     total = len(chosen) * args.seeds
     print(f"{total} runs ({len(chosen)} configurations x {args.seeds} seeds); about 40 s each on 2 CPU cores",
           flush=True)
@@ -69,8 +70,9 @@ def main() -> int:
     lines = _report(spec.benchmark, records[0].metric, scores,
                     " ".join(["python", "benchmarks/seed_noise.py", *sys.argv[1:]]), top=args.top)
     out = Path(args.out)
-    (out / "seed_noise.md").write_text("\n".join(lines))
-    (out / "seed_noise.json").write_text(json.dumps({"benchmark": spec.benchmark, "scores": scores}, indent=2))
+    (out / f"seed_noise-{bench.resolve().name}.md").write_text("\n".join(lines))
+    (out / f"seed_noise-{bench.resolve().name}.json").write_text(
+        json.dumps({"benchmark": spec.benchmark, "scores": scores}, indent=2))
     print("\n".join(lines))
     return 0
 
