@@ -39,7 +39,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
 
-    from autopeft.bench import BENCH_FILE, RECORDS_FILE, BenchSpec
+    from autopeft.bench import BENCH_FILE, RECORDS_FILE, BenchSpec, run_file
     from autopeft.profiles import read_jsonl
 
     bench = Path(args.bench)
@@ -60,8 +60,12 @@ def main() -> int:
         chosen += [r for r in match if r not in chosen]
     runs = Path(args.runs) if args.runs else ROOT / "benchmarks" / "results" / "seed_noise" / bench.resolve().name
     total = len(chosen) * args.seeds
-    print(f"{total} runs ({len(chosen)} configurations x {args.seeds} seeds); about 40 s each on 2 CPU cores",
-          flush=True)
+    todo = [(r, seed) for r in chosen for seed in range(1, args.seeds + 1)
+            if not run_file(runs, f"{r.experiment} seed={seed}").is_file()]
+    # each rerun takes about what the bench's run took (its training time, plus loading and scoring)
+    minutes = sum(r.train_seconds or 60 for r, _ in todo) * 1.3 / 60
+    print(f"{total} runs ({len(chosen)} configurations x {args.seeds} seeds), {len(todo)} not kept yet: "
+          f"about {minutes:.0f} min", flush=True)
     scores: dict[str, list[float]] = {}
     for record in chosen:
         scores[record.experiment] = [record.score]
