@@ -431,10 +431,6 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, pr
         close = _too_close_to_call(chosen, candidates[order[1]]) if goal.quality == 1 and n > 1 else None
         if close:
             parts.append(close)
-    if mode in ("pilot", "pilot-loss"):
-        unlearned = _not_learned_yet(candidates, prior_loss)
-        if unlearned:
-            parts.append(unlearned)
     elif mode == "static":
         parts.append("ranked without pilots, from its cost and how the method did in the stored profiles")
     elif mode == "pilot-loss":
@@ -442,6 +438,9 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, pr
                      f"profiles hold pilot curves of too few benchmarks to learn more from")
     else:
         parts.append("no pilot ran and no profiles are stored: the first feasible method")
+    unlearned = _not_learned_yet(candidates, prior_loss) if mode in ("pilot", "pilot-loss") else None
+    if unlearned:
+        parts.append(unlearned)
     memory = chosen.peak_memory_bytes
     if memory:
         parts.append(f"it needs about {format_size(memory)}" + (f" of the {format_size(limit)} allowed" if limit else ""))

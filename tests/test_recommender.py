@@ -168,6 +168,14 @@ def test_a_classification_choice_says_when_no_pilot_beat_the_label_frequencies()
     learning = stuck + [Candidate(name="dora", method="dora", pilot=pilot(0.55))]
     assert _not_learned_yet(learning, prior) is None
     assert _not_learned_yet(stuck, None) is None  # not a classification task
+    # said whichever way the pilots were ranked, beside what that ranking rests on
+    from autopeft.recommend import _explain
+
+    stuck = [c.model_copy(update={"learning_rate": 1e-3}) for c in stuck]
+    for mode, because in (("pilot", "the recommender predicts it will finish best"),
+                          ("pilot-loss", "reached the lowest loss")):
+        text = _explain(stuck[0], None, stuck, None, [0, 1], mode, None, Objective(), {}, prior_loss=prior)
+        assert because in text and "no pilot has yet learned more than the label frequencies" in text
 
 
 def test_pareto_front_keeps_only_undominated_candidates():
