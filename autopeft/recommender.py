@@ -31,12 +31,13 @@ hinge shared by both kinds (3.84 / 1.93 / 4.35). Also tried there: a hinge for c
 (within 0.5 points), a flag on each method's largest rate (single draw at 0.1: 2.77 points against
 1.25), and each pilot's loss over the best of its own method's pilots (no change at all). All these
 were tried on those 7 tasks, so a task added afterwards judged the choice:
-``bench-gsm8k-division-minilm`` (does a GSM8K question's solution divide?). There two slopes chose 6.35 / 5.37 / 5.58 points from the best over
-subsets, one slope 5.80 / 6.42 / 6.33, and a random pick about 6.1: no better than chance either way,
-on a task where 27 of 47 runs end at the majority class and the best pilot up to a fifth of the run
-ends at 0.66 to 0.70, about the loss of the label frequencies (0.69). Over all 8 tasks:
-classification 4.74 / 2.63 / 3.64 points (one slope 6.90 / 5.18 / 5.71), the rest 3.9 / 1.5 / 1.6% of
-the spread (4.0 / 1.7 / 1.6%), better than every baseline on 3 / 6 / 5 of 8 (4 / 4 / 3).
+``bench-gsm8k-division-minilm`` (does a GSM8K question's solution divide?). There two slopes chose
+6.35 / 5.37 / 5.58 points from the best over subsets, one slope 5.80 / 6.42 / 6.33, and a random
+pick about 6.1: no better than chance either way, on a task where 27 of 47 runs end at the majority
+class and the best pilot up to a fifth of the run ends at 0.66 to 0.70, about the loss of the label
+frequencies (0.69). Over all 8 tasks: classification 4.74 / 2.63 / 3.64 points (one slope 6.90 /
+5.18 / 5.71), the rest 3.9 / 1.5 / 1.6% of the spread (4.0 / 1.7 / 1.6%), better than every baseline
+on 3 / 6 / 5 of 8 (4 / 4 / 3).
 
 Before the second slope: with no classification bench but SST-2, a fold judging one learned from no
 classification task (a fold leaves out its own data), so with a weight per kind it applied none, and
