@@ -37,17 +37,22 @@ def test_recommender_learns_that_lower_pilot_loss_finishes_better():
     assert int(np.argmax(predicted)) == 0  # m0 has the lowest loss and the best score
 
 
-def _two_rates(bench, seed):
-    """Each method at two learning rates: the larger one's pilot loss is lower, yet it finishes worse."""
+def _rates(bench, seed, plan):
+    """Each of 4 methods at the learning rates of ``plan``, (rate, its pilot's lead, its final cost) each."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(4):
-        for lr, lead, cost in ((1e-3, 0.0, 0.0), (3e-3, 0.04, 0.06)):
+        for lr, lead, cost in plan:
             end = 1.0 + 0.1 * i - lead + rng.normal(0, 0.005)
             record = _record(bench, f"m{i} lr={lr:g}", 0.9 - 0.05 * i - cost, list(np.linspace(3.0, end, 20)),
                              method=f"m{i}")
             out.append(record.model_copy(update={"learning_rate": lr}))
     return out
+
+
+def _two_rates(bench, seed):
+    """Each method at two learning rates: the larger one's pilot loss is lower, yet it finishes worse."""
+    return _rates(bench, seed, ((1e-3, 0.0, 0.0), (3e-3, 0.04, 0.06)))
 
 
 def test_recommender_learns_to_discount_the_pilot_lead_of_a_methods_larger_learning_rate():
@@ -70,15 +75,7 @@ def test_what_a_larger_rate_predicts_is_learned_per_kind_of_task_and_not_carried
 def _three_rates(bench, seed):
     """Each method at three learning rates: the larger the rate, the lower its pilot loss, but the best
     final score is the middle rate's; the largest, past the method's range, leads and falls back."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(4):
-        for lr, lead, cost in ((1e-3, 0.0, 0.05), (3e-3, 0.04, 0.0), (1e-2, 0.08, 0.03)):
-            end = 1.0 + 0.1 * i - lead + rng.normal(0, 0.005)
-            record = _record(bench, f"m{i} lr={lr:g}", 0.9 - 0.05 * i - cost, list(np.linspace(3.0, end, 20)),
-                             method=f"m{i}")
-            out.append(record.model_copy(update={"learning_rate": lr}))
-    return out
+    return _rates(bench, seed, ((1e-3, 0.0, 0.05), (3e-3, 0.04, 0.0), (1e-2, 0.08, 0.03)))
 
 
 def test_recommender_learns_that_a_larger_rate_helps_only_up_to_the_middle_of_the_methods_range():
