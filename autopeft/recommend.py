@@ -125,7 +125,6 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         method-comparison layout), besides the shipped ones and this machine's store.
     :param leave_out: benchmarks whose records are not learned from (to evaluate on one of them).
     """
-    from .data import prepare_data
     from .loading import load_tokenizer
     from .models import DEFAULT_MODEL, load_config
     from .plugins import get_methods
@@ -159,9 +158,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
                            validation_fraction=validation_fraction, seed=seed, data_seed=data_seed,
                            trust_remote_code=trust_remote_code, quantize=quantize)
     # the pilots train on the sample and split the fine-tune will, so their losses are its losses
-    prepared = prepare_data(data, tokenizer, task=task, validation_path=validation, max_length=max_length,
-                            max_examples=max_examples, validation_fraction=validation_fraction,
-                            seed=options.sample_seed)
+    prepared = options.prepare(tokenizer, test=False)
     options.task = task = prepared.info.task
     total_steps = _total_steps(options, len(prepared.train))
     config = load_config(model, trust_remote_code=trust_remote_code)
@@ -513,19 +510,21 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
     """
     from pathlib import Path
 
+    import inspect
+
     from .outputs import check_output_dir
+    from .training import TrainOptions
 
     constraints = constraints or Constraints()
     out = Path(output_dir).expanduser()
     if resume:
         return _resume_tune(out, progress)
     check_output_dir(out, resume=False, overwrite=overwrite)
-    keys = ("model", "task", "validation", "batch_size", "epochs", "max_steps", "max_length", "max_examples",
-            "validation_fraction", "seed", "data_seed", "trust_remote_code", "num_processes", "accelerate_config",
-            "quantize")
+    # every training option recommend takes is handed on, so a new one needs no second list to reach the pilots
+    passed = set(inspect.signature(recommend).parameters) & set(TrainOptions.model_fields) - {"data"}
     rec = recommend(data, constraints=constraints, objective=objective, target_gpu=target_gpu, pilot=pilot,
                     pilot_fraction=pilot_fraction, pilot_seconds=pilot_seconds, say=say,
-                    **{k: options[k] for k in keys if options.get(k) is not None})
+                    **{k: v for k, v in options.items() if k in passed and v is not None})
     # the fit's micro-batch, accumulation and checkpointing; a learning rate the user gave wins over the pilots'
     chosen = {"method": rec.chosen, "settings": rec.settings, "batch_size": rec.batch_size,
               "gradient_accumulation_steps": rec.gradient_accumulation_steps,

@@ -81,6 +81,16 @@ class TrainOptions(BaseModel):
         """The seed of the --max-examples sample and of the validation split."""
         return self.seed if self.data_seed is None else self.data_seed
 
+    def prepare(self, tokenizer, *, test: bool = True):
+        """The data as a run with these options trains on it (sample, split, tokens); with ``test``
+        the ``--test`` file too. A pilot and the fine-tune it stands for see the same examples."""
+        from .data import prepare_data
+
+        return prepare_data(self.data, tokenizer, task=self.task, validation_path=self.validation,
+                            validation_fraction=self.validation_fraction, max_length=self.max_length,
+                            train_on_inputs=self.train_on_inputs, pack=self.pack, max_examples=self.max_examples,
+                            seed=self.sample_seed, test_path=self.test if test else None)
+
 
 def train(data: str | None = None, *, output_dir: str, resume: bool = False, overwrite: bool = False,
           progress: bool = True, recommendation: dict | None = None, **options) -> RunRecord:
@@ -200,7 +210,6 @@ class _Run:
     # -- data and model ------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        from .data import prepare_data
         from .loading import load_tokenizer
         from .models import DEFAULT_MODEL, EMBEDDED
 
@@ -214,12 +223,7 @@ class _Run:
             model = DEFAULT_MODEL[task]
         self.model_name = model
         self.tokenizer = load_tokenizer(model, trust_remote_code=opts.trust_remote_code)
-        self.data = prepare_data(
-            opts.data, self.tokenizer, task=opts.task, validation_path=opts.validation,
-            validation_fraction=opts.validation_fraction, max_length=opts.max_length,
-            train_on_inputs=opts.train_on_inputs, pack=opts.pack, max_examples=opts.max_examples,
-            seed=opts.sample_seed,
-            test_path=None if opts.pilot_steps else opts.test)
+        self.data = opts.prepare(self.tokenizer, test=not opts.pilot_steps)
         self.task = self.data.info.task
         if self.task not in self.method.tasks:
             raise BadInputError(f"method {self.method.name} does not support {self.task} "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from autopeft.cli import main
@@ -211,8 +212,6 @@ def test_a_cost_model_its_pilot_proves_wrong_is_named_and_judged_by_the_measurem
 
 
 def test_pilots_sample_and_split_the_data_as_the_fine_tune_will(trainable_llama, tmp_path, monkeypatch):
-    import pytest
-
     import autopeft.recommend as recommend_module
     from autopeft.constraints import Constraints
 
