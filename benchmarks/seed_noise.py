@@ -83,10 +83,10 @@ def main() -> int:
 
 def seeded(spec, seed: int):
     """``spec`` with training seed ``seed``, on the data sample and split the bench's runs had."""
-    options = dict(spec.options)
-    options["data_seed"] = options.get("data_seed", options.get("seed", 0))
-    options["seed"] = seed
-    return spec.model_copy(update={"options": options})
+    from autopeft.training import TrainOptions
+
+    sample_seed = TrainOptions(data=spec.data, output_dir="-", **spec.options).sample_seed
+    return spec.model_copy(update={"options": {**spec.options, "data_seed": sample_seed, "seed": seed}})
 
 
 def _score(runs: Path, spec, record, seed: int) -> float:
