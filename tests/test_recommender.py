@@ -87,6 +87,33 @@ def test_recommender_learns_that_a_larger_rate_helps_only_up_to_the_middle_of_th
     assert test[int(np.argmax(rec.predict(test)))].name == "m0 lr=0.003"
 
 
+def _risky_rates(bench, seed):
+    """Each method at two rates: the larger leads its pilot and ends a point better, except on one
+    method, where it ends 30 points worse."""
+    runs = _rates(bench, seed, ((1e-3, 0.0, 0.0), (3e-3, 0.04, -0.01)))
+    return [r.model_copy(update={"score": r.score - 0.3}) if r.experiment == "m2 lr=0.003" else r for r in runs]
+
+
+def test_recommender_weighs_how_far_a_run_falls_not_only_how_many_rivals_it_falls_behind():
+    rec = Recommender().fit(_risky_rates("a", 0) + _risky_rates("b", 1) + _risky_rates("c", 2))
+    test = [Candidate.from_record(r, 0.3) for r in _risky_rates("d", 3)]
+    # by rank, the larger rate wins three methods of four; by points, it loses 6.75 on average
+    assert test[int(np.argmax(rec.predict(test)))].name == "m0 lr=0.001"
+
+
+def test_the_target_keeps_distances_and_a_few_diverged_runs_do_not_squeeze_the_rest():
+    from autopeft.recommender import _standing
+
+    # one run in twelve diverged, as on the GSM8K bench, where its loss stretches the spread fivefold
+    losses = np.array([1.20, 1.22, 1.25, 1.30, 1.40, 1.50, 1.60, 1.70, 1.80, 1.90, 2.00, 6.7])
+    standing = _standing(-losses)
+    assert standing[0] == 1.0 and standing[-1] == 0.0 and np.all(np.diff(standing) <= 0)
+    # 0.1 of loss costs the same standing wherever it falls among the runs that did not diverge
+    assert np.allclose(np.diff(standing[3:10]), standing[4] - standing[3])
+    assert standing[0] - standing[1] == pytest.approx((standing[3] - standing[4]) / 5)  # 0.02 of loss, a fifth
+    assert np.median(standing[:-1]) < 0.7  # a min-max share puts every run that did not diverge above 0.85
+
+
 def test_replay_takes_one_methods_learning_rates_as_its_configurations_as_tune_does():
     from autopeft.halving import best_of_each
     from autopeft.replay import _configurations
