@@ -221,6 +221,15 @@ def _print_estimate(r) -> None:
     click.echo(f"  {'without' if r.gradient_checkpointing else 'with'} gradient checkpointing: {format_size(other)}")
 
 
+def _with(options: list):
+    """A decorator that adds click ``options`` to a command, listed in its help in the order given."""
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
 def _training_options(command, outputs: bool = True):
     """Options shared by ``train``, ``tune`` and ``bench``: data, model, schedule and (unless
     ``outputs`` is false) where a single run's outputs go."""
@@ -228,8 +237,6 @@ def _training_options(command, outputs: bool = True):
         click.argument("data", required=False, type=click.Path(dir_okay=True)),
         click.option("--model", "-m", help="Embedded name, local dir or Hub id. Default: the task's embedded model."),
         click.option("--validation", type=click.Path(dir_okay=True), help="Validation file. Default: split 10% off."),
-        click.option("--validation-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
-                     help="Share of the data split off for validation when no file is given. Default 0.1."),
         click.option("--test", type=click.Path(dir_okay=True),
                      help="Test file, scored once after training (never used to stop or choose)."),
         click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Default: from the data format."),
@@ -250,19 +257,27 @@ def _training_options(command, outputs: bool = True):
         click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint every N steps. Default: at evaluations."),
         click.option("--early-stopping", "early_stopping_patience", type=click.IntRange(min=0),
                      help="Stop after N evaluations without improvement (0: never). Default 3."),
-        click.option("--train-on-inputs", is_flag=True, default=None, help="Loss on prompts too, not only responses."),
-        click.option("--pack", is_flag=True, default=None, help="Pack examples into full-length blocks."),
-        click.option("--seed", type=int, help="Default 0."),
-        click.option("--data-seed", type=int,
-                     help="Seed of the --max-examples sample and the validation split. Default: --seed."),
+        *_data_shaping_options(),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code."),
         click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle (.bin) weights, which can run code."),
     ]
     if outputs:
         options += _output_options()
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options)(command)
+
+
+def _data_shaping_options() -> list:
+    """How the data is sampled, split and shaped: ``recommend`` takes them too, so that its pilots
+    train on the examples the fine-tune will."""
+    return [
+        click.option("--validation-fraction", type=click.FloatRange(min=0, max=1, min_open=True, max_open=True),
+                     help="Share of the data split off for validation when no file is given. Default 0.1."),
+        click.option("--train-on-inputs", is_flag=True, default=None, help="Loss on prompts too, not only responses."),
+        click.option("--pack", is_flag=True, default=None, help="Pack examples into full-length blocks."),
+        click.option("--seed", type=int, help="Default 0."),
+        click.option("--data-seed", type=int,
+                     help="Seed of the --max-examples sample and the validation split. Default: --seed."),
+    ]
 
 
 def _output_options() -> list:
@@ -392,9 +407,7 @@ def _choice_options(command):
                                             "or a duration such as 5m."),
         click.option("--no-pilot", is_flag=True, help="Rank from the cost model and stored profiles only."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return _with(options)(command)
 
 
 def _choice_kwargs(max_vram, max_adapter_size, max_rank, max_trainable_params, time_budget, only, exclude, require,
@@ -433,6 +446,7 @@ _CHOICE_KEYS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_param
 @click.option("--max-examples", type=click.IntRange(min=1))
 @click.option("--quantize", type=click.Choice(["4bit", "8bit"]),
               help="Plan for a base loaded in 4 or 8 bits (QLoRA-style; CUDA with bitsandbytes).")
+@_with(_data_shaping_options())
 @_choice_options
 @click.option("--profiles", multiple=True, type=click.Path(exists=True),
               help="More profile records to learn from (JSONL, or a dir of PEFT benchmark results); repeatable.")

@@ -108,7 +108,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
               learning_rates_per_method: int = 2, batch_size: int = 8, epochs: float = 3.0,
               max_steps: int | None = None, max_length: int = 512, max_examples: int | None = None,
               validation_fraction: float = 0.1, seed: int = 0, data_seed: int | None = None,
-              trust_remote_code: bool = False, profiles: list[str] | None = None, leave_out: list[str] | None = None,
+              pack: bool = False, train_on_inputs: bool = False, trust_remote_code: bool = False, profiles: list[str] | None = None, leave_out: list[str] | None = None,
               num_processes: int = 1, accelerate_config: str | None = None, quantize: str | None = None,
               say: Callable[[str], None] | None = None) -> Recommendation:
     """Rank the installed methods for ``data`` under ``constraints``; see the module docstring.
@@ -116,8 +116,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     :param num_processes, accelerate_config: how the fine-tune will run; with several processes the
         memory constraint is per device and ``batch_size`` each device's micro-batch (each pilot
         runs on one device; with several GPUs, one pilot per GPU at a time).
-    :param validation_fraction, seed, data_seed: as for ``train``: the pilots sample and split the data
-        as the fine-tune will.
+    :param validation_fraction, seed, data_seed, pack, train_on_inputs: as for ``train``: the pilots
+        sample, split, pack and mask the data as the fine-tune will.
     :param quantize: ``4bit`` or ``8bit``: a quantised base (CUDA); only methods that train on one are
         candidates, and their memory is estimated so.
 
@@ -155,8 +155,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     started = time.perf_counter()
     options = TrainOptions(data=data, output_dir="-", model=model, task=task, validation=validation, epochs=epochs,
                            max_steps=max_steps, batch_size=batch_size, max_length=max_length, max_examples=max_examples,
-                           validation_fraction=validation_fraction, seed=seed, data_seed=data_seed,
-                           trust_remote_code=trust_remote_code, quantize=quantize)
+                           validation_fraction=validation_fraction, seed=seed, data_seed=data_seed, pack=pack,
+                           train_on_inputs=train_on_inputs, trust_remote_code=trust_remote_code, quantize=quantize)
     # the pilots train on the sample and split the fine-tune will, so their losses are its losses
     prepared = options.prepare(tokenizer, test=False)
     options.task = task = prepared.info.task

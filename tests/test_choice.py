@@ -211,20 +211,34 @@ def test_a_cost_model_its_pilot_proves_wrong_is_named_and_judged_by_the_measurem
     assert rows["lora"].feasible
 
 
-def test_pilots_sample_and_split_the_data_as_the_fine_tune_will(trainable_llama, tmp_path, monkeypatch):
+class _Seen(Exception):
+    """Raised by a stand-in for the pilots: what they were given is all a test needs."""
+
+
+@pytest.mark.parametrize("entry", ["tune", "recommend command"])
+def test_pilots_sample_split_and_pack_the_data_as_the_fine_tune_will(entry, trainable_llama, tmp_path, monkeypatch):
     import autopeft.recommend as recommend_module
     from autopeft.constraints import Constraints
 
     seen = {}
 
     def pilots(feasible, methods, options, *args, **kwargs):
-        seen.update(options.model_dump(include={"seed", "data_seed", "validation_fraction"}))
-        raise KeyboardInterrupt  # enough: what the pilots were given is all this test needs
+        seen.update(options.model_dump(include={"seed", "data_seed", "validation_fraction", "pack",
+                                                "train_on_inputs"}))
+        raise _Seen
 
     monkeypatch.setattr(recommend_module, "_run_pilots", pilots)
-    with pytest.raises(KeyboardInterrupt):
-        recommend_module.tune(str(EXAMPLES / "instructions.jsonl"), output_dir=str(tmp_path / "run"),
-                              model=str(trainable_llama), max_length=64, max_examples=40, batch_size=4, epochs=1,
-                              constraints=Constraints(methods=("lora",)), seed=5, data_seed=2,
-                              validation_fraction=0.2, progress=False)
-    assert seen == {"seed": 5, "data_seed": 2, "validation_fraction": 0.2}
+    data = str(EXAMPLES / "instructions.jsonl")
+    if entry == "tune":
+        with pytest.raises(_Seen):
+            recommend_module.tune(data, output_dir=str(tmp_path / "run"), model=str(trainable_llama), max_length=64,
+                                  max_examples=40, batch_size=4, epochs=1, constraints=Constraints(methods=("lora",)),
+                                  seed=5, data_seed=2, validation_fraction=0.2, pack=True, train_on_inputs=True,
+                                  progress=False)
+    else:
+        result = CliRunner().invoke(main, ["recommend", data, "-m", str(trainable_llama), "--max-length", "64",
+                                           "--max-examples", "40", "-b", "4", "--epochs", "1", "--methods", "lora",
+                                           "--seed", "5", "--data-seed", "2", "--validation-fraction", "0.2",
+                                           "--pack", "--train-on-inputs"])
+        assert seen, result.output  # the command reports the stand-in's exception as an error: no matter
+    assert seen == {"seed": 5, "data_seed": 2, "validation_fraction": 0.2, "pack": True, "train_on_inputs": True}
