@@ -215,15 +215,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     if not candidates:
         raise NoFeasibleMethodError("every candidate failed its pilot: " + "; ".join(
             f"{r.method}: {r.excluded_because[-1]}" for r in feasible if r.excluded_because))
-    groups = _by_pilot_length(candidates)
-    predicted = [0.0] * len(candidates)
-    mode = "pilot"
-    for depth, members in enumerate(groups):
-        sub = [candidates[i] for i in members]
-        scores = recommender.predict(sub)
-        mode = recommender.mode(sub) if depth == 0 else mode
-        for i, s in zip(members, scores):
-            predicted[i] = float(s) - depth  # a longer pilot that survived halving ranks above
+    predicted, mode = _predict_by_rung(candidates, recommender)
     scores = objective_scores(candidates, predicted, goal)
     front = pareto_front(candidates, predicted)
     for row, p, f in zip(rows, predicted, front):
@@ -402,6 +394,22 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 peak_memory_bytes=result.peak_memory_bytes, seconds_per_step=result.seconds_per_step,
                 estimated_full_seconds=(result.seconds_per_step or 0) * total_steps or None, curve=result.curve)
     return best
+
+
+def _predict_by_rung(candidates, recommender) -> tuple[list[float], str]:
+    """The recommender's prediction for each candidate, ranked among the pilots as long as its own,
+    and the mode of the longest pilots' ranking. Every survivor of a halving round ranks above every
+    candidate it outlasted: each shorter rung is shifted below the one before by more than the
+    predictions' whole range (they are not bound to [0, 1])."""
+    rungs = _by_pilot_length(candidates)
+    raw = [0.0] * len(candidates)
+    for members in rungs:
+        for i, s in zip(members, recommender.predict([candidates[i] for i in members])):
+            raw[i] = float(s)
+    step = 1.0 + max(raw) - min(raw)
+    depth = {i: d for d, members in enumerate(rungs) for i in members}
+    mode = recommender.mode([candidates[i] for i in rungs[0]])
+    return [s - step * depth[i] for i, s in enumerate(raw)], mode
 
 
 def _by_pilot_length(candidates) -> list[list[int]]:

@@ -80,6 +80,33 @@ def test_halving_keeps_the_learning_rate_the_ranking_prefers_not_the_lowest_pilo
     assert [c.name for c in alive] == ["lora@0.001", "ia3@0.003"]  # the best of three methods: two go on
 
 
+def test_a_survivor_of_halving_ranks_above_every_candidate_it_outlasted_whatever_the_predictions():
+    """The recommender's predictions are not bound to [0, 1] (on the shipped profiles one in twelve
+    falls below 0), so a survivor predicted low must still rank above a dropped candidate predicted high."""
+    from autopeft.profiles import CurvePoint
+    from autopeft.recommend import _predict_by_rung
+    from autopeft.recommender import Candidate
+
+    def pilot(steps):
+        return [CurvePoint(step=s, train_loss=1.0) for s in range(1, steps + 1)]
+
+    candidates = [Candidate(name=name, method=name, pilot=pilot(steps))
+                  for name, steps in (("dropped", 3), ("survivor", 6), ("rival", 6), ("early", 1))]
+    predictions = {"dropped": 0.9, "survivor": -0.8, "rival": -0.9, "early": 1.4}
+
+    class Fake:
+        def predict(self, subset):
+            return [predictions[c.name] for c in subset]
+
+        def mode(self, subset):
+            return "pilot"
+
+    predicted, mode = _predict_by_rung(candidates, Fake())
+    order = sorted(range(4), key=lambda i: -predicted[i])
+    assert [candidates[i].name for i in order] == ["survivor", "rival", "dropped", "early"] and mode == "pilot"
+    assert predicted[1] == -0.8  # the longest pilots keep the recommender's own numbers
+
+
 def test_recommend_json_follows_the_contract(trainable_llama):
     res = CliRunner().invoke(main, ["recommend", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
                                     *FAST, "--methods", "lora,ia3,vera", "--pilot-budget", "60s", "--json"])
