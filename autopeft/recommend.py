@@ -108,7 +108,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
               learning_rates_per_method: int = 2, batch_size: int = 8, epochs: float = 3.0,
               max_steps: int | None = None, max_length: int = 512, max_examples: int | None = None,
               validation_fraction: float = 0.1, seed: int = 0, data_seed: int | None = None,
-              pack: bool = False, train_on_inputs: bool = False, trust_remote_code: bool = False, profiles: list[str] | None = None, leave_out: list[str] | None = None,
+              pack: bool = False, train_on_inputs: bool = False, trust_remote_code: bool = False,
+              profiles: list[str] | None = None, leave_out: list[str] | None = None,
               num_processes: int = 1, accelerate_config: str | None = None, quantize: str | None = None,
               say: Callable[[str], None] | None = None) -> Recommendation:
     """Rank the installed methods for ``data`` under ``constraints``; see the module docstring.

@@ -15,10 +15,10 @@ classification) apart: a kind the profiles lack gets no weight at all.
 The second slope is what "larger is better, up to a point" needs, which one slope cannot say.
 Learned on every shipped profile, in standing (the target, below) per tenfold of learning rate:
 +0.47 (causal LM) and +0.55 (classification) below the middle of a method's rates, -0.10 and -0.17
-above it. A rate past the middle gets no credit for its pilot's lead, and loses some. With one slope, both
-weights came out positive, and the costly leave-one-task-out picks on all three SST-2 benches were a
-method's largest rate (past the edge of its range, a rate the benches added), which leads the pilot
-and ends several points below the best (LoRA at 1.1e-2 on the held-out bench: 74.1% over four
+above it. A rate past the middle gets no credit for its pilot's lead, and loses some. With one
+slope, both weights came out positive, and the costly leave-one-task-out picks on all three SST-2
+benches were a method's largest rate (past the edge of its range, a rate the benches added), which
+leads the pilot and ends several points below the best (LoRA at 1.1e-2 on the held-out bench: 74.1% over four
 training seeds, against LiLy at 8e-3, the best, 80.8%).
 Leave-one-task-out (``benchmarks/leave_one_task_out.py``, 7 tasks, over random two-thirds of each
 task's runs at pilot budgets 0.1 / 0.15 / 0.2) went from 6.68 / 5.01 / 5.64 points of accuracy on the
