@@ -111,6 +111,9 @@ STEPS = [
     # ranking would another seed keep? beside its best five, leave-one-task-out's pick at budget 0.1
     ("seed_noise_division", [sys.executable, "benchmarks/seed_noise.py", "--bench",
                              "benchmarks/results/bench/gsm8k-division-minilm", "--also", "ia3@0.005"], None, "20 min"),
+    # the other GSM8K-derived task: beside its best five, leave-one-task-out's usual pick at budget 0.1
+    ("seed_noise_steps", [sys.executable, "benchmarks/seed_noise.py", "--bench",
+                          "benchmarks/results/bench/gsm8k-steps-minilm", "--also", "lokr@0.001"], None, "30 min"),
     ("sst2_choice", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "90s"], None, "5 min"),
     # the limit is 15% of the brute force (18 min): the budget that spends close to it
     ("sst2_choice_150s", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "150s"], None, "5 min"),
