@@ -109,8 +109,8 @@ the choice is within the seed noise; on the three SST-2 tasks it did the same or
 rank target: a rate's place in the range its plugin declares for the task (log10 of its ratio to the
 middle of that range, and how far past its top), in place of or beside the place among the rates
 tried: worse on classification at every budget (4.82 / 3.63 / 4.19 and 5.57 / 3.86 / 4.56 against
-4.74 / 2.63 / 3.64), since the benches' rates and the plugins' ranges do not line up. Training rows
-are made by cutting each record's curve at several pilot fractions.
+4.74 / 2.63 / 3.64), perhaps because the benches swept rates around other centres than the plugins'
+ranges. Training rows are made by cutting each record's curve at several pilot fractions.
 """
 
 from __future__ import annotations
