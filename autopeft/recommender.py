@@ -104,13 +104,15 @@ every budget (4.41 / 6.26 / 5.80; as a rank, 4.34 / 3.15 / 4.29). A pairwise mod
 regression on the feature differences of every two runs of a benchmark, weighted by their difference
 in standing, as in a ranking SVM) chose better on classification at budgets 0.1 and 0.2 (3.59 / 2.66
 / 3.10 points, and so over two more draws of subsets) but only on the two GSM8K-derived tasks, where
-the choice is within the seed noise; on the three SST-2 tasks it did the same or a little worse
-(1.59 / 1.53 / 1.92 against 1.55 / 1.41 / 1.95), so the simpler Ridge stayed. Also tried, with the
-rank target: a rate's place in the range its plugin declares for the task (log10 of its ratio to the
-middle of that range, and how far past its top), in place of or beside the place among the rates
-tried: worse on classification at every budget (4.82 / 3.63 / 4.19 and 5.57 / 3.86 / 4.56 against
-4.74 / 2.63 / 3.64), perhaps because the benches swept rates around other centres than the plugins'
-ranges. Training rows are made by cutting each record's curve at several pilot fractions.
+no pilot at these budgets has learned more than the label frequencies (at 0.1 a GSM8K-steps pilot is
+5 steps), so a different model there is a different draw, not a better reading; on the three SST-2
+tasks it did the same or a little worse (1.59 / 1.53 / 1.92 against 1.55 / 1.41 / 1.95), so the
+simpler Ridge stayed. Also tried, with the rank target: a rate's place in the range its plugin
+declares for the task (log10 of its ratio to the middle of that range, and how far past its top), in
+place of or beside the place among the rates tried: worse on classification at every budget (4.82 /
+3.63 / 4.19 and 5.57 / 3.86 / 4.56 against 4.74 / 2.63 / 3.64), perhaps because the benches swept
+rates around other centres than the plugins' ranges. Training rows are made by cutting each record's
+curve at several pilot fractions.
 """
 
 from __future__ import annotations
