@@ -11,8 +11,14 @@ imports (torch, transformers with its Trainer, peft, autopeft's training module)
 what it would in autopeft; a bare subprocess that only imports them measures the runtime baseline
 that ``RUNTIME_BYTES["cpu"]`` stands for.
 
+The same two architectures are also measured at other depths (``DEPTHS``: LoRA and full fine-tuning
+at the smaller batch), built from their configs with the number of layers changed and random weights
+(peak memory does not depend on the weights' values): the CPU heap holds more of the forward pass's
+temporaries the deeper the model, which two depths alone cannot tell from a difference between the
+two architectures.
+
 SmolLM2 ships as GGUF, which takes ~25 s to dequantise; it is converted once to a safetensors copy
-under the temp dir (in a subprocess too) and every run loads that copy. Run (about 15 minutes on
+under the temp dir (in a subprocess too) and every run loads that copy. Run (about 20 minutes on
 2 cores; ``--quick`` about half):
 
     python benchmarks/cpu_memory.py [--quick] [--json OUT] [--measured EARLIER_JSON]
@@ -38,6 +44,9 @@ MODELS = {
     "smollm2-135m": ("causal-lm", (4, 8), 256),
     "minilm-l6": ("seq-cls", (16, 64), 128),
 }
+#: (model, layers): the model's architecture at another depth, with random weights
+DEPTHS = (("smollm2-135m", 8), ("smollm2-135m", 15), ("minilm-l6", 3), ("minilm-l6", 12), ("minilm-l6", 24))
+DEPTH_METHODS = ("lora", "full")
 #: (model, method, batch) also measured with gradient checkpointing on
 CHECKPOINTED = (("smollm2-135m", "lora", 8), ("smollm2-135m", "full", 2), ("minilm-l6", "lora", 64))
 STEPS = 3
@@ -75,6 +84,11 @@ def main() -> int:
                for batch in batches]
     configs += [(model, method, batch, MODELS[model][2], True) for model, method, batch in CHECKPOINTED
                 if not args.quick]
+    configs = [(*config, None) for config in configs]
+    if not args.quick:
+        for model, layers in DEPTHS:
+            run_in_subprocess({"job": "config", "model": model, "layers": layers})
+            configs += [(model, method, MODELS[model][1][0], MODELS[model][2], False, layers) for method in DEPTH_METHODS]
     # every training run is measured before this process imports torch: a child's ru_maxrss starts
     # from its parent's peak RSS (Linux carries it across fork and exec), so the parent must stay small
     measured = [measure(*config) for config in configs]
@@ -99,15 +113,16 @@ def run_in_subprocess(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(model: str, method: str, batch: int, seq_len: int, checkpointing: bool) -> dict:
+def measure(model: str, method: str, batch: int, seq_len: int, checkpointing: bool, layers: int | None) -> dict:
     """Train in a fresh subprocess; the row with its peak RSS (or the error that stopped it)."""
-    row = {"model": model, "method": method, "batch": batch, "seq_len": seq_len, "checkpointing": checkpointing}
+    row = {"model": model, "method": method, "batch": batch, "seq_len": seq_len, "checkpointing": checkpointing,
+           "layers": layers}
     try:
         result = run_in_subprocess({"job": "train", **row})
     except RuntimeError as exc:
         print(f"{model} {method} batch {batch}: {exc}", file=sys.stderr, flush=True)
         return {**row, "error": str(exc)}
-    print(f"{model} {method} batch {batch} x {seq_len}{' checkpointed' if checkpointing else ''}: peak RSS {result['peak_rss_bytes'] / MIB:,.0f} MiB, steps "
+    print(f"{_name(row)} {method} batch {batch} x {seq_len}{' checkpointed' if checkpointing else ''}: peak RSS {result['peak_rss_bytes'] / MIB:,.0f} MiB, steps "
           f"{', '.join(f'{s:.1f}' for s in result['step_seconds'])} s", file=sys.stderr, flush=True)
     return {**row, **result, "error": None}
 
@@ -119,7 +134,8 @@ def predict(row: dict) -> dict:
     if row["error"]:
         return row
     try:
-        est = autopeft.estimate(row["model"], row["method"], task=MODELS[row["model"]][0], batch_size=row["batch"],
+        model = str(depth_config_dir(row["model"], row["layers"])) if row.get("layers") else row["model"]
+        est = autopeft.estimate(model, row["method"], task=MODELS[row["model"]][0], batch_size=row["batch"],
                                 seq_len=row["seq_len"], dtype="fp32", device="cpu",
                                 gradient_checkpointing=row["checkpointing"])
     except autopeft.AutopeftError as exc:
@@ -137,7 +153,7 @@ def print_report(rows: list[dict], baseline: int, elapsed: float) -> None:
           "| predicted (MiB) | error |")
     print("|---|---|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
-        head = (f"| {r['model']} | {r['method']} | {r['batch']} | {r['seq_len']} "
+        head = (f"| {_name(r)} | {r['method']} | {r['batch']} | {r['seq_len']} "
                 f"| {'yes' if r['checkpointing'] else 'no'} |")
         if r["error"]:
             print(f"{head} - | - | - | failed: {r['error']} |")
@@ -159,11 +175,21 @@ def print_report(rows: list[dict], baseline: int, elapsed: float) -> None:
     print(f"wall time: {elapsed / 60:.1f} min")
 
 
+def _name(row: dict) -> str:
+    return f"{row['model']} at {row['layers']} layers" if row.get("layers") else row["model"]
+
+
+def depth_config_dir(model: str, layers: int) -> Path:
+    """Where the config of ``model`` at ``layers`` layers is kept: a model dir ``estimate`` reads."""
+    return SMOLLM2_COPY.parent / f"{model}-{layers}-layers"
+
+
 # --- what runs in the subprocesses ---------------------------------------------------------------
 
 
 def run_child(spec: dict) -> dict:
-    jobs = {"convert": convert_smollm2, "baseline": measure_baseline, "train": measure_training}
+    jobs = {"convert": convert_smollm2, "config": write_depth_config, "baseline": measure_baseline,
+            "train": measure_training}
     return jobs[spec["job"]](spec)
 
 
@@ -195,6 +221,20 @@ def convert_smollm2(spec: dict) -> dict:
     return {"path": str(SMOLLM2_COPY)}
 
 
+def write_depth_config(spec: dict) -> dict:
+    """The config of the model at another number of layers, alone in its dir."""
+    from transformers import AutoConfig
+
+    from autopeft.models import EMBEDDED, embedded_dir
+
+    source = SMOLLM2_COPY if spec["model"] == "smollm2-135m" else embedded_dir(EMBEDDED[spec["model"]])
+    config = AutoConfig.from_pretrained(str(source))
+    config.num_hidden_layers = spec["layers"]
+    target = depth_config_dir(spec["model"], spec["layers"])
+    config.save_pretrained(str(target))
+    return {"path": str(target)}
+
+
 def import_training_runtime() -> None:
     """What a process that runs ``autopeft train`` has imported before it loads a model."""
     import peft  # noqa: F401
@@ -209,12 +249,16 @@ def measure_baseline(spec: dict) -> dict:
     return {"peak_rss_bytes": peak_rss_bytes()}
 
 
-def load_model(name: str):
+def load_model(name: str, layers: int | None = None):
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from autopeft.models import EMBEDDED, embedded_dir
 
+    if layers:
+        config = AutoConfig.from_pretrained(str(depth_config_dir(name, layers)), num_labels=2)
+        auto = AutoModelForCausalLM if MODELS[name][0] == "causal-lm" else AutoModelForSequenceClassification
+        return auto.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     if name == "smollm2-135m":
         return AutoModelForCausalLM.from_pretrained(str(SMOLLM2_COPY), dtype=torch.float32, attn_implementation="sdpa")
     return AutoModelForSequenceClassification.from_pretrained(
@@ -231,7 +275,7 @@ def measure_training(spec: dict) -> dict:
 
     task = MODELS[spec["model"]][0]
     torch.manual_seed(0)
-    model = load_model(spec["model"])
+    model = load_model(spec["model"], spec.get("layers"))
     method = autopeft.get_method(spec["method"])
     settings = method.settings({})
     net = method.build(model, settings, task)
