@@ -83,12 +83,12 @@ def test_cpu_overhead_counts_the_heap_the_forward_pass_leaves_behind(tiny_llama_
     assert big > cuda
 
 
-def test_cpu_heap_keeps_a_few_blocks_worth_of_temporaries_and_a_share_that_grows_with_depth(tmp_path):
-    """glibc reuses most of the holes earlier blocks leave, not all: the heap retained on CPU is a few
-    blocks' worth of temporaries plus a share of every block's, so a model twice as deep keeps more, but
-    not twice as much, while a model shallower than the few blocks keeps all of them."""
+def test_cpu_heap_keeps_a_few_blocks_worth_of_temporaries_however_deep_the_model(tmp_path):
+    """The cost model counts a few blocks' worth of temporaries as what the CPU heap retains (glibc
+    reuses most of the holes earlier blocks leave), so a model twice as deep keeps no more, while a
+    model shallower than that keeps all of them. Only an approximation: see HEAP_BLOCKS_RETAINED."""
     import autopeft
-    from autopeft.costmodel import HEAP_BLOCKS_RETAINED, HEAP_SHARE_RETAINED, RUNTIME_BYTES
+    from autopeft.costmodel import HEAP_BLOCKS_RETAINED, RUNTIME_BYTES
 
     from .conftest import TINY_LLAMA, _write_config
 
@@ -97,12 +97,11 @@ def test_cpu_heap_keeps_a_few_blocks_worth_of_temporaries_and_a_share_that_grows
         est = autopeft.estimate(str(directory), "lora", batch_size=4, seq_len=64, device="cpu")
         return est.breakdown.overhead - RUNTIME_BYTES["cpu"], est
 
+    assert 16 > 2 * HEAP_BLOCKS_RETAINED
     deep, deep_est = heap(16)
     deeper, deeper_est = heap(32)
     assert deeper_est.breakdown.activations > 1.8 * deep_est.breakdown.activations
-    assert deep < deeper < 2 * deep
-    blocks = (HEAP_BLOCKS_RETAINED + HEAP_SHARE_RETAINED * 32) / (HEAP_BLOCKS_RETAINED + HEAP_SHARE_RETAINED * 16)
-    assert deeper / deep == pytest.approx(blocks, rel=0.02)
+    assert deeper == pytest.approx(deep, rel=0.02)
     shallow, _ = heap(2)
     assert 0 < shallow < deep
 
