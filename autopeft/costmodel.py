@@ -58,10 +58,10 @@ HEAP_BLOCK_LIMIT = 32 * 2**20
 #: runs of benchmarks/cpu_memory.py without checkpointing, MiniLM-L6 (6 blocks) kept about 0.9 of
 #: its temporaries and SmolLM2-135M (30 blocks) about 0.2, while a number of blocks' worth fits both;
 #: 6.5 gave the smallest largest error (9.7%). Built deeper, the same architecture is under-predicted
-#: more and more (cpu_memory.py's depth runs, LoRA: MiniLM at 3, 12 and 24 layers +3%, -6%, -18%;
-#: SmolLM2 at 8, 15 and 30 +5%, -2%, -10%): the heap keeps a share of every block's temporaries too.
-#: Four blocks' worth plus a quarter of every block's fitted those runs far better (median error 6.1%
-#: to 2.5%), but on the 385 runs of the shipped profiles (the Trainer, real data, padded batches) it
+#: more and more (cpu_memory.py's depth runs, LoRA: MiniLM at 3, 6, 12 and 24 layers +3%, +9%, -6%,
+#: -18%; SmolLM2 at 8, 15 and 30 +5%, -2%, -8%): the heap keeps a share of every block's temporaries
+#: too. Four blocks' worth plus a quarter of every block's fitted such runs far better (median error
+#: 6.1% to 2.5% over 38 runs), but on the 385 runs of the shipped profiles (the Trainer, real data, padded batches) it
 #: did worse (median 2.8% to 4.2%: GSM8K on SmolLM2 1.6% to 5.8% over, SST-2 on MiniLM 2.6% to 6.1%
 #: under, SST-2 on SmolLM2 -7.7% to 2.5%), so what the heap keeps depends on more than the depth;
 #: until that is measured, 6.5 stays
