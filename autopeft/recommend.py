@@ -517,9 +517,8 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
         chosen. (A tune interrupted before its fine-tune began is simply run again: its finished
         pilots are kept on this machine and reused.)
     """
-    from pathlib import Path
-
     import inspect
+    from pathlib import Path
 
     from .outputs import check_output_dir
     from .training import TrainOptions
