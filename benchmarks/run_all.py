@@ -114,6 +114,12 @@ STEPS = [
     # the other GSM8K-derived task: beside its best five, leave-one-task-out's usual pick at budget 0.1
     ("seed_noise_steps", [sys.executable, "benchmarks/seed_noise.py", "--bench",
                           "benchmarks/results/bench/gsm8k-steps-minilm", "--also", "lokr@0.001"], None, "30 min"),
+    # the other two SST-2 benches, whose best five end within 1.3 and 0.5 points: beside them, the
+    # picks leave-one-task-out makes most often at budget 0.15 past the five
+    ("seed_noise_sst2_minilm", [sys.executable, "benchmarks/seed_noise.py", "--bench",
+                                "benchmarks/results/bench/sst2-minilm", "--also", "vblora@0.01"], None, "25 min"),
+    ("seed_noise_sst2_smollm2", [sys.executable, "benchmarks/seed_noise.py", "--bench",
+                                 "benchmarks/results/bench/sst2-smollm2", "--also", "rslora@0.001"], None, "40 min"),
     ("sst2_choice", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "90s"], None, "5 min"),
     # the limit is 15% of the brute force (18 min): the budget that spends close to it
     ("sst2_choice_150s", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "150s"], None, "5 min"),
