@@ -200,6 +200,8 @@ def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_fl
     assert "| a | 80.0 | 78.0 | 80.0 | 79.3 | 1.15 |" in text
     # seed 1: b leads a by 1 point; seed 2: a leads
     assert "lands 0.50 points below the best of these at a fresh seed" in text and "1.00, 0.00" in text
+    # a has the best mean (79.3); the seeds' best are 80, 79 and 80, so a lands 0.33 below on average
+    assert "the best on average (a) lands 0.33 points below the best run of a seed, on average over seeds 0 to 2" in text
 
 
 def test_the_gsm8k_tasks_label_a_problem_by_its_solution():
