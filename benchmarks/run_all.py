@@ -102,7 +102,6 @@ STEPS = [
     ("profile_memory", [sys.executable, "benchmarks/profile_memory.py", "--json",
                         "benchmarks/results/profile_memory.json"], "profile_memory.md", "1 min"),
     ("replay_peft", [sys.executable, "benchmarks/replay_peft.py"], None, "10 s"),
-    ("leave_one_task_out", [sys.executable, "benchmarks/leave_one_task_out.py"], None, "10 s"),
     # beside the bench's best five (DoRA 3e-3 among them, today's leave-one-task-out pick), the two it picked
     # with one rate slope: a rate past the method's range
     ("seed_noise", [sys.executable, "benchmarks/seed_noise.py", "--also", "lora@0.0111", "--also", "shira@0.027"],
@@ -120,6 +119,8 @@ STEPS = [
                                 "benchmarks/results/bench/sst2-minilm", "--also", "vblora@0.01"], None, "25 min"),
     ("seed_noise_sst2_smollm2", [sys.executable, "benchmarks/seed_noise.py", "--bench",
                                  "benchmarks/results/bench/sst2-smollm2", "--also", "rslora@0.001"], None, "40 min"),
+    # after the seed-noise steps: it sets each task's regret beside that task's floor
+    ("leave_one_task_out", [sys.executable, "benchmarks/leave_one_task_out.py"], None, "10 s"),
     ("sst2_choice", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "90s"], None, "5 min"),
     # the limit is 15% of the brute force (18 min): the budget that spends close to it
     ("sst2_choice_150s", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "150s"], None, "5 min"),
