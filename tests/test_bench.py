@@ -216,3 +216,32 @@ def test_the_gsm8k_tasks_label_a_problem_by_its_solution():
     assert script.division("She sold 48/2 = <<48/2=24>>24 clips.\n#### 24") == "yes"
     # a slash outside the calculations (a fraction in the prose, a date) is not a division
     assert script.division("1/2 of them: 10 * 2 = <<10*2=20>>20\n#### 20") == "no"
+
+
+def test_leave_one_task_out_sets_each_classification_task_beside_its_seed_noise_floor(tmp_path):
+    """The results page reads each task's floor from seed_noise's report and puts it beside the choice's
+    regret at every budget; a causal-LM task, or one with no report, is left out."""
+    import importlib.util
+    import json
+
+    from autopeft.replay import SubsetEvaluation
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "leave_one_task_out.py"
+    spec = importlib.util.spec_from_file_location("leave_one_task_out", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "seed_noise-a.json").write_text(json.dumps({"benchmark": "x/a", "scores": {}, "steady_floor": 0.0125}))
+    (tmp_path / "seed_noise-old.json").write_text(json.dumps({"benchmark": "x/old", "scores": {}}))
+    floors = script._seed_noise_floors(tmp_path)
+    assert floors == {"x/a": 1.25}
+
+    def judged(benchmark, task, regret):
+        return SubsetEvaluation(benchmark=benchmark, task=task, metric="accuracy", subsets=40, share=2 / 3,
+                                regret=regret, regret_of_spread=0.1, stderr_of_spread=0.01, baselines={},
+                                baseline_stderr={})
+
+    subsets = {0.1: [judged("x/a", "seq-cls", 3.0), judged("x/b", "seq-cls", 9.0), judged("x/a-lm", "causal-lm", 1.0)],
+               0.2: [judged("x/a", "seq-cls", 2.0), judged("x/b", "seq-cls", 8.0), judged("x/a-lm", "causal-lm", 1.0)]}
+    table = "\n".join(script._noise_table(subsets, {**floors, "x/a-lm": 0.5}))
+    assert "| x/a | 1.25 | 3.00 | 2.00 |" in table and "x/b" not in table and "x/a-lm" not in table
+    assert script._noise_table(subsets, {}) == []
