@@ -15,6 +15,7 @@ plan ranked by pilot loss alone (what the learned model adds).
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -274,6 +275,7 @@ class SubsetEvaluation(BaseModel):
     baselines: dict[str, float | None] = Field(description="mean regret / spread: always LoRA (over the "
                                                            "subsets holding a LoRA run), lowest flat-pilot loss, random")
     baseline_stderr: dict[str, float | None]
+    picks: dict[str, int] = Field(default_factory=dict, description="how many subsets chose each run (by experiment)")
 
     def better_than_every_baseline(self) -> bool:
         return all(v is None or self.regret_of_spread < v for v in self.baselines.values())
@@ -296,10 +298,11 @@ def leave_one_task_out_subsets(records: list[ProfileRecord], budget_fraction: fl
         quality = np.array([r.quality() for r in runs])
         spread = quality.max() - quality.min()
         size = max(3, round(share * len(runs)))
-        ours, theirs = [], []
+        ours, theirs, picks = [], [], Counter()
         for _ in range(subsets):
             sub = [runs[i] for i in sorted(rng.choice(len(runs), size=size, replace=False))]
             chosen = _halving(sub, budget_fraction, learned)[0]
+            picks[chosen.experiment] += 1
             ours.append(max(r.quality() for r in sub) - chosen.quality())
             theirs.append(_baseline_regrets(sub, budget_fraction, spread))
 
@@ -315,7 +318,8 @@ def leave_one_task_out_subsets(records: list[ProfileRecord], budget_fraction: fl
             benchmark=runs[0].benchmark, task=runs[0].task, metric=runs[0].metric, subsets=subsets, share=share,
             regret=_scale(runs) * float(np.mean(ours)), regret_of_spread=float(np.mean(of_spread)),
             stderr_of_spread=float(np.std(of_spread) / np.sqrt(len(of_spread))),
-            baselines={k: m for k, (m, _) in stats.items()}, baseline_stderr={k: e for k, (_, e) in stats.items()}))
+            baselines={k: m for k, (m, _) in stats.items()}, baseline_stderr={k: e for k, (_, e) in stats.items()},
+            picks=dict(picks.most_common())))
     return results
 
 

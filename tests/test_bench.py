@@ -219,8 +219,9 @@ def test_the_gsm8k_tasks_label_a_problem_by_its_solution():
 
 
 def test_leave_one_task_out_sets_each_classification_task_beside_its_seed_noise_floor(tmp_path):
-    """The results page reads each task's floor from seed_noise's report and puts it beside the choice's
-    regret at every budget; a causal-LM task, or one with no report, is left out."""
+    """The results page reads each task's floor and per-configuration means from seed_noise's report,
+    puts the floor beside the choice's regret at every budget, and judges the choices that were
+    retrained by their mean over the seeds; a causal-LM task, or one with no report, is left out."""
     import importlib.util
     import json
 
@@ -230,18 +231,24 @@ def test_leave_one_task_out_sets_each_classification_task_beside_its_seed_noise_
     spec = importlib.util.spec_from_file_location("leave_one_task_out", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    (tmp_path / "seed_noise-a.json").write_text(json.dumps({"benchmark": "x/a", "scores": {}, "steady_floor": 0.0125}))
-    (tmp_path / "seed_noise-old.json").write_text(json.dumps({"benchmark": "x/old", "scores": {}}))
-    floors = script._seed_noise_floors(tmp_path)
-    assert floors == {"x/a": 1.25}
+    scores = {"full": [0.80, 0.82, 0.84, 0.82], "dora": [0.83, 0.75, 0.61, 0.81]}
+    (tmp_path / "seed_noise-a.json").write_text(json.dumps({"benchmark": "x/a", "scores": scores, "steady_floor": 0.0125}))
+    (tmp_path / "seed_noise-old.json").write_text(json.dumps({"benchmark": "x/old", "scores": scores}))
+    noise = script._seed_noise(tmp_path)
+    assert list(noise) == ["x/a"] and noise["x/a"].floor == 1.25
+    assert noise["x/a"].means == pytest.approx({"full": 82.0, "dora": 75.0})
 
-    def judged(benchmark, task, regret):
+    def judged(benchmark, task, regret, picks):
         return SubsetEvaluation(benchmark=benchmark, task=task, metric="accuracy", subsets=40, share=2 / 3,
                                 regret=regret, regret_of_spread=0.1, stderr_of_spread=0.01, baselines={},
-                                baseline_stderr={})
+                                baseline_stderr={}, picks=picks)
 
-    subsets = {0.1: [judged("x/a", "seq-cls", 3.0), judged("x/b", "seq-cls", 9.0), judged("x/a-lm", "causal-lm", 1.0)],
-               0.2: [judged("x/a", "seq-cls", 2.0), judged("x/b", "seq-cls", 8.0), judged("x/a-lm", "causal-lm", 1.0)]}
-    table = "\n".join(script._noise_table(subsets, {**floors, "x/a-lm": 0.5}))
+    # at 0.1, 30 subsets chose dora (7 below full on average over the seeds), 10 chose full, none else
+    subsets = {0.1: [judged("x/a", "seq-cls", 3.0, {"dora": 30, "full": 10}), judged("x/b", "seq-cls", 9.0, {}),
+                     judged("x/a-lm", "causal-lm", 1.0, {})],
+               0.2: [judged("x/a", "seq-cls", 2.0, {"vera": 40}), judged("x/b", "seq-cls", 8.0, {}),
+                     judged("x/a-lm", "causal-lm", 1.0, {})]}
+    table = "\n".join(script._noise_table(subsets, {**noise, "x/a-lm": noise["x/a"]}))
     assert "| x/a | 1.25 | 3.00 | 2.00 |" in table and "x/b" not in table and "x/a-lm" not in table
+    assert "| x/a | full: 82.0 | 5.25 (40 of 40) | - (0 of 40) |" in table
     assert script._noise_table(subsets, {}) == []

@@ -331,6 +331,21 @@ def test_leave_one_task_out_scores_each_task_with_the_others_and_the_baselines()
         assert 0 < r.compute_fraction <= 0.3
 
 
+def test_leave_one_task_out_over_subsets_counts_what_each_subset_chose():
+    from autopeft.replay import leave_one_task_out_subsets
+
+    def bench(name, shift):
+        # the lower the loss at every point, the better it ends: a pilot tells the truth
+        return [_record(name, m, 0.9 - 0.1 * i, [3 + i + shift, 2 + i + shift, 1.5 + i, 1 + i, 0.9 + i] * 4, method=m)
+                for i, m in enumerate(["ia3", "lora", "vera", "oft", "loha", "boft"])]
+
+    rows = leave_one_task_out_subsets(bench("a", 0) + bench("b", 0.5) + bench("c", 0.2), 0.3, subsets=12)
+    for r in rows:
+        # each subset of 4 of the 6 runs chooses its own best: ia3 when it is drawn, else lora, ...
+        assert sum(r.picks.values()) == 12 and r.regret == 0
+        assert set(r.picks) <= {"ia3", "lora", "vera"} and max(r.picks, key=r.picks.get) == "ia3"
+
+
 def test_replay_pilots_candidates_in_the_order_tune_does_lora_first_then_the_static_ranking():
     from autopeft.replay import _in_tune_order
 
