@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -89,6 +90,17 @@ class PreparedData:
     info: DataInfo
     label2id: dict[str, int] | None
     test: "datasets.Dataset | None" = None
+
+    def label_frequency_loss(self) -> float | None:
+        """Classification: the loss of answering every example with the training labels' frequencies,
+        which a classifier reaches without reading the text. None for other tasks."""
+        if self.info.task != "seq-cls" or not len(self.train):
+            return None
+        from collections import Counter
+
+        counts = Counter(self.train["labels"])
+        total = sum(counts.values())
+        return -sum(n / total * math.log(n / total) for n in counts.values())
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -27,6 +27,35 @@ def classification_metrics(eval_pred) -> dict[str, float]:
             "macro_f1": float(f1_score(labels, predictions, average="macro"))}
 
 
+#: a classifier whose validation loss ends within this share of the label-frequency loss has learned
+#: little: runs that learn SST-2 end 35-45% below it, and a DoRA run that failed at one seed of four
+#: (SmolLM2, 3e-3, 60.6% accuracy against 83% at seed 0) ended 2.7% below it
+LEARNED_LITTLE_MARGIN = 0.05
+
+
+def learning_warnings(metrics: dict[str, float | None], prior_loss: float | None) -> list[str]:
+    """What a finished run's validation metrics say it did not learn, in sentences; empty when it learned.
+
+    :param metrics: the run's metrics (``eval_loss``, ``eval_loss_before``, ``accuracy``)
+    :param prior_loss: classification: the loss of answering with the training labels' frequencies
+    """
+    after, before = metrics.get("eval_loss"), metrics.get("eval_loss_before")
+    if after is None or not math.isfinite(after):
+        return [] if after is None else ["the validation loss is not a number: the run diverged; try a lower "
+                                         "--learning-rate"]
+    advice = ("the same configuration can fail at one training seed and not at another: try another --seed, "
+              "or another --learning-rate")
+    if prior_loss and after > (1 - LEARNED_LITTLE_MARGIN) * prior_loss:
+        accuracy = metrics.get("accuracy")
+        where = "above" if after >= prior_loss else f"only {1 - after / prior_loss:.1%} below"
+        return [f"the validation loss ended at {after:.3f}, {where} the loss of answering every example with the "
+                f"training labels' frequencies ({prior_loss:.3f}): the model has learned little from the text"
+                + (f" (accuracy {accuracy:.1%})" if accuracy is not None else "") + f"; {advice}"]
+    if before is not None and after >= before:
+        return [f"the validation loss did not fall ({before:.3f} before training, {after:.3f} after); {advice}"]
+    return []
+
+
 def general_text_loss(model, tokenizer, max_length: int = 128) -> float:
     """Mean per-token loss on a few paragraphs of general text the run does not train on.
 

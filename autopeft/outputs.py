@@ -84,6 +84,8 @@ class RunRecord(BaseModel):
     versions: dict[str, str]
     recommendation: dict[str, Any] | None = None
     distributed: DistributedRun | None = Field(default=None, description="with several processes: what each did")
+    warnings: list[str] = Field(default_factory=list, description="what the run's metrics say it failed to "
+                                                                  "learn (autopeft.evaluation.learning_warnings)")
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(include={"method", "settings", "output_dir", "metrics", "peak_memory_bytes",
@@ -245,6 +247,7 @@ def _report(r: RunRecord) -> str:
         f"{r.steps} steps at batch {r.batch_size} and learning rate {r.learning_rate:g}, "
         f"in {r.train_seconds:.0f} s of training ({r.seconds:.0f} s in all) on {r.hardware.device} "
         f"({r.hardware.device_name}).", "",
+        *(["## Warnings", "", *(f"- {w}" for w in r.warnings), ""] if r.warnings else []),
         "## Metrics", "", "| metric | value |", "|---|---:|", _metric_rows(r.metrics), "",
         "## Cost", "", "| | |", "|---|---:|",
         f"| trainable parameters | {format_count(r.trainable_params)} of {format_count(r.total_params)} |",
@@ -296,5 +299,6 @@ def _model_card(r: RunRecord) -> str:
         f"({r.trainable_params:,} trainable parameters) on `{Path(r.data.get('path', '')).name}` "
         f"({r.data.get('num_train')} examples, {r.data.get('format')} format) for {r.steps} steps.", "",
         "## Results", "", "| metric | value |", "|---|---:|", _metric_rows(r.metrics), "",
+        *([f"**Warning:** {w}" for w in r.warnings] + [""] if r.warnings else []),
         "## Use", "", "```python", load, "```", "",
         "Settings, data fingerprint, versions and hardware are in `run.json`; curves in `report.md`.", ""])

@@ -225,7 +225,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     chosen, row = candidates[best], rows[best]
     order = sorted(range(len(candidates)), key=lambda i: -scores[i])
     explanation = _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots,
-                           prior_loss=_label_frequency_loss(prepared))
+                           prior_loss=prepared.label_frequency_loss())
     say(explanation)
     return Recommendation(
         chosen=chosen.method, settings=row._given,
@@ -471,18 +471,6 @@ def _too_close_to_call(chosen, runner_up) -> str | None:
             f"tell them apart")
 
 
-def _label_frequency_loss(prepared) -> float | None:
-    """Classification: the loss of answering every example with the training labels' frequencies,
-    which a classifier reaches without reading the text. None for other tasks."""
-    if prepared.info.task != "seq-cls" or not len(prepared.train):
-        return None
-    from collections import Counter
-
-    counts = Counter(prepared.train["labels"])
-    total = sum(counts.values())
-    return -sum(n / total * math.log(n / total) for n in counts.values())
-
-
 def _not_learned_yet(candidates, prior_loss: float | None) -> str | None:
     """A clause saying no pilot got below the loss of the label frequencies, or None. On a task a
     model learns late (GSM8K questions sorted by the length of their solution, with MiniLM: every
@@ -542,8 +530,24 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
     if constraints.time_budget:
         train_options["max_seconds"] = max(1.0, constraints.time_budget - rec.seconds)
     (say or log.info)(f"fine-tuning with {rec.chosen} into {out}")
-    return _fine_tune(rec, out, data=data, overwrite=overwrite, progress=progress, options=train_options,
-                      max_memory=constraints.max_vram), rec
+    record = _fine_tune(rec, out, data=data, overwrite=overwrite, progress=progress, options=train_options,
+                        max_memory=constraints.max_vram)
+    hint = _runner_up_hint(rec, data) if record.warnings else None
+    if hint:
+        (say or log.warning)(hint)
+    return record, rec
+
+
+def _runner_up_hint(rec: Recommendation, data: str) -> str | None:
+    """After a fine-tune that learned little: the command that trains the best other method instead."""
+    other = next((c for c in rec.candidates
+                  if c.feasible and c.method != rec.chosen and c.predicted_score is not None), None)
+    if other is None:
+        return None
+    rate = other.measured.learning_rate if other.measured else None
+    command = f"autopeft train {data} --method {other.method}" + (f" --learning-rate {rate:g}" if rate else "")
+    return (f"{rec.chosen}'s fine-tune learned little (warning above); the runner-up was {other.method}: "
+            f"`{command} -o DIR` trains it")
 
 
 def _resume_tune(out, progress: bool):

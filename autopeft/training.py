@@ -347,7 +347,7 @@ class _Run:
     # -- results ---------------------------------------------------------------------------------
 
     def finish(self, trainer) -> RunRecord:
-        from .evaluation import generate_samples, peak_memory_bytes
+        from .evaluation import generate_samples, learning_warnings, peak_memory_bytes
         from .outputs import hardware, move_into, versions, write_json, write_report
 
         from .progress import ProgressCallback
@@ -374,6 +374,9 @@ class _Run:
             distributed = gather(self.data_trace, net, peak, self.plan)
         if not self.main:
             return None  # the main process writes the outputs
+        warnings = learning_warnings(metrics, self.data.label_frequency_loss())
+        for warning in warnings:
+            log.warning(warning)
         if self.loss_before is not None:
             after = _general_loss(net, self.tokenizer)
             metrics["general_text_loss_before"] = self.loss_before
@@ -409,7 +412,7 @@ class _Run:
                                if tokens and self.train_seconds > eval_seconds else None),
             history=_history(trainer.state.log_history), samples=samples,
             hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation,
-            distributed=distributed)
+            distributed=distributed, warnings=warnings)
         write_report(self.out, record)
         write_json(self.out / RECORD_FILE, record.model_dump(mode="json"))  # last: marks the run finished
         if opts.profile_store:

@@ -167,6 +167,19 @@ def test_tune_trains_the_winner_and_records_why(trainable_llama, tmp_path):
     assert [r.method for r in load_records(shipped=False)] == [record.method]
 
 
+def test_a_tune_whose_fine_tune_learned_nothing_names_the_runner_up(trainable_bert, tmp_path):
+    out = tmp_path / "tuned"
+    # the pilots find their own rates; the fine-tune is given one too small to learn anything
+    res = CliRunner().invoke(main, ["tune", str(EXAMPLES / "sentiment.jsonl"), "--model", str(trainable_bert),
+                                    *FAST, "--methods", "lora,ia3", "--pilot-budget", "60s", "-o", str(out),
+                                    "--learning-rate", "1e-9", "--max-steps", "2"])
+    assert res.exit_code == 0, res.output
+    record = RunRecord.model_validate_json((out / "run.json").read_text())
+    assert record.warnings and "learned little from the text" in record.warnings[0]
+    other = ({"lora", "ia3"} - {record.method}).pop()
+    assert f"the runner-up was {other}: `autopeft train {EXAMPLES / 'sentiment.jsonl'} --method {other}" in res.stderr
+
+
 def test_profiles_commands(tmp_path):
     res = CliRunner().invoke(main, ["profiles", "list", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["benchmarks"]

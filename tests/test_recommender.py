@@ -176,12 +176,13 @@ def test_a_classification_choice_says_when_no_pilot_beat_the_label_frequencies()
     import math
     from types import SimpleNamespace
 
-    from autopeft.recommend import _label_frequency_loss, _not_learned_yet
+    from autopeft.data import PreparedData
+    from autopeft.recommend import _not_learned_yet
 
     prepared = SimpleNamespace(info=SimpleNamespace(task="seq-cls"), train={"labels": [0] * 55 + [1] * 45})
-    prior = _label_frequency_loss(prepared)
+    prior = PreparedData.label_frequency_loss(prepared)
     assert prior == pytest.approx(-(0.55 * math.log(0.55) + 0.45 * math.log(0.45)))
-    assert _label_frequency_loss(SimpleNamespace(info=SimpleNamespace(task="causal-lm"), train={})) is None
+    assert PreparedData.label_frequency_loss(SimpleNamespace(info=SimpleNamespace(task="causal-lm"), train={})) is None
 
     def pilot(end):
         return [CurvePoint(step=i + 1, train_loss=0.70 + (end - 0.70) * i / 19) for i in range(20)]

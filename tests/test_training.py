@@ -37,6 +37,7 @@ def test_lora_run_leaves_a_loadable_adapter_and_a_complete_record(trainable_llam
     assert stored.data["format"] == "alpaca" and stored.data["fingerprint"]
     assert stored.trainable_params > 0 and stored.peak_memory_bytes > 0 and stored.tokens_per_second
     assert {"eval_loss", "eval_loss_before", "perplexity", "forgetting"} <= set(stored.metrics)
+    assert stored.metrics["eval_loss"] < stored.metrics["eval_loss_before"] and stored.warnings == []
     assert len(stored.samples) == 1
     base = AutoModelForCausalLM.from_pretrained(str(trainable_llama))
     loaded = PeftModel.from_pretrained(base, str(out))
@@ -95,6 +96,40 @@ def test_classification_trains_the_head_and_reports_accuracy(trainable_bert, tmp
     base = AutoModelForSequenceClassification.from_pretrained(str(trainable_bert), num_labels=2)
     loaded = PeftModel.from_pretrained(base, str(tmp_path / "run"))
     assert any("classifier" in n for n, _ in loaded.named_parameters())
+
+
+def test_a_classifier_that_learned_nothing_says_so(trainable_bert, tmp_path, caplog):
+    """A run that ends at the loss of answering with the label frequencies warns on stderr, in run.json
+    and at the top of report.md, instead of leaving a useless adapter looking like a result."""
+    out = tmp_path / "run"
+    with caplog.at_level("WARNING", logger="autopeft"):
+        record = _train(trainable_bert, out, data=EXAMPLES / "sentiment.jsonl", method="lora", max_steps=1,
+                        learning_rate=1e-9)
+    assert len(record.warnings) == 1 and "learned little from the text" in record.warnings[0]
+    assert "--seed" in record.warnings[0] and record.warnings[0] in caplog.text
+    assert RunRecord.model_validate_json((out / "run.json").read_text()).warnings == record.warnings
+    report = (out / "report.md").read_text()
+    assert report.index("## Warnings") < report.index("## Metrics")
+    assert "**Warning:** the validation loss ended at" in (out / "README.md").read_text()  # the model card
+
+
+def test_learning_warnings_judge_a_classifier_by_the_label_frequencies_and_the_rest_by_the_loss_before():
+    from autopeft.evaluation import learning_warnings
+
+    prior = 0.688  # 55% / 45% labels
+    # DoRA at 3e-3 on SST-2 with SmolLM2, training seed 3: 2.7% below the prior, 60.6% accuracy
+    failed = learning_warnings({"eval_loss_before": 1.268, "eval_loss": 0.669, "accuracy": 0.606}, prior)
+    assert len(failed) == 1 and "0.669, only 2.8% below the loss of answering" in failed[0]
+    assert "(accuracy 60.6%)" in failed[0]
+    assert "0.700, above the loss" in learning_warnings({"eval_loss": 0.70}, prior)[0]
+    # the same configuration at seed 0: 83% accuracy
+    assert learning_warnings({"eval_loss_before": 1.268, "eval_loss": 0.41, "accuracy": 0.831}, prior) == []
+    # a language model: only whether the validation loss fell
+    assert learning_warnings({"eval_loss_before": 2.10, "eval_loss": 1.62}, None) == []
+    assert "did not fall (2.100 before training, 2.150 after)" in learning_warnings(
+        {"eval_loss_before": 2.10, "eval_loss": 2.15}, None)[0]
+    assert "diverged" in learning_warnings({"eval_loss_before": 2.10, "eval_loss": float("nan")}, None)[0]
+    assert learning_warnings({"train_loss": 1.0}, None) == []  # no validation set: nothing to judge by
 
 
 def _count_evaluations(monkeypatch) -> list[int]:
