@@ -102,6 +102,16 @@ class PreparedData:
         total = sum(counts.values())
         return -sum(n / total * math.log(n / total) for n in counts.values())
 
+    def validation_majority(self) -> float | None:
+        """Classification: the share of the validation set's most frequent label, the accuracy of
+        answering it every time. None for other tasks or without a validation set."""
+        if self.info.task != "seq-cls" or self.validation is None:
+            return None
+        from collections import Counter
+
+        labels = self.validation["labels"]
+        return max(Counter(labels).values()) / len(labels) if len(labels) else None
+
 
 # --------------------------------------------------------------------------------------------------------
 # Reading

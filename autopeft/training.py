@@ -374,7 +374,7 @@ class _Run:
             distributed = gather(self.data_trace, net, peak, self.plan)
         if not self.main:
             return None  # the main process writes the outputs
-        warnings = learning_warnings(metrics, self.data.label_frequency_loss())
+        warnings = learning_warnings(metrics, self.data.label_frequency_loss(), self.data.validation_majority())
         for warning in warnings:
             log.warning(warning)
         if self.loss_before is not None:

@@ -183,6 +183,9 @@ def test_a_classification_choice_says_when_no_pilot_beat_the_label_frequencies()
     prior = PreparedData.label_frequency_loss(prepared)
     assert prior == pytest.approx(-(0.55 * math.log(0.55) + 0.45 * math.log(0.45)))
     assert PreparedData.label_frequency_loss(SimpleNamespace(info=SimpleNamespace(task="causal-lm"), train={})) is None
+    with_validation = SimpleNamespace(info=SimpleNamespace(task="seq-cls"), validation={"labels": [1, 0, 1, 1]})
+    assert PreparedData.validation_majority(with_validation) == 0.75
+    assert PreparedData.validation_majority(SimpleNamespace(info=SimpleNamespace(task="seq-cls"), validation=None)) is None
 
     def pilot(end):
         return [CurvePoint(step=i + 1, train_loss=0.70 + (end - 0.70) * i / 19) for i in range(20)]

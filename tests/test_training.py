@@ -105,25 +105,28 @@ def test_a_classifier_that_learned_nothing_says_so(trainable_bert, tmp_path, cap
     with caplog.at_level("WARNING", logger="autopeft"):
         record = _train(trainable_bert, out, data=EXAMPLES / "sentiment.jsonl", method="lora", max_steps=1,
                         learning_rate=1e-9)
-    assert len(record.warnings) == 1 and "learned little from the text" in record.warnings[0]
+    assert len(record.warnings) == 1 and "learned" in record.warnings[0] and "from the text" in record.warnings[0]
     assert "--seed" in record.warnings[0] and record.warnings[0] in caplog.text
     assert RunRecord.model_validate_json((out / "run.json").read_text()).warnings == record.warnings
     report = (out / "report.md").read_text()
     assert report.index("## Warnings") < report.index("## Metrics")
-    assert "**Warning:** the validation loss ended at" in (out / "README.md").read_text()  # the model card
+    assert f"**Warning:** {record.warnings[0]}" in (out / "README.md").read_text()  # the model card
 
 
 def test_learning_warnings_judge_a_classifier_by_the_label_frequencies_and_the_rest_by_the_loss_before():
     from autopeft.evaluation import learning_warnings
 
-    prior = 0.688  # 55% / 45% labels
-    # DoRA at 3e-3 on SST-2 with SmolLM2, training seed 3: 2.7% below the prior, 60.6% accuracy
-    failed = learning_warnings({"eval_loss_before": 1.268, "eval_loss": 0.669, "accuracy": 0.606}, prior)
-    assert len(failed) == 1 and "0.669, only 2.8% below the loss of answering" in failed[0]
-    assert "(accuracy 60.6%)" in failed[0]
+    prior, majority = 0.686, 0.509  # SST-2: 55.8% of training labels positive; 50.9% of dev's
+    # DoRA at 3e-3 on SST-2 with SmolLM2, training seed 3: 2.5% below the prior, 60.6% accuracy
+    failed = learning_warnings({"eval_loss_before": 1.268, "eval_loss": 0.669, "accuracy": 0.606}, prior, majority)
+    assert len(failed) == 1 and "0.669, only 2.5% below the loss of answering" in failed[0]
+    assert "(accuracy 60.6%)" in failed[0] and "--seed" in failed[0]
     assert "0.700, above the loss" in learning_warnings({"eval_loss": 0.70}, prior)[0]
-    # the same configuration at seed 0: 83% accuracy
-    assert learning_warnings({"eval_loss_before": 1.268, "eval_loss": 0.41, "accuracy": 0.831}, prior) == []
+    # the same configuration at seed 0: 83.1% accuracy
+    assert learning_warnings({"eval_loss_before": 1.268, "eval_loss": 0.41, "accuracy": 0.831}, prior, majority) == []
+    # one class for everything, though the loss is 5.2% below the prior (MiniLM on held-out SST-2)
+    stuck = learning_warnings({"eval_loss": 0.650, "accuracy": 0.557}, prior, 0.557)
+    assert "no better than always answering the most frequent label (55.7%" in stuck[0]
     # a language model: only whether the validation loss fell
     assert learning_warnings({"eval_loss_before": 2.10, "eval_loss": 1.62}, None) == []
     assert "did not fall (2.100 before training, 2.150 after)" in learning_warnings(
