@@ -10,7 +10,9 @@ A second table repeats the choice at other budgets (``BUDGETS``): with a few tas
 much a verdict moves with the budget tells how much of it is noise. A third judges each task over
 ``SUBSETS`` random two-thirds of its runs at each budget: the mean regret and its standard error, for
 the choice and the baselines alike, so that one lucky or unlucky draw of candidates does not decide a
-verdict.
+verdict. Last, where ``benchmarks/seed_noise.py`` retrained a classification task's best configurations
+at other seeds, the task's regret beside that seed-noise floor, and the choices judged by their
+configuration's mean over the seeds.
 
     python benchmarks/leave_one_task_out.py [--budget-fraction 0.1] [--profiles DIR_OR_FILE ...]
 """
@@ -166,7 +168,7 @@ def _noise_table(subsets, noise: dict[str, SeedNoise]) -> list[str]:
     at = {budget: {r.benchmark: r for r in rows} for budget, rows in subsets.items()}
     lines = ["## Against training noise", "",
              "Mean regret in points over the subsets, beside the task's seed-noise floor (`benchmarks/seed_noise.py`: "
-             "the bench's best configurations trained at three more seeds; the one with the best mean lands this "
+             "the bench's best configurations trained again at other seeds; the one with the best mean lands this "
              "far below a seed's best run, on average, and no choice made without seeing a seed's runs does "
              "better on average). It counts only the configurations retrained, the bench's best at seed 0 and a few "
              "others, so it is an estimate, not a bound.", "",
@@ -177,7 +179,7 @@ def _noise_table(subsets, noise: dict[str, SeedNoise]) -> list[str]:
                      + " | ".join(f"{rows[task].regret:.2f}" for rows in at.values()) + " |")
     lines.append(f"| mean of these {len(judged)} | {sum(noise[t].floor for t in judged) / len(judged):.2f} | "
                  + " | ".join(f"{sum(rows[t].regret for t in judged) / len(judged):.2f}" for rows in at.values()) + " |")
-    lines += ["", "The same choices judged by what their configuration scores on average over the four seeds: how far "
+    lines += ["", "The same choices judged by what their configuration scores on average over those seeds: how far "
               "that mean sits below the best mean, averaged over the subsets whose choice was retrained (how many of "
               "them, in brackets). One seed's regret can reward a lucky pick and punish a sound one.", "",
               "| task | best mean over seeds | " + " | ".join(f"at {b:g}" for b in subsets) + " |",
