@@ -117,7 +117,15 @@ longer: 0.26 to 0.5 of the run in leave-one-task-out at budgets 0.1 to 0.2. Rows
 as well did not choose better (classification 4.23 / 2.40 / 4.09 points against 4.25 / 2.45 / 3.55),
 nor did the pilot's fraction as a feature, alone and times every other feature (4.34 / 2.52 / 3.46), or
 a model per fraction, the nearest deciding (4.35 / 2.52 / 3.27): the pick on the last rung is among a
-handful of runs a point or so apart, about one run's spread over training seeds on SST-2.
+handful of runs a point or so apart, about one run's spread over training seeds on SST-2. Also tried
+with the standing target, classification at budgets 0.1 / 0.15 / 0.2 against 4.25 / 2.45 / 3.55:
+each benchmark weighted equally (4.17 / 3.89 / 4.33); rows weighted toward the pilots ranked high (4.31
+/ 2.56 / 3.42); no loss rank (3.55 / 2.80 / 3.10, the other tasks 4.0 / 1.8 / 1.8% of the spread); the
+loss rank flattened where a group's pilot losses lie within 5% (3.95 / 2.62 / 3.71); the Ridge penalty
+from 1 to 100 (within 0.2 points). Loss weights of classification's own, or a model per kind of task,
+did far worse (13.6 / 13.7 / 16.6; SST-2 alone 17 to 24 points): the SST-2 folds would learn what a
+lower pilot loss means only from the GSM8K-derived tasks, where it means nothing yet, and not from the
+causal-LM tasks, where it means a better end.
 """
 
 from __future__ import annotations
