@@ -22,6 +22,7 @@ import math
 import os
 import random
 import re
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -96,8 +97,6 @@ class PreparedData:
         which a classifier reaches without reading the text. None for other tasks."""
         if self.info.task != "seq-cls" or not len(self.train):
             return None
-        from collections import Counter
-
         counts = Counter(self.train["labels"])
         total = sum(counts.values())
         return -sum(n / total * math.log(n / total) for n in counts.values())
@@ -107,8 +106,6 @@ class PreparedData:
         answering it every time. None for other tasks or without a validation set."""
         if self.info.task != "seq-cls" or self.validation is None:
             return None
-        from collections import Counter
-
         labels = self.validation["labels"]
         return max(Counter(labels).values()) / len(labels) if len(labels) else None
 

@@ -544,8 +544,11 @@ def _runner_up_hint(rec: Recommendation, data: str) -> str | None:
                   if c.feasible and c.method != rec.chosen and c.predicted_score is not None), None)
     if other is None:
         return None
+    import shlex
+
     rate = other.measured.learning_rate if other.measured else None
-    command = f"autopeft train {data} --method {other.method}" + (f" --learning-rate {rate:g}" if rate else "")
+    command = (f"autopeft train {shlex.quote(str(data))} --method {other.method}"
+               + (f" --learning-rate {rate:g}" if rate else ""))
     return (f"{rec.chosen}'s fine-tune learned little (warning above); the runner-up was {other.method}: "
             f"`{command} -o DIR` trains it")
 
