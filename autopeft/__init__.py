@@ -17,9 +17,9 @@ from __future__ import annotations
 from .errors import (AutopeftError, BadInputError, MethodUnavailableError, PluginError,
                      UnknownMethodError)
 from .hookspecs import hookimpl
-from .method import Capabilities, Method, MethodInfo, MethodSettings, PeftMethod, SearchSpace
+from .methods.base import Capabilities, Method, MethodInfo, MethodSettings, PeftMethod, SearchSpace
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "AutopeftError", "BadInputError", "Capabilities", "Estimate", "Method", "MethodInfo", "MethodSettings",
@@ -34,7 +34,7 @@ _CONSTRAINTS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_param
 
 def list_methods(task: str | None = None) -> list[MethodInfo]:
     """Every installed method (built-in or from a plugin package), optionally only those for ``task``."""
-    from .plugins import get_methods
+    from .methods.registry import get_methods
 
     infos = [m.info() for m in get_methods().values()]
     return [i for i in infos if task is None or task in i.tasks]
@@ -42,14 +42,14 @@ def list_methods(task: str | None = None) -> list[MethodInfo]:
 
 def get_method(name: str) -> Method:
     """The installed method called ``name`` (aliases such as ``lora+`` work)."""
-    from .plugins import get_method as _get
+    from .methods.registry import get_method as _get
 
     return _get(name)
 
 
 def plugin_failures():
     """Plugins that were skipped, each with the reason."""
-    from .plugins import plugin_failures as _failures
+    from .methods.registry import plugin_failures as _failures
 
     return _failures()
 
@@ -66,7 +66,7 @@ def train(data=None, *, output_dir: str, **options):
     """Fine-tune on ``data`` with ``method`` (default LoRA) and write the outputs to ``output_dir``.
     See :func:`autopeft.training.train` and :class:`autopeft.training.TrainOptions`; returns a
     :class:`autopeft.outputs.RunRecord`."""
-    from .training import train as _train
+    from .training.run import train as _train
 
     return _train(data, output_dir=output_dir, progress=options.pop("progress", False), **options)
 
@@ -76,8 +76,8 @@ def recommend(data, **options):
     ``max_adapter_size``, ``max_rank``, ``max_trainable_params``, ``time_budget="2h"``, ``methods``,
     ``exclude``, ``require``), plus the options of :func:`autopeft.recommend.recommend`. Returns a
     :class:`autopeft.recommend.Recommendation`; raises ``NoFeasibleMethodError`` when nothing fits."""
-    from .constraints import Constraints
-    from .recommend import recommend as _recommend
+    from .choose.constraints import Constraints
+    from .choose.recommend import recommend as _recommend
 
     limits = Constraints.parse(**{k: options.pop(k) for k in _CONSTRAINTS if k in options})
     return _recommend(data, constraints=limits, **options)
@@ -86,8 +86,8 @@ def recommend(data, **options):
 def tune(data, *, output_dir: str, **options):
     """Recommend (see :func:`recommend`), then fine-tune the winner into ``output_dir``. Other options
     are those of :class:`autopeft.training.TrainOptions`. Returns (RunRecord, Recommendation)."""
-    from .constraints import Constraints
-    from .recommend import tune as _tune
+    from .choose.constraints import Constraints
+    from .choose.recommend import tune as _tune
 
     limits = Constraints.parse(**{k: options.pop(k) for k in _CONSTRAINTS if k in options})
     return _tune(data, output_dir=output_dir, constraints=limits, progress=options.pop("progress", False), **options)
@@ -95,7 +95,7 @@ def tune(data, *, output_dir: str, **options):
 
 def replay(results_dir, budget_fraction: float = 0.1, max_vram=None, **kwargs):
     """Judge the recommender on published results (see :mod:`autopeft.replay`); a ReplayResult."""
-    from .replay import replay as _replay
+    from .choose.replay import replay as _replay
     from .sizes import parse_size
 
     return _replay(results_dir, budget_fraction, parse_size(max_vram, "max_vram") if max_vram else None, **kwargs)
@@ -103,14 +103,14 @@ def replay(results_dir, budget_fraction: float = 0.1, max_vram=None, **kwargs):
 
 def export_merged(run_dir, output_dir, **kwargs):
     """Merge a finished run's adapter into its base and save a full model (see :mod:`autopeft.export`)."""
-    from .export import merge
+    from .training.export import merge
 
     return merge(run_dir, output_dir, **kwargs)
 
 
 def export_lora(run_dir, output_dir, **kwargs):
     """Convert a finished run's non-LoRA adapter into a LoRA adapter (see :mod:`autopeft.export`)."""
-    from .export import to_lora
+    from .training.export import to_lora
 
     return to_lora(run_dir, output_dir, **kwargs)
 

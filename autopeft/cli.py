@@ -10,7 +10,7 @@ from functools import partial
 import click
 
 from .errors import AutopeftError, BadInputError, first_line
-from .logs import log_to_stderr as _log_to_stderr, quiet_libraries as _quiet_libraries
+from .logs import log_to_stderr, quiet_libraries
 
 
 class _Group(click.Group):
@@ -75,7 +75,7 @@ def _emit_json(data) -> None:
 
 
 def _warn_plugin_failures() -> None:
-    from .plugins import plugin_failures
+    from .methods.registry import plugin_failures
 
     for failure in plugin_failures():
         click.echo(f"autopeft: warning: plugin {failure.plugin} ({failure.source}) skipped: {failure.error}", err=True)
@@ -107,7 +107,7 @@ def methods(task, as_json):
 @main.command()
 def plugins():
     """Show loaded plugins, the methods each provides, and any that were skipped (JSON)."""
-    from .plugins import get_methods, plugin_failures
+    from .methods.registry import get_methods, plugin_failures
 
     by_source: dict[str, list[str]] = {}
     for method in get_methods().values():
@@ -156,8 +156,8 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
              gradient_checkpointing, num_labels, num_processes, strategy, accelerate_config, quantize,
              trust_remote_code, as_json):
     """Exact trainable parameters and adapter size, and predicted peak training memory. No weights are loaded."""
-    _quiet_libraries()
-    from .adapter_config import read_adapter_config
+    quiet_libraries()
+    from .methods.adapter_config import read_adapter_config
 
     if method and peft_configs and len(peft_configs) > 1:
         raise BadInputError("--method with several --peft-config files is ambiguous; give one file", source="--method")
@@ -168,7 +168,7 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
         raise BadInputError("--set applies to --method, not to --peft-config files", source="--set")
     configs = [read_adapter_config(p) for p in peft_configs] or [None]
     if accelerate_config:
-        from .launch import plan_of
+        from .training.launch import plan_of
 
         plan = plan_of(num_processes, accelerate_config)  # as train reads it: --num-processes wins
         strategy, num_processes = plan.strategy, plan.num_processes
@@ -179,9 +179,9 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
     loaded = {}
     results = []
     for cfg in configs:
-        from .costmodel import _task_of
+        from .costmodel import task_of
 
-        this_task = task or _task_of(cfg)  # None: the model's own task
+        this_task = task or task_of(cfg)  # None: the model's own task
         name = model or default_model(this_task or "causal-lm")
         if name not in loaded:
             loaded[name] = load_config(name, trust_remote_code=trust_remote_code)
@@ -322,9 +322,9 @@ def _default_output(data: str | None, method: str) -> str:
 @_training_options
 def train(method, settings, data, output_dir, resume, overwrite, as_json, **given):
     """Fine-tune on DATA (JSONL, JSON, CSV, TSV or Parquet) with the method you choose."""
-    _quiet_libraries()
-    _log_to_stderr()
-    from .training import train as run_train
+    quiet_libraries()
+    log_to_stderr()
+    from .training.run import train as run_train
 
     if output_dir is None:
         if resume:
@@ -370,8 +370,8 @@ def _rank(text: str) -> int | float:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def export(run_dir, merge_to, lora_to, rank, allow_pickle, trust_remote_code, as_json):
     """Turn a finished run into a merged full model (--merge) or a LoRA adapter (--to-lora)."""
-    _quiet_libraries()
-    from .export import merge, to_lora
+    quiet_libraries()
+    from .training.export import merge, to_lora
 
     if bool(merge_to) == bool(lora_to):
         raise BadInputError("give exactly one of --merge OUT and --to-lora OUT", source="export")
@@ -412,7 +412,7 @@ def _choice_options(command):
 
 def _choice_kwargs(max_vram, max_adapter_size, max_rank, max_trainable_params, time_budget, only, exclude, require,
                    objective, target_gpu, pilot_budget, no_pilot) -> dict:
-    from .constraints import Constraints, parse_duration
+    from .choose.constraints import Constraints, parse_duration
 
     constraints = Constraints.parse(max_vram=max_vram, max_adapter_size=max_adapter_size, max_rank=max_rank,
                                     max_trainable_params=max_trainable_params, time_budget=time_budget,
@@ -454,9 +454,9 @@ _CHOICE_KEYS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_param
 @click.option("--json", "as_json", is_flag=True, help="Print the recommendation as JSON on stdout.")
 def recommend(data, as_json, profiles, leave_out, **given):
     """Rank the installed methods for DATA under your constraints (pilots only; nothing is kept)."""
-    _quiet_libraries()
-    _log_to_stderr()
-    from .recommend import recommend as run_recommend
+    quiet_libraries()
+    log_to_stderr()
+    from .choose.recommend import recommend as run_recommend
 
     choice = _choice_kwargs(**{k: given.pop(k) for k in _CHOICE_KEYS})
     rec = run_recommend(data, **choice, **{k: v for k, v in given.items() if v is not None},
@@ -491,9 +491,9 @@ def _print_recommendation(rec) -> None:
 @_choice_options
 def tune(data, output_dir, resume, overwrite, as_json, **given):
     """Choose the method for DATA (pilots and the recommender), then fine-tune with it."""
-    _quiet_libraries()
-    _log_to_stderr()
-    from .recommend import tune as run_tune
+    quiet_libraries()
+    log_to_stderr()
+    from .choose.recommend import tune as run_tune
 
     if resume:
         if output_dir is None:
@@ -527,7 +527,7 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
 def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
     """Judge the recommender on published results (PEFT method-comparison layout) it did not learn from."""
     from .profiles import load_records
-    from .replay import replay as run_replay
+    from .choose.replay import replay as run_replay
     from .sizes import parse_size
 
     cap = parse_size(max_vram, "--max-vram") if max_vram else None
@@ -561,10 +561,10 @@ def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
 def bench(data, benchmark, output_dir, only, learning_rates, edge_rates, run_timeout, as_json, **given):
     """Train every method on DATA at a few learning rates each, keeping profile records of how each
     run went (resumable: finished runs are never repeated)."""
-    _quiet_libraries()
-    _log_to_stderr()
-    from .bench import bench as run_bench
-    from .constraints import split_names
+    quiet_libraries()
+    log_to_stderr()
+    from .choose.bench import bench as run_bench
+    from .choose.constraints import split_names
 
     if data is None:
         raise BadInputError("give a training data file")
@@ -612,7 +612,7 @@ def profiles_export(output):
     """Write every stored record to OUTPUT as JSONL."""
     from pathlib import Path
 
-    from .outputs import write_text
+    from .training.outputs import write_text
     from .profiles import load_records
 
     records = load_records()

@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .errors import BadInputError, PluginError
-from .method import Method, PeftMethod
+from .methods.base import Method, PeftMethod
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
@@ -153,9 +153,9 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     """
     from .sharding import sharding
 
-    from . import adapter_config as ac
+    from .methods import adapter_config as ac
     from .models import default_model, load_config, task_of_model
-    from .plugins import get_method
+    from .methods.registry import get_method
 
     if batch_size < 1 or seq_len < 1:
         raise BadInputError(f"batch size and sequence length must be at least 1, got {batch_size} and {seq_len}")
@@ -177,7 +177,7 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
         if device != "cuda":
             raise BadInputError(f"a {quantize} base trains only on CUDA (bitsandbytes), not on {device}",
                                 source="--quantize")
-    task = task or _task_of(peft_config)
+    task = task or task_of(peft_config)
     model_name = model or default_model(task or "causal-lm")
     if config is None:
         config = load_config(model_name, trust_remote_code=trust_remote_code)
@@ -308,7 +308,7 @@ def _fragmentation(device: str, trace: _Trace, activations: int, checkpointed: b
     return int(HEAP_RETAINED * temporaries)
 
 
-def _task_of(peft_config: dict | None) -> str | None:
+def task_of(peft_config: dict | None) -> str | None:
     if not peft_config:
         return None
     return {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "seq-cls"}.get(peft_config.get("task_type") or "")
@@ -321,7 +321,7 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from . import adapter_config as ac
+    from .methods import adapter_config as ac
 
     _register_trace_attention()
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification

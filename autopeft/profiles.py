@@ -182,7 +182,7 @@ def append(records: Iterable[ProfileRecord], path: Path | None = None) -> Path:
 
 def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
     """A profile record from a finished :class:`autopeft.outputs.RunRecord`."""
-    from .plugins import get_methods
+    from .methods.registry import get_methods
 
     task = run.task
     metric, higher = ("accuracy", True) if task == "seq-cls" else ("eval_loss", False)

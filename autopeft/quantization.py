@@ -44,7 +44,7 @@ def check_supported(quantize: str, method) -> None:
     if quantize not in QUANTIZATIONS:
         raise BadInputError(f"must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}", source="--quantize")
     if method is not None and not method.capabilities.quantized:
-        from .plugins import get_methods
+        from .methods.registry import get_methods
 
         able = sorted(m.name for m in get_methods().values() if m.capabilities.quantized)
         raise BadInputError(f"method {method.name} cannot train on a quantized base; these can: {', '.join(able)}",

@@ -165,7 +165,7 @@ def print_report(rows: list[dict], baseline: int, elapsed: float) -> None:
               f"| {100 * r['relative_error']:+.1f}% |")
     errors = [abs(r["relative_error"]) for r in rows if not r["error"]]
     print()
-    print(f"runtime baseline (bare child importing torch, transformers' Trainer, peft, autopeft.training): "
+    print(f"runtime baseline (bare child importing torch, transformers' Trainer, peft, autopeft.training.run): "
           f"{baseline / MIB:,.0f} MiB "
           f"peak RSS; RUNTIME_BYTES['cpu'] = {RUNTIME_BYTES['cpu'] / MIB:,.0f} MiB")
     if errors:
@@ -241,7 +241,7 @@ def import_training_runtime() -> None:
     import torch  # noqa: F401
     from transformers import Trainer  # noqa: F401
 
-    import autopeft.training  # noqa: F401
+    import autopeft.training.run  # noqa: F401
 
 
 def measure_baseline(spec: dict) -> dict:
@@ -271,7 +271,7 @@ def measure_training(spec: dict) -> dict:
     import torch
 
     import autopeft
-    from autopeft.method import unique_trainable
+    from autopeft.methods.base import unique_trainable
 
     task = MODELS[spec["model"]][0]
     torch.manual_seed(0)

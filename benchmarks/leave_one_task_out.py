@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from autopeft.profiles import load_records
-from autopeft.replay import leave_one_task_out, leave_one_task_out_subsets
+from autopeft.choose.replay import leave_one_task_out, leave_one_task_out_subsets
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the budgets of the second table: 0.15 is what ``tune`` spends by default

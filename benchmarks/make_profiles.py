@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from autopeft.plugins import get_methods
+from autopeft.methods.registry import get_methods
 from autopeft.profiles import CurvePoint, ProfileRecord, import_peft_results, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]

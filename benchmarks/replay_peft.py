@@ -6,7 +6,7 @@ fit, with pilots that spend ``--budget-fraction`` of training them all (successi
 benchmarks. It prints each cap's choice and regret (oracle test accuracy minus the choice's, in
 points) beside the baselines, and the means.
 
-A second table replays the halving plan's reduction factor (``autopeft.halving.ETA``) on
+A second table replays the halving plan's reduction factor (``autopeft.choose.halving.ETA``) on
 autopeft's own profiles, where every candidate's whole curve is known: the mean regret, as a
 fraction of the task's best-to-worst spread, over random two-thirds subsets of the candidates.
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from autopeft.profiles import load_records
-from autopeft.replay import replay
+from autopeft.choose.replay import replay
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPS = (None, 24e9, 22.3e9, 21e9, 20.5e9)
@@ -66,7 +66,7 @@ def _reduction_factors(records, budgets, subsets: int = 40) -> list[str]:
     flat pilot, ranked by pilot loss, over random subsets of each own task's candidates."""
     import numpy as np
 
-    from autopeft import halving
+    from autopeft.choose import halving
 
     etas = (2, 3, 4)
     lines = [f"Halving's reduction factor on autopeft's own profiles (ranked by pilot loss; mean regret as a fraction "
@@ -96,9 +96,9 @@ def _subset_regrets(group, picks, eta, budget_fraction, spread) -> float:
     """Mean regret over ``picks`` (index subsets of ``group``) of halving at ``eta`` (None: a flat pilot)."""
     import numpy as np
 
-    from autopeft import halving
+    from autopeft.choose import halving
     from autopeft.profiles import end_loss
-    from autopeft.replay import _halving
+    from autopeft.choose.replay import _halving
 
     def by_loss(runs, fraction):
         return -np.array([end_loss(r.pilot(fraction)) for r in runs])

@@ -11,7 +11,7 @@ on doing better than that.
     python benchmarks/seed_noise.py [--bench DIR] [--top 5] [--seeds 3] [--also METHOD@RATE ...]
 
 The bench directory's ``bench.json`` gives the task and training options, and each rerun trains as
-the bench's own runs did (``autopeft.bench.run_one``), with only the training seed changed. Each
+the bench's own runs did (``autopeft.choose.bench.run_one``), with only the training seed changed. Each
 run's ``run.json`` is kept in ``benchmarks/results/seed_noise/<bench directory>/runs/``; a run found
 there is not repeated. The report is ``benchmarks/results/seed_noise-<bench directory>.md`` (and .json).
 """
@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
 
-    from autopeft.bench import BENCH_FILE, RECORDS_FILE, BenchSpec, run_file
+    from autopeft.choose.bench import BENCH_FILE, RECORDS_FILE, BenchSpec, run_file
     from autopeft.profiles import read_jsonl
 
     bench = Path(args.bench)
@@ -84,7 +84,7 @@ def main() -> int:
 
 def seeded(spec, seed: int):
     """``spec`` with training seed ``seed``, on the data sample and split the bench's runs had."""
-    from autopeft.training import TrainOptions
+    from autopeft.training.options import TrainOptions
 
     sample_seed = TrainOptions(data=spec.data, output_dir="-", **spec.options).sample_seed
     return spec.model_copy(update={"options": {**spec.options, "data_seed": sample_seed, "seed": seed}})
@@ -93,7 +93,7 @@ def seeded(spec, seed: int):
 def _score(runs: Path, spec, record, seed: int) -> float:
     """The score of ``record``'s configuration trained with ``seed`` (trained once; its ``run.json`` is
     kept under ``runs``, the adapter is not)."""
-    from autopeft.bench import BenchRun, run_file, run_one
+    from autopeft.choose.bench import BenchRun, run_file, run_one
 
     experiment = f"{record.experiment} seed={seed}"
     kept = run_file(runs, experiment)

@@ -77,7 +77,7 @@ def run(spec: dict) -> dict:
 def run_child(spec: dict) -> dict:
     import autopeft
     from autopeft.data import prepare_data
-    from autopeft.loading import load_tokenizer
+    from autopeft.models import load_tokenizer
 
     if spec["variant"].startswith("autopeft"):
         with tempfile.TemporaryDirectory() as out:
@@ -102,7 +102,7 @@ def plain_script(train_set, tokenizer, spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     import autopeft
-    from autopeft.loading import resolve
+    from autopeft.models import resolve
 
     lora = autopeft.get_method("lora")
     model = AutoModelForCausalLM.from_pretrained(resolve("smollm2-135m"), dtype=torch.float32)

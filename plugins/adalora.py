@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from autopeft import hookimpl
-from autopeft.method import Capabilities, PeftMethod, SearchSpace, MethodSettings, peft_task_type
+from autopeft.methods.base import Capabilities, PeftMethod, SearchSpace, MethodSettings, peft_task_type
 
 
 class AdaLoraSettings(MethodSettings):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autopeft import hookimpl
-from autopeft.method import Capabilities, SearchSpace
+from autopeft.methods.base import Capabilities, SearchSpace
 
 from .lora import LoRA
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from autopeft import hookimpl
-from autopeft.method import Capabilities, Method, MethodSettings, SearchSpace
+from autopeft.methods.base import Capabilities, Method, MethodSettings, SearchSpace
 
 
 class GaLoreSettings(MethodSettings):

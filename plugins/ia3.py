@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from autopeft import hookimpl
-from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
-from autopeft.settings import Targeted
+from autopeft.methods.base import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.methods.settings import Targeted
 
 
 class IA3Settings(Targeted):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from autopeft import hookimpl
-from autopeft.method import Capabilities, PeftMethod, SearchSpace, peft_task_type
-from autopeft.settings import LowRank
+from autopeft.methods.base import Capabilities, PeftMethod, SearchSpace, peft_task_type
+from autopeft.methods.settings import LowRank
 
 
 class LoHa(PeftMethod):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from autopeft import hookimpl
-from autopeft.method import SearchSpace
+from autopeft.methods.base import SearchSpace
 
 from .lora import LoRA
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from autopeft import hookimpl
-from autopeft.method import SearchSpace
-from autopeft.settings import LowRank
+from autopeft.methods.base import SearchSpace
+from autopeft.methods.settings import LowRank
 
 from .lora import LoRA
 

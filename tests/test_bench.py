@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from autopeft.cli import main
-from autopeft.bench import edge_runs
+from autopeft.choose.bench import edge_runs
 from autopeft.profiles import ProfileRecord, load_records, read_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -179,7 +179,7 @@ def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_fl
     seed changed, and reports how far the best run at seed 0 lands below the best at each fresh seed."""
     import importlib.util
 
-    from autopeft.bench import BenchSpec
+    from autopeft.choose.bench import BenchSpec
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_noise.py"
     spec = importlib.util.spec_from_file_location("seed_noise", path)
@@ -225,7 +225,7 @@ def test_leave_one_task_out_sets_each_classification_task_beside_its_seed_noise_
     import importlib.util
     import json
 
-    from autopeft.replay import SubsetEvaluation
+    from autopeft.choose.replay import SubsetEvaluation
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "leave_one_task_out.py"
     spec = importlib.util.spec_from_file_location("leave_one_task_out", path)

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from autopeft.cli import main
-from autopeft.outputs import RunRecord
-from autopeft.pilot import PilotConfig, run_pilot, run_rung
+from autopeft.training.outputs import RunRecord
+from autopeft.choose.pilots import PilotConfig, run_pilot, run_rung
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FAST = ["--max-length", "64", "--max-examples", "40", "--batch-size", "4", "--epochs", "1"]
@@ -60,7 +60,7 @@ def test_pilots_side_by_side_measure_what_they_measure_one_after_another(trainab
 def test_halving_keeps_the_learning_rate_the_ranking_prefers_not_the_lowest_pilot_loss():
     """Each method's rate that goes on is the ranking's choice, made over every configuration of the rung
     together: a larger rate whose early loss is lowest can lose to a smaller one the recommender prefers."""
-    from autopeft.pilot import PilotResult, _survivors
+    from autopeft.choose.pilots import PilotResult, _survivors
     from autopeft.profiles import CurvePoint
 
     losses = {("lora", 1e-2): 0.5, ("lora", 1e-3): 0.7, ("ia3", 3e-2): 0.6, ("ia3", 3e-3): 0.9, ("vera", 1e-2): 1.0}
@@ -84,8 +84,8 @@ def test_a_survivor_of_halving_ranks_above_every_candidate_it_outlasted_whatever
     """The recommender's predictions are not bound to [0, 1] (on the shipped profiles one in twelve
     falls below 0), so a survivor predicted low must still rank above a dropped candidate predicted high."""
     from autopeft.profiles import CurvePoint
-    from autopeft.recommend import _predict_by_rung
-    from autopeft.recommender import Candidate
+    from autopeft.choose.recommend import _predict_by_rung
+    from autopeft.choose.ranking import Candidate
 
     def pilot(steps):
         return [CurvePoint(step=s, train_loss=1.0) for s in range(1, steps + 1)]
@@ -206,7 +206,7 @@ def test_replay_cli_prints_the_contract(tmp_path, write_peft_result):
 
 def test_target_gpu_plans_for_a_known_accelerator_and_names_the_known_ones(trainable_llama):
     from autopeft.errors import BadInputError
-    from autopeft.profiler import target_device
+    from autopeft.devices import target_device
 
     assert target_device("a100-40gb").total_memory_bytes == 40 * 2**30
     try:
@@ -220,10 +220,10 @@ def test_target_gpu_plans_for_a_known_accelerator_and_names_the_known_ones(train
 def test_a_cost_model_its_pilot_proves_wrong_is_named_and_judged_by_the_measurement(trainable_llama, monkeypatch):
     """A plugin whose cost model lies (here: ia3's pilot measures 3x its estimate) is reported by name,
     and its measured figure, not its estimate, is what --max-vram holds it to."""
-    import autopeft.recommend as recommend_module
-    from autopeft.constraints import Constraints
+    import autopeft.choose.recommend as recommend_module
+    from autopeft.choose.constraints import Constraints
     from autopeft.profiles import CurvePoint
-    from autopeft.recommend import Measured
+    from autopeft.choose.recommend import Measured
 
     def pilots(feasible, *args, **kwargs):  # what the pilot processes would report
         return {row.method: Measured(
@@ -257,8 +257,8 @@ class _Seen(Exception):
 
 @pytest.mark.parametrize("entry", ["tune", "recommend command"])
 def test_pilots_sample_split_and_pack_the_data_as_the_fine_tune_will(entry, trainable_llama, tmp_path, monkeypatch):
-    import autopeft.recommend as recommend_module
-    from autopeft.constraints import Constraints
+    import autopeft.choose.recommend as recommend_module
+    from autopeft.choose.constraints import Constraints
 
     seen = {}
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import autopeft
-from autopeft.constraints import Constraints, check, nearest_misses, parse_duration
+from autopeft.choose.constraints import Constraints, check, nearest_misses, parse_duration
 from autopeft.errors import BadInputError
 
 GB = 10**9

@@ -9,7 +9,7 @@ import pytest
 
 import autopeft
 from autopeft.errors import BadInputError
-from autopeft.outputs import RunRecord
+from autopeft.training.outputs import RunRecord
 from autopeft.sharding import from_accelerate_config, per_device, sharding
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -92,7 +92,7 @@ def test_accelerate_configs_map_to_strategies():
 
 
 def test_bad_strategies_and_config_files_are_one_line_errors(tmp_path):
-    from autopeft.launch import read_accelerate_config
+    from autopeft.training.launch import read_accelerate_config
 
     with pytest.raises(BadInputError, match="unknown strategy"):
         sharding("zero4", 2)

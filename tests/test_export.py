@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from autopeft.export import ExportResult, merge, to_lora  # noqa: E402
+from autopeft.training.export import ExportResult, merge, to_lora  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(200)]
 LABELS = ["neg", "pos"]
@@ -92,7 +92,7 @@ def prompt_run(tmp_path_factory, llama_base) -> Path:
 def bert_run(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertModel
 
-    from autopeft.loading import load_model
+    from autopeft.models import load_model
 
     torch.manual_seed(0)
     base = tmp_path_factory.mktemp("bert-base")
@@ -301,7 +301,7 @@ def test_a_full_model_run_is_already_merged(llama_base, tmp_path):
 
 
 def test_a_failure_while_writing_leaves_nothing(lora_run, tmp_path, monkeypatch):
-    import autopeft.export as export
+    import autopeft.training.export as export
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from autopeft.outputs import RunRecord
+from autopeft.training.outputs import RunRecord
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -114,7 +114,7 @@ def test_a_run_stopped_while_writing_its_outputs_resumes_to_complete_loadable_on
     from transformers import AutoModelForCausalLM
 
     import autopeft
-    from autopeft import outputs
+    from autopeft.training import outputs
 
     out = tmp_path / "run"
     with monkeypatch.context() as patch:

@@ -151,7 +151,7 @@ def test_the_embedded_models_config_is_cached_once_even_when_read_side_by_side()
 
 def test_a_converted_model_another_process_finished_first_is_kept_not_replaced(tmp_path):
     """Replacing it would leave, for a moment, no model for that process to load."""
-    from autopeft.loading import _publish
+    from autopeft.models import _publish
 
     target, ours = tmp_path / "converted", tmp_path / "converted.tmp-1"
     for directory, text in ((target, "theirs"), (ours, "ours")):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import autopeft
-from autopeft import plugins
-from autopeft.method import Capabilities, Method, SearchSpace
+from autopeft.methods import registry as plugins
+from autopeft.methods.base import Capabilities, Method, SearchSpace
 
 REQUIRED = {"lora", "rslora", "dora", "loraplus", "lorafa", "pissa", "vera", "ia3", "oft", "boft", "loha", "lokr",
             "adalora", "fourierft", "vblora", "miss", "c3a", "randlora", "shira", "beft", "lily", "gralora",

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import autopeft
 from autopeft.cli import main
 from autopeft.errors import BadInputError
-from autopeft.plugins import get_methods
+from autopeft.methods.registry import get_methods
 from autopeft.quantization import layer_bytes
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

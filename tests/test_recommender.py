@@ -8,7 +8,7 @@ import pytest
 
 from autopeft.errors import BadInputError
 from autopeft.profiles import CurvePoint, ProfileRecord, append, import_peft_results, load_records, read_jsonl
-from autopeft.recommender import Candidate, Objective, Recommender, pareto_front
+from autopeft.choose.ranking import Candidate, Objective, Recommender, pareto_front
 
 
 def _record(bench, name, final, losses, trainable=1000, method=None, dataset="d"):
@@ -102,7 +102,7 @@ def test_recommender_weighs_how_far_a_run_falls_not_only_how_many_rivals_it_fall
 
 
 def test_the_target_keeps_distances_and_a_few_diverged_runs_do_not_squeeze_the_rest():
-    from autopeft.recommender import _standing
+    from autopeft.choose.ranking import _standing
 
     # one run in twelve diverged, as on the GSM8K bench, where its loss stretches the spread sevenfold
     losses = np.array([1.20, 1.22, 1.25, 1.30, 1.40, 1.50, 1.60, 1.70, 1.80, 1.90, 2.00, 6.7])
@@ -115,8 +115,8 @@ def test_the_target_keeps_distances_and_a_few_diverged_runs_do_not_squeeze_the_r
 
 
 def test_replay_takes_one_methods_learning_rates_as_its_configurations_as_tune_does():
-    from autopeft.halving import best_of_each
-    from autopeft.replay import _configurations
+    from autopeft.choose.halving import best_of_each
+    from autopeft.choose.replay import _configurations
 
     runs = _two_rates("d", 3)
     key = _configurations(runs)
@@ -149,7 +149,7 @@ def test_pilots_ending_within_their_noise_are_called_too_close():
     """Two pilots of one run see the same batches, so their gap is judged step by step: a steady small
     gap is real, a gap the batches' ups and downs swamp is not, and the explanation says so."""
     from autopeft.profiles import end_loss_gap
-    from autopeft.recommend import _too_close_to_call
+    from autopeft.choose.recommend import _too_close_to_call
 
     rng = np.random.default_rng(0)
     batches = rng.normal(0, 0.2, 40)  # the same batch noise in both pilots
@@ -177,7 +177,7 @@ def test_a_classification_choice_says_when_no_pilot_beat_the_label_frequencies()
     from types import SimpleNamespace
 
     from autopeft.data import PreparedData
-    from autopeft.recommend import _not_learned_yet
+    from autopeft.choose.recommend import _not_learned_yet
 
     prepared = SimpleNamespace(info=SimpleNamespace(task="seq-cls"), train={"labels": [0] * 55 + [1] * 45})
     prior = PreparedData.label_frequency_loss(prepared)
@@ -197,7 +197,7 @@ def test_a_classification_choice_says_when_no_pilot_beat_the_label_frequencies()
     assert _not_learned_yet(learning, prior) is None
     assert _not_learned_yet(stuck, None) is None  # not a classification task
     # said whichever way the pilots were ranked, beside what that ranking rests on
-    from autopeft.recommend import _explain
+    from autopeft.choose.recommend import _explain
 
     stuck = [c.model_copy(update={"learning_rate": 1e-3}) for c in stuck]
     for mode, because in (("pilot", "the recommender predicts it will finish best"),
@@ -248,7 +248,7 @@ def test_a_malformed_result_file_is_named(results_dir):
 
 
 def test_replay_scores_the_choice_against_the_oracle_and_baselines(results_dir):
-    from autopeft.replay import replay
+    from autopeft.choose.replay import replay
 
     free = replay(results_dir, 0.3, records=[])
     assert free.oracle == "lora/rank32-dora" and free.chosen == "lora/rank32-dora" and free.regret == 0
@@ -260,7 +260,7 @@ def test_replay_scores_the_choice_against_the_oracle_and_baselines(results_dir):
 
 
 def test_replay_spends_its_budget_by_halving_and_the_longer_pilots_decide(tmp_path, write_peft_result):
-    from autopeft.replay import replay
+    from autopeft.choose.replay import replay
 
     d = tmp_path / "Bench"
     d.mkdir()
@@ -282,7 +282,7 @@ def test_replay_spends_its_budget_by_halving_and_the_longer_pilots_decide(tmp_pa
 
 
 def test_halving_plans_fewer_rounds_rather_than_pilots_too_short_to_learn_from():
-    from autopeft.halving import next_length, survivors
+    from autopeft.choose.halving import next_length, survivors
 
     # 64 methods need 4 rounds at ETA 3: a quarter of 96 units each, over 64 pilots
     assert next_length(64, 64, 96.0, overhead=0, per_unit=1, shortest=0.1, cap=10) == pytest.approx(0.375)
@@ -294,7 +294,7 @@ def test_halving_plans_fewer_rounds_rather_than_pilots_too_short_to_learn_from()
 
 
 def test_the_least_a_plan_costs_counts_each_rung_with_its_survivors_at_twice_the_length():
-    from autopeft.halving import plan_cost
+    from autopeft.choose.halving import plan_cost
 
     # 27 methods at two rates: 54 pilots of 4 steps, then 9 of 8, then 3 of 16 (2 s to start each)
     assert plan_cost(54, 27, overhead=2, per_unit=1, shortest=4) == 54 * 6 + 9 * 10 + 3 * 18
@@ -317,7 +317,7 @@ def test_shipped_profiles_load():
 
 
 def test_leave_one_task_out_scores_each_task_with_the_others_and_the_baselines():
-    from autopeft.replay import leave_one_task_out
+    from autopeft.choose.replay import leave_one_task_out
 
     def bench(name, shift, dataset=None):
         # the lower the loss at every point, the better it ends: a pilot tells the truth
@@ -336,7 +336,7 @@ def test_leave_one_task_out_scores_each_task_with_the_others_and_the_baselines()
 
 
 def test_leave_one_task_out_over_subsets_counts_what_each_subset_chose():
-    from autopeft.replay import leave_one_task_out_subsets
+    from autopeft.choose.replay import leave_one_task_out_subsets
 
     def bench(name, shift):
         # the lower the loss at every point, the better it ends: a pilot tells the truth
@@ -351,7 +351,7 @@ def test_leave_one_task_out_over_subsets_counts_what_each_subset_chose():
 
 
 def test_replay_pilots_candidates_in_the_order_tune_does_lora_first_then_the_static_ranking():
-    from autopeft.replay import _in_tune_order
+    from autopeft.choose.replay import _in_tune_order
 
     class Static:
         def mode(self, candidates):

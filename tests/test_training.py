@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import autopeft
 from autopeft.cli import main
 from autopeft.errors import BadInputError
-from autopeft.outputs import RunRecord
+from autopeft.training.outputs import RunRecord
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FAST = {"max_examples": 32, "max_length": 64, "batch_size": 4, "samples": 1, "progress": False}
@@ -60,7 +60,7 @@ def test_full_fine_tune_saves_a_model_transformers_loads(trainable_llama, tmp_pa
 
 
 def test_resume_continues_from_the_last_checkpoint(trainable_llama, tmp_path, monkeypatch):
-    from autopeft.progress import ProgressCallback
+    from autopeft.training.progress import ProgressCallback
 
     out = tmp_path / "run"
 
@@ -114,7 +114,7 @@ def test_a_classifier_that_learned_nothing_says_so(trainable_bert, tmp_path, cap
 
 
 def test_learning_warnings_judge_a_classifier_by_the_label_frequencies_and_the_rest_by_the_loss_before():
-    from autopeft.evaluation import learning_warnings
+    from autopeft.training.evaluation import learning_warnings
 
     prior, majority = 0.686, 0.509  # SST-2: 55.8% of training labels positive; 50.9% of dev's
     # DoRA at 3e-3 on SST-2 with SmolLM2, training seed 3: 2.5% below the prior, 60.6% accuracy
@@ -251,7 +251,7 @@ def test_the_time_announced_leaves_evaluations_out_of_the_step_time_and_counts_t
     import io
     from types import SimpleNamespace
 
-    from autopeft import progress
+    from autopeft.training import progress
 
     clock = [0.0]
     monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])

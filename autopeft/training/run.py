@@ -17,79 +17,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BadInputError, MethodUnavailableError, PluginError, first_line
-from .outputs import CHECKPOINTS, OPTIONS_FILE, RECOMMENDATION_FILE, RECORD_FILE, RunRecord
+from ..errors import BadInputError, MethodUnavailableError, PluginError, first_line
+from .options import TrainOptions, total_steps
+from .outputs import CHECKPOINTS, OPTIONS_FILE, RECOMMENDATION_FILE, RECORD_FILE, PilotResult, RunRecord
 
 log = logging.getLogger("autopeft")
 
 
-class TrainOptions(BaseModel):
-    """Everything that decides a training run. Stored in the output dir so ``--resume`` repeats it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: str
-    output_dir: str
-    method: str = "lora"
-    settings: dict[str, Any] = Field(default_factory=dict)
-    model: str | None = Field(default=None, description="embedded name, local dir or Hub id; default by task")
-    validation: str | None = None
-    test: str | None = Field(default=None, description="a labelled file scored once after training; never used to "
-                                                       "stop early or to choose a checkpoint")
-    task: Literal["causal-lm", "seq-cls"] | None = None
-    epochs: float = Field(default=3.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    batch_size: int = Field(default=8, ge=1)
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    learning_rate: float | None = Field(default=None, gt=0, description="default: the method's own")
-    max_length: int = Field(default=512, ge=8)
-    gradient_checkpointing: bool = False
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    quantize: Literal["4bit", "8bit"] | None = Field(default=None, description="load the base in 4 or 8 bits "
-                                                     "(QLoRA-style; CUDA and bitsandbytes; methods that support it)")
-    eval_steps: int | None = Field(default=None, ge=1, description="default: about 5 evaluations per run")
-    save_steps: int | None = Field(default=None, ge=1, description="default: at every evaluation")
-    early_stopping_patience: int = Field(default=3, ge=0, description="evaluations without improvement; 0: off")
-    train_on_inputs: bool = False
-    pack: bool = False
-    group_by_length: bool = True
-    max_examples: int | None = Field(default=None, ge=1)
-    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
-    warmup_ratio: float = Field(default=0.05, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = 0
-    data_seed: int | None = Field(default=None, description="seed of the --max-examples sample and of the "
-                                  "validation split; default: seed. Fixing it while varying seed measures "
-                                  "what training's randomness alone does to a score")
-    samples: int = Field(default=3, ge=0, description="sample generations in the report (causal LM)")
-    forgetting: bool = True
-    keep_checkpoints: bool = False
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    max_seconds: float | None = Field(default=None, gt=0, description="end training after this long (from the "
-                                      "start of the run), then evaluate and write the outputs as usual")
-    profile_store: bool = Field(default=True, description="add the finished run to the local profile store")
-    pilot_steps: int | None = Field(default=None, ge=1, description="a pilot: stop after this many optimizer steps "
-                                    "of the full run's schedule, without evaluations, checkpoints or report")
-    num_processes: int = Field(default=1, ge=1, description="train data-parallel on this many processes "
-                               "(one per GPU), launched through Accelerate; batch_size is per process")
-    accelerate_config: str | None = Field(default=None, description="an Accelerate config file (FSDP, DeepSpeed, "
-                                          "several machines) to launch with")
-
-    @property
-    def sample_seed(self) -> int:
-        """The seed of the --max-examples sample and of the validation split."""
-        return self.seed if self.data_seed is None else self.data_seed
-
-    def prepare(self, tokenizer, *, test: bool = True):
-        """The data as a run with these options trains on it (sample, split, tokens); with ``test``
-        the ``--test`` file too. A pilot and the fine-tune it stands for see the same examples."""
-        from .data import prepare_data
-
-        return prepare_data(self.data, tokenizer, task=self.task, validation_path=self.validation,
-                            validation_fraction=self.validation_fraction, max_length=self.max_length,
-                            train_on_inputs=self.train_on_inputs, pack=self.pack, max_examples=self.max_examples,
-                            seed=self.sample_seed, test_path=self.test if test else None)
+def pilot(data: str, *, output_dir: str, steps: int, **options) -> PilotResult:
+    """A pilot: the first ``steps`` optimizer steps of exactly the run that :func:`train` with these
+    options would do (same data, batch and learning-rate schedule), measured: the loss curve, step
+    time and peak memory. No evaluation, checkpoint or report; ``output_dir`` is scratch space."""
+    out = Path(output_dir).expanduser()
+    opts = _options(**{**options, "data": str(data), "output_dir": str(out), "pilot_steps": steps})
+    run = Run(opts, out, resume=False, progress=False, recommendation=None)
+    return run.measure_pilot(run.fit())
 
 
 def train(data: str | None = None, *, output_dir: str, resume: bool = False, overwrite: bool = False,
@@ -115,10 +57,13 @@ def train(data: str | None = None, *, output_dir: str, resume: bool = False, ove
         opts = _options(data=str(data) if data is not None else None, output_dir=str(out), **options)
     from .launch import launch, launched, plan_of
 
+    if opts.pilot_steps:
+        raise BadInputError("pilot_steps is for autopeft.training.run.pilot(), not train()")
     if (opts.num_processes > 1 or opts.accelerate_config) and not launched():
         plan_of(opts.num_processes, opts.accelerate_config)  # a bad config file is reported here, once
         return launch(opts, out, resume=resume, recommendation=recommendation)
-    return _Run(opts, out, resume=resume, progress=progress, recommendation=recommendation).execute()
+    run = Run(opts, out, resume=resume, progress=progress, recommendation=recommendation)
+    return run.finish(run.fit())
 
 
 def _options(**values) -> TrainOptions:
@@ -142,7 +87,7 @@ def _stored_options(out: Path) -> TrainOptions:
                             source=str(out / OPTIONS_FILE)) from None
 
 
-class _Run:
+class Run:
     """One training run, step by step; each step a method so that the order reads top to bottom."""
 
     def __init__(self, opts: TrainOptions, out: Path, *, resume: bool, progress: bool, recommendation):
@@ -150,7 +95,8 @@ class _Run:
         self.recommendation = recommendation
         self.started = time.perf_counter()
 
-    def execute(self) -> RunRecord:
+    def fit(self):
+        """Load the data and the model, build the method, train; return the Trainer."""
         import torch
 
         from transformers import set_seed
@@ -164,7 +110,7 @@ class _Run:
         self.plan = plan_of(opts.num_processes, opts.accelerate_config)  # processes, and how they share state
         self.method, self.settings = _method(opts.method, opts.settings)
         if opts.quantize:
-            from .quantization import check_supported, require_here
+            from ..quantization import check_supported, require_here
 
             check_supported(opts.quantize, self.method)
             require_here(opts.quantize)
@@ -205,19 +151,19 @@ class _Run:
             if stop.requested:
                 raise KeyboardInterrupt
         self.train_seconds = time.perf_counter() - train_started
-        return self.finish_pilot(trainer) if opts.pilot_steps else self.finish(trainer)
+        return trainer
 
     # -- data and model ------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        from .loading import load_tokenizer
-        from .models import DEFAULT_MODEL, EMBEDDED
+        from ..models import load_tokenizer
+        from ..models import DEFAULT_MODEL, EMBEDDED
 
         opts = self.opts
         model = opts.model
         if model is None:
             # the default model follows the task, which the data decides when the user did not
-            from .data import read_records
+            from ..data import read_records
 
             task = opts.task or ("seq-cls" if read_records(opts.data)[0] == "classification" else "causal-lm")
             model = DEFAULT_MODEL[task]
@@ -235,7 +181,7 @@ class _Run:
     def load_and_build(self) -> None:
         import torch
 
-        from .loading import load_model
+        from ..models import load_model
 
         opts = self.opts
         self.precision = _precision(opts.precision, self.device)
@@ -252,7 +198,7 @@ class _Run:
         self.loss_before = None
         if self.task == "causal-lm" and opts.forgetting and not opts.pilot_steps and self.main:
             self.loss_before = _general_loss(net, self.tokenizer)
-        self.total_steps = _total_steps(opts, len(self.data.train))
+        self.total_steps = total_steps(opts, len(self.data.train))
         try:
             self.settings = self.method.settings_for_run(self.method.settings_for_model(net, self.settings),
                                                          self.total_steps)
@@ -283,7 +229,7 @@ class _Run:
         from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
         from transformers.trainer_callback import PrinterCallback, ProgressCallback as HFProgress
 
-        from .data import make_collator
+        from ..data import make_collator
         from .evaluation import classification_metrics
         from .progress import ProgressCallback
 
@@ -346,7 +292,9 @@ class _Run:
 
     # -- results ---------------------------------------------------------------------------------
 
-    def finish(self, trainer) -> RunRecord:
+    def finish(self, trainer) -> RunRecord | None:
+        """Evaluate, then write the outputs and return the record (None in a worker process other
+        than the main one, which writes for all)."""
         from .evaluation import generate_samples, learning_warnings, peak_memory_bytes
         from .outputs import hardware, move_into, versions, write_json, write_report
 
@@ -384,7 +332,7 @@ class _Run:
             metrics["forgetting"] = after - self.loss_before
         samples = []
         if self.task == "causal-lm" and opts.samples:
-            from .data import sample_prompts
+            from ..data import sample_prompts
 
             prompts = sample_prompts(opts.validation or opts.data, n=opts.samples, tokenizer=self.tokenizer)
             samples = [s.model_dump() for s in generate_samples(net, self.tokenizer, prompts)]
@@ -421,11 +369,10 @@ class _Run:
             shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
         return record
 
-    def finish_pilot(self, trainer):
+    def measure_pilot(self, trainer) -> PilotResult:
         """A pilot's measurements: the loss curve, step time and peak memory; nothing else is written."""
         from .evaluation import peak_memory_bytes
-        from .pilot import PilotResult
-        from .profiles import CurvePoint
+        from ..profiles import CurvePoint
 
         state = trainer.state
         losses = [(e["step"], e["loss"]) for e in state.log_history if "loss" in e and "step" in e]
@@ -441,7 +388,7 @@ class _Run:
 
     def _estimate(self) -> int | None:
         """The cost model's prediction for this run, kept beside the measurement so both can be compared."""
-        from .costmodel import estimate
+        from ..costmodel import estimate
 
         try:
             est = estimate(self.model_name, self.method, settings=self.settings, task=self.task,
@@ -459,7 +406,7 @@ class _Run:
 
 def _remember(record) -> None:
     """Append the run to the local profile store, so the next recommendation here knows more."""
-    from .profiles import append, record_from_run
+    from ..profiles import append, record_from_run
 
     try:
         append([record_from_run(record)])
@@ -500,14 +447,8 @@ def _stop_after(steps: int):
     return StopAfter()
 
 
-def _total_steps(opts: TrainOptions, num_train: int) -> int:
-    per_step = opts.batch_size * opts.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(num_train / per_step))
-    return opts.max_steps or max(1, math.ceil(opts.epochs * steps_per_epoch))
-
-
 def _method(name: str, settings: dict):
-    from .plugins import get_method
+    from ..methods.registry import get_method
 
     method = get_method(name)
     reason = method.unavailable_reason()
@@ -639,7 +580,7 @@ def _save_initial_adapter(net, directory: Path) -> Path | None:
     """Keep the adapter as initialised (before any step) when its init changed the base weights."""
     from peft import PeftModel
 
-    from .method import DATA_DEPENDENT_LORA_INITS
+    from ..methods.base import DATA_DEPENDENT_LORA_INITS
 
     if not isinstance(net, PeftModel):
         return None

@@ -2,7 +2,7 @@
 
 autopeft does not run processes of its own making: it hands the run to ``accelerate launch``
 (torchrun underneath, or DeepSpeed's launcher when the config asks for it), which starts the
-workers; each worker is ``python -m autopeft.launch OUTPUT_DIR`` and runs the same training as a
+workers; each worker is ``python -m autopeft.training.worker OUTPUT_DIR`` and runs the same training as a
 single process, with transformers' Trainer doing data-parallel training the way Accelerate set it
 up (DDP, FSDP or DeepSpeed ZeRO; gloo on CPUs, NCCL on GPUs). Only the main process writes the
 outputs and shows progress.
@@ -23,39 +23,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from .errors import AutopeftError, BadInputError
-from .sharding import Sharding, from_accelerate_config, sharding
+from ..errors import AutopeftError, BadInputError
+from ..sharding import Sharding, from_accelerate_config, sharding
+from .outputs import DistributedRun, RankReport
 
 #: written by the launching process beside autopeft-run.json: what the workers need besides the options
 LAUNCH_FILE = ".launch.json"
 #: set in the workers' environment, so a worker never launches again
 LAUNCHED_ENV = "AUTOPEFT_LAUNCHED"
-
-
-class RankReport(BaseModel):
-    """What one process did."""
-
-    rank: int
-    examples: int = Field(description="training examples this process computed on")
-    data_fingerprint: str = Field(description="hash of the set of examples it trained on")
-    weights_fingerprint: str | None = Field(description="hash of its trainable weights after training "
-                                                        "(None where they are sharded)")
-    peak_memory_bytes: int
-
-
-class DistributedRun(BaseModel):
-    """The ``distributed`` section of run.json."""
-
-    num_processes: int
-    strategy: str
-    backend: str | None
-    ranks: list[RankReport]
-    shared_examples: int = Field(description="examples more than one process trained on (the sampler pads "
-                                             "the last batch by repeating a few)")
-    replicas_identical: bool | None = Field(description="whether every process ended with the same trainable "
-                                                        "weights (None when the strategy shards them)")
 
 
 def launched() -> bool:
@@ -134,7 +109,7 @@ def _command(opts, out: Path, plan: Sharding) -> list[str]:
     else:
         cmd += ["--multi_gpu", "--num_processes", str(plan.num_processes), "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    return cmd + ["-m", "autopeft.launch", str(out)]
+    return cmd + ["-m", "autopeft.training.worker", str(out)]
 
 
 def _free_port() -> int:
@@ -196,51 +171,3 @@ def gather(trace: DataTrace, net, peak_memory_bytes: int, plan: Sharding) -> Dis
         num_processes=len(ranks), strategy=plan.strategy, backend=dist.get_backend(), ranks=ranks,
         shared_examples=sum(1 for n in seen.values() if n > 1),
         replicas_identical=None if sharded_weights else len(fingerprints) == 1)
-
-
-def _worker(out: Path) -> int:
-    """One launched process: the run whose options are in ``out``."""
-    import logging
-
-    from .outputs import OPTIONS_FILE
-    from .training import TrainOptions, _Run
-
-    if not is_main_process():  # the main process says what there is to say, once
-        logging.getLogger("autopeft").setLevel(logging.ERROR)
-    extra = json.loads((out / LAUNCH_FILE).read_text(encoding="utf-8"))
-    opts = TrainOptions(**json.loads((out / OPTIONS_FILE).read_text(encoding="utf-8")))
-    _Run(opts, out, resume=extra["resume"], progress=is_main_process(),
-         recommendation=extra["recommendation"]).execute()
-    # not on failure: a barrier then would wait for a process that is gone; the launcher ends them all
-    _leave_the_group()
-    return 0
-
-
-def _leave_the_group() -> None:
-    """Wait for the others, then close the process group ourselves.
-
-    A process that finishes first (every one but the main, which still writes the outputs) and leaves
-    gloo's group to the interpreter's exit gets aborted by its threads ("terminate called without an
-    active exception"), and the launcher then kills the main one mid-write."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def main() -> int:
-    from .cli import _log_to_stderr, _quiet_libraries
-
-    _quiet_libraries()
-    _log_to_stderr()
-    try:
-        return _worker(Path(sys.argv[1]))
-    except AutopeftError as exc:
-        if is_main_process():
-            print(f"autopeft: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,9 +15,9 @@ from importlib import metadata
 
 import pluggy
 
-from . import hookspecs
-from .errors import UnknownMethodError
-from .method import Method
+from .. import hookspecs
+from ..errors import UnknownMethodError
+from .base import Method
 
 ENTRY_POINT_GROUP = "autopeft"
 

@@ -1,7 +1,7 @@
 """Pilots: short real training runs of the candidates on the user's data, each in its own process.
 
 A pilot is the first few steps of exactly the run it stands for (same data, batch, and learning-rate
-schedule: see ``TrainOptions.pilot_steps``), so its loss curve is the start of that run's curve.
+schedule: see :func:`autopeft.training.run.pilot`), so its loss curve is the start of that run's curve.
 Each pilot runs in a child process watched by this one: an out-of-memory, a crash or a hang marks
 that pilot, never the whole recommendation, and a child that goes over the memory budget is stopped
 at once with the figure it reached. On Linux the child is forked after the heavy
@@ -21,9 +21,7 @@ another, and the budget buys proportionally longer pilots.
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,32 +30,10 @@ from typing import Any, Callable, Literal, Sequence
 from pydantic import BaseModel, Field
 
 from .halving import MAX_FRACTION, best_of_each, next_length, plan_cost, survivors
-from .profiles import CurvePoint
+from ..processes import run_watched
+from ..training.outputs import PilotResult
 
 MIN_STEPS = 3
-_POLL_SECONDS = 0.02
-#: a watched child is stopped this far below its memory budget: the watcher samples, and memory
-#: can grow between two samples
-_GUARD_MARGIN = 0.01
-
-
-class PilotResult(BaseModel):
-    """What one pilot measured."""
-
-    status: Literal["ok", "oom", "failed", "timeout"]
-    error: str | None = None
-    steps: int = 0
-    total_steps: int | None = Field(default=None, description="steps of the full run this pilot stands for")
-    curve: list[CurvePoint] = Field(default_factory=list)
-    peak_memory_bytes: int | None = None
-    train_seconds: float | None = None
-    seconds: float | None = Field(default=None, description="wall time of the whole pilot process")
-    seconds_per_step: float | None = None
-    tokens_per_second: float | None = None
-    learning_rate: float | None = None
-    trainable_params: int | None = None
-    total_params: int | None = None
-    reused: bool = Field(default=False, description="read from the pilot cache, not run again")
 
 
 class PilotConfig(BaseModel):
@@ -159,9 +135,9 @@ def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="autopeft-pilot-") as tmp:
         result_path = Path(tmp) / "result.json"
-        options = {**base_options, **config.options(), "pilot_steps": steps, "output_dir": str(Path(tmp) / "run"),
-                   "forgetting": False, "samples": 0}
-        peak, failure = run_watched(_child, (options, str(result_path), max_memory), max_memory=max_memory,
+        options = {**base_options, **config.options(), "output_dir": str(Path(tmp) / "run"), "forgetting": False,
+                   "samples": 0}
+        peak, failure = run_watched(_child, (options, steps, str(result_path), max_memory), max_memory=max_memory,
                                     timeout=timeout, env={"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None)
         if failure is not None:
             result = PilotResult(status=failure[0], error=failure[1], peak_memory_bytes=peak or None)
@@ -175,7 +151,7 @@ def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, 
         # the watcher's sampled peak can miss a spike; the child's own high-water mark cannot
         result.peak_memory_bytes = max(result.peak_memory_bytes or 0, peak)
     if key is not None and result.status in ("ok", "oom"):  # a crash or a timeout may not happen again
-        from .outputs import write_text
+        from ..training.outputs import write_text
 
         cache.mkdir(parents=True, exist_ok=True)
         write_text(cache / f"{key}.json", result.model_dump_json())
@@ -188,7 +164,7 @@ def _cache_key(config: PilotConfig, base_options: dict[str, Any], steps: int, ma
     import hashlib
     import json
 
-    from . import __version__
+    from ..version import __version__
 
     options = {k: v for k, v in base_options.items() if k != "output_dir"}
     described = {"config": config.model_dump(mode="json"), "options": options, "steps": steps,
@@ -223,41 +199,6 @@ def _content_hash(path: str, size: int, mtime_ns: int) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
-                timeout: float | None = None, env: dict[str, str] | None = None) -> tuple[int, tuple[str, str] | None]:
-    """Run ``target(*args)`` in a child process and watch it: on CPU, a child whose resident memory
-    (with its own children) goes over ``max_memory`` is stopped at once, as is one running past
-    ``timeout`` seconds. ``env`` adds to the child's environment. Returns (peak resident bytes seen,
-    None or (status, reason))."""
-    import psutil
-
-    started = time.perf_counter()
-    # the fork server keeps the environment it started with; the child gets this process's own now
-    environ = {**os.environ, **(env or {})}
-    child = _context().Process(target=_in_environment, args=(environ, target, args), daemon=True)
-    child.start()
-    watched = psutil.Process(child.pid)
-    peak, failure = 0, None
-    while child.is_alive():
-        try:
-            rss = watched.memory_info().rss + sum(c.memory_info().rss for c in watched.children(recursive=True))
-        except psutil.Error:
-            rss = 0
-        peak = max(peak, rss)
-        if max_memory is not None and rss > (1 - _GUARD_MARGIN) * max_memory and _device() == "cpu":
-            failure = ("oom", f"stopped at {rss:,} bytes resident, at the budget of {max_memory:,}")
-        elif timeout is not None and time.perf_counter() - started > timeout:
-            failure = ("timeout", f"no result after {timeout:.0f} s")
-        if failure:
-            child.kill()
-            child.join()
-            break
-        child.join(_POLL_SECONDS)
-    if failure is None and child.exitcode not in (0, None):
-        failure = ("failed", f"the process ended with exit code {child.exitcode}")
-    return peak, failure
 
 
 def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, Any], *,
@@ -362,34 +303,10 @@ def _costs(result: PilotResult, overhead: float = 10.0, per_step: float = 1.0) -
     return max(0.0, result.seconds - (result.train_seconds or 0)), result.seconds_per_step
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _context():
-    """Forkserver on Linux: a clean single-threaded server process that has imported the heavy
-    libraries once forks each child, so a pilot starts in about a second. Forking this process
-    itself would be faster still but is not safe: it has run threads (tokenizers, torch) whose locks
-    a forked child inherits held, and such a child hangs. Spawn elsewhere."""
-    if sys.platform.startswith("linux"):
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "transformers", "peft", "autopeft.training", "autopeft.pilot"])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-def _in_environment(environ: dict[str, str], target: Callable, args: tuple) -> None:
-    os.environ.clear()
-    os.environ.update(environ)
-    target(*args)
-
-
-def _child(options: dict[str, Any], result_path: str, max_memory: int | None) -> None:
-    """Entry point of a pilot process: train, then write the result (or the failure) as JSON."""
-    from .errors import first_line
-    from .logs import quiet_libraries
+def _child(options: dict[str, Any], steps: int, result_path: str, max_memory: int | None) -> None:
+    """Entry point of a pilot process: pilot, then write the result (or the failure) as JSON."""
+    from ..errors import first_line
+    from ..logs import quiet_libraries
 
     quiet_libraries()
 
@@ -399,11 +316,11 @@ def _child(options: dict[str, Any], result_path: str, max_memory: int | None) ->
         if max_memory is not None and torch.cuda.is_available():
             total = torch.cuda.get_device_properties(0).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, max_memory / total))
-        from .training import train
+        from ..training.run import pilot
 
         data = options.pop("data")
         output_dir = options.pop("output_dir")
-        result = train(data, output_dir=output_dir, progress=False, **options)
+        result = pilot(data, output_dir=output_dir, steps=steps, **options)
     except Exception as exc:  # the child reports every failure as its result; the parent decides
         status = "oom" if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError" else "failed"
         result = PilotResult(status=status, error=f"{type(exc).__name__}: {first_line(exc)}")

@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from .errors import BadInputError, first_line
-from .profiles import ProfileRecord, append, read_jsonl, record_from_run
+from ..errors import BadInputError, first_line
+from ..profiles import ProfileRecord, append, read_jsonl, record_from_run
 
 BENCH_FILE = "bench.json"
 RECORDS_FILE = "records.jsonl"
@@ -56,9 +56,9 @@ def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantize:
     """The runs of a bench: each available method for ``task`` (or those named) at ``learning_rates``
     learning rates from its search space, the default first; with ``quantize``, only methods that
     train on a quantised base."""
-    from .quantization import check_supported
+    from ..quantization import check_supported
 
-    from .plugins import get_method, get_methods
+    from ..methods.registry import get_method, get_methods
 
     if methods:
         chosen = [get_method(name) for name in methods]
@@ -125,7 +125,7 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     :param options: training options shared by every run (any field of ``TrainOptions``).
     :param timeout: seconds after which one run is stopped and recorded as failed.
     """
-    from .data import read_records
+    from ..data import read_records
 
     out = Path(output_dir).expanduser()
     task = options.get("task") or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
@@ -133,7 +133,7 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
                      edge_rates=edge_rates)
     _start_or_continue(out, spec)
     if options.get("quantize"):
-        from .quantization import require_here
+        from ..quantization import require_here
 
         require_here(options["quantize"])
     runs = plan(task, methods, learning_rates, quantize=options.get("quantize"))
@@ -192,7 +192,7 @@ def _start_or_continue(out: Path, spec: BenchSpec) -> None:
     elif out.exists() and any(out.iterdir()):
         raise BadInputError("not a bench directory (no bench.json) and not empty", source=str(out))
     out.mkdir(parents=True, exist_ok=True)
-    from .outputs import write_text
+    from ..training.outputs import write_text
 
     write_text(path, spec.model_dump_json(indent=2))
 
@@ -206,7 +206,7 @@ def run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None = N
     """Train ``run`` with ``spec``'s options in a watched child process; a failure becomes a record
     with no score. The run's ``run.json`` is kept as ``out/runs/<its experiment>.json``; its adapter
     is not (the record holds what counts). ``benchmarks/seed_noise.py`` reruns a bench's runs so."""
-    from .pilot import run_watched
+    from ..processes import run_watched
 
     with tempfile.TemporaryDirectory(prefix="autopeft-bench-") as tmp:
         result_path = Path(tmp) / "record.json"
@@ -217,7 +217,7 @@ def run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None = N
         peak, failure = run_watched(_child, (options, spec.benchmark, run.experiment, str(result_path)),
                                     timeout=timeout)
         if failure is None and result_path.is_file():
-            from .outputs import write_text
+            from ..training.outputs import write_text
 
             kept = run_file(out, run.experiment)
             kept.parent.mkdir(parents=True, exist_ok=True)
@@ -234,11 +234,11 @@ def run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None = N
 
 def _child(options: dict[str, Any], benchmark: str, experiment: str, result_path: str) -> None:
     """Entry point of a bench run's process: train, then write the record (or the error)."""
-    from .logs import quiet_libraries
+    from ..logs import quiet_libraries
 
     quiet_libraries()
     try:
-        from .training import train
+        from ..training.run import train
 
         data = options.pop("data")
         output_dir = options.pop("output_dir")

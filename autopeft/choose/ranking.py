@@ -137,7 +137,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from .profiles import CurvePoint, ProfileRecord, end_loss
+from ..profiles import CurvePoint, ProfileRecord, end_loss
 
 #: the kinds of task whose learning-rate offsets get a weight of their own
 TASK_KINDS = ("causal-lm", "seq-cls")
@@ -338,7 +338,7 @@ class Objective(BaseModel):
     @classmethod
     def parse(cls, text: str | None) -> Objective:
         """``quality`` (default), ``memory``, ``speed``, or a mix such as ``quality=0.7,memory=0.3``."""
-        from .errors import BadInputError
+        from ..errors import BadInputError
 
         if not text:
             return cls()

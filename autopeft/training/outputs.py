@@ -24,12 +24,12 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .errors import BadInputError
-from .launch import DistributedRun
+from ..errors import BadInputError
+from ..profiles import CurvePoint
 
 OPTIONS_FILE = "autopeft-run.json"
 RECORD_FILE = "run.json"
@@ -52,6 +52,49 @@ class Hardware(BaseModel):
     cpu_count: int | None
     memory_bytes: int
     accelerator_memory_bytes: int | None = None
+
+
+class RankReport(BaseModel):
+    """What one process did."""
+
+    rank: int
+    examples: int = Field(description="training examples this process computed on")
+    data_fingerprint: str = Field(description="hash of the set of examples it trained on")
+    weights_fingerprint: str | None = Field(description="hash of its trainable weights after training "
+                                                        "(None where they are sharded)")
+    peak_memory_bytes: int
+
+
+class DistributedRun(BaseModel):
+    """The ``distributed`` section of run.json."""
+
+    num_processes: int
+    strategy: str
+    backend: str | None
+    ranks: list[RankReport]
+    shared_examples: int = Field(description="examples more than one process trained on (the sampler pads "
+                                             "the last batch by repeating a few)")
+    replicas_identical: bool | None = Field(description="whether every process ended with the same trainable "
+                                                        "weights (None when the strategy shards them)")
+
+
+class PilotResult(BaseModel):
+    """What one pilot measured."""
+
+    status: Literal["ok", "oom", "failed", "timeout"]
+    error: str | None = None
+    steps: int = 0
+    total_steps: int | None = Field(default=None, description="steps of the full run this pilot stands for")
+    curve: list[CurvePoint] = Field(default_factory=list)
+    peak_memory_bytes: int | None = None
+    train_seconds: float | None = None
+    seconds: float | None = Field(default=None, description="wall time of the whole pilot process")
+    seconds_per_step: float | None = None
+    tokens_per_second: float | None = None
+    learning_rate: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    reused: bool = Field(default=False, description="read from the pilot cache, not run again")
 
 
 class RunRecord(BaseModel):
@@ -238,7 +281,7 @@ def _metric_rows(metrics: dict[str, float | None]) -> str:
 
 
 def _report(r: RunRecord) -> str:
-    from .sizes import format_count, format_size
+    from ..sizes import format_count, format_size
 
     data = r.data
     tokens = data.get("tokens") or {}

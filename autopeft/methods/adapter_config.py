@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import BadInputError, UnknownMethodError
+from ..errors import BadInputError, UnknownMethodError
 
 
 def read_adapter_config(path: str | Path) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def to_peft_config(data: dict[str, Any], task: str | None = None):
     known = {f.name for f in dataclasses.fields(config_cls)}
     kwargs = {k: v for k, v in data.items() if k in known and k not in ("peft_type", "auto_mapping", "peft_version")}
     if task is not None:
-        from .method import peft_task_type
+        from .base import peft_task_type
 
         kwargs["task_type"] = peft_task_type(task)
     kwargs["inference_mode"] = False
@@ -57,8 +57,8 @@ def to_peft_config(data: dict[str, Any], task: str | None = None):
 def method_for(data: dict[str, Any]):
     """The installed method that recognises this adapter config; for a PEFT type no plugin claims,
     a generic stand-in that builds the config as PEFT defines it (costs are exact, capabilities unknown)."""
-    from .method import PeftMethod
-    from .plugins import get_methods
+    from .base import PeftMethod
+    from .registry import get_methods
 
     matches = [m for m in get_methods().values() if isinstance(m, PeftMethod) and m.recognises(data)]
     if matches:
@@ -74,7 +74,7 @@ def method_for(data: dict[str, Any]):
 
 def generic_method(peft_type: str):
     """A method for any PEFT type, used only with a ready-made adapter config."""
-    from .method import Capabilities, PeftMethod, SearchSpace
+    from .base import Capabilities, PeftMethod, SearchSpace
 
     class GenericPeft(PeftMethod):
         name = f"peft:{peft_type.lower()}"

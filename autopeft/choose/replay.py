@@ -22,9 +22,9 @@ from typing import Callable
 import numpy as np
 from pydantic import BaseModel, Field
 
-from .errors import BadInputError
+from ..errors import BadInputError
 from .halving import MAX_FRACTION, best_of_each, next_length, survivors
-from .profiles import ProfileRecord, end_loss, import_peft_results, load_records
+from ..profiles import ProfileRecord, end_loss, import_peft_results, load_records
 
 
 class Pick(BaseModel):
@@ -66,7 +66,7 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
     :param pilots: ``halving`` (as ``tune`` spends a budget) or ``flat`` (every candidate piloted for
         exactly ``budget_fraction`` of its steps, and ranked once).
     """
-    from .recommender import Candidate, Recommender
+    from .ranking import Candidate, Recommender
 
     if not 0 < budget_fraction <= 1:
         raise BadInputError(f"--budget-fraction must be in (0, 1], got {budget_fraction}")
@@ -155,7 +155,7 @@ def _in_tune_order(runs: list[ProfileRecord], recommender) -> list[ProfileRecord
     static ranking, each method's rates as given. Where pilots cannot tell candidates apart (a first
     rung of a step or two, before warm-up has moved anything) the first of them goes on, so the order
     decides; a bench's own order (the most used methods first) would slip in a prior tune does not have."""
-    from .recommender import Candidate
+    from .ranking import Candidate
 
     candidates = [Candidate.from_record(r, None) for r in runs]
     static = recommender.predict(candidates) if recommender.mode(candidates) == "static" else np.zeros(len(runs))
@@ -197,7 +197,7 @@ def _default_lora(runs: list[ProfileRecord]) -> ProfileRecord | None:
     learning rate for LoRA, then with the plainest name."""
     import math
 
-    from .plugins import get_methods
+    from ..methods.registry import get_methods
 
     loras = [r for r in runs if r.method == "lora"]
     lora = get_methods().get("lora")
@@ -238,7 +238,7 @@ def leave_one_task_out(records: list[ProfileRecord], budget_fraction: float = 0.
     and the baselines."""
     from scipy.stats import spearmanr
 
-    from .recommender import Candidate
+    from .ranking import Candidate
 
     results = []
     for runs, recommender in _judged_tasks(records):
@@ -287,7 +287,7 @@ def leave_one_task_out_subsets(records: list[ProfileRecord], budget_fraction: fl
     judged against its own best run. A task is a single draw of candidates: on one draw a baseline
     can land on the best run by luck, or the choice miss it by one noisy pilot; the mean over many
     draws of the same task tells a steady edge from a lucky one."""
-    from .recommender import Candidate
+    from .ranking import Candidate
 
     rng = np.random.default_rng(seed)
     results = []
@@ -326,7 +326,7 @@ def leave_one_task_out_subsets(records: list[ProfileRecord], budget_fraction: fl
 def _judged_tasks(records: list[ProfileRecord]):
     """Each benchmark's runs that have a score and a loss curve (three at least), in the order tune
     would pilot them, with a recommender fit on the other tasks (:func:`_other_tasks`)."""
-    from .recommender import Recommender
+    from .ranking import Recommender
 
     usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)]
     for benchmark in sorted({r.benchmark for r in usable}):

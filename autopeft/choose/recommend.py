@@ -18,10 +18,10 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field, PrivateAttr
 
 from .constraints import Constraints, check, method_reasons, nearest_misses
-from .errors import AutopeftError, BadInputError
-from .profiler import DeviceProfile
-from .profiles import CurvePoint
-from .sizes import format_size
+from ..errors import AutopeftError, BadInputError
+from ..devices import DeviceProfile
+from ..profiles import CurvePoint
+from ..sizes import format_size
 
 log = logging.getLogger("autopeft")
 
@@ -126,14 +126,14 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         method-comparison layout), besides the shipped ones and this machine's store.
     :param leave_out: benchmarks whose records are not learned from (to evaluate on one of them).
     """
-    from .loading import load_tokenizer
-    from .models import DEFAULT_MODEL, load_config
-    from .plugins import get_methods
-    from .profiler import profile_device, target_device
-    from .profiles import load_records
-    from .recommender import Candidate, Objective, Recommender, objective_scores, pareto_front
-    from .launch import plan_of
-    from .training import _total_steps, TrainOptions
+    from ..models import load_tokenizer
+    from ..models import DEFAULT_MODEL, load_config
+    from ..methods.registry import get_methods
+    from ..devices import profile_device, target_device
+    from ..profiles import load_records
+    from .ranking import Candidate, Objective, Recommender, objective_scores, pareto_front
+    from ..training.launch import plan_of
+    from ..training.options import TrainOptions, total_steps as steps_of
 
     say = say or (lambda text: log.info(text))
     plan = plan_of(num_processes, accelerate_config)
@@ -146,7 +146,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         constraints = _quantized_only(constraints, quantize, local=pilot or not device.planned)
 
     if model is None:
-        from .data import read_records
+        from ..data import read_records
 
         task = task or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
         model = DEFAULT_MODEL[task]
@@ -161,7 +161,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     # the pilots train on the sample and split the fine-tune will, so their losses are its losses
     prepared = options.prepare(tokenizer, test=False)
     options.task = task = prepared.info.task
-    total_steps = _total_steps(options, len(prepared.train))
+    total_steps = steps_of(options, len(prepared.train))
     config = load_config(model, trust_remote_code=trust_remote_code)
     seq_len = prepared.info.tokens.max
     limit = constraints.max_vram
@@ -268,7 +268,7 @@ def _pilot_reason(result: Measured, constraints: Constraints, device: DeviceProf
 def _quantized_only(constraints: Constraints, quantize: str, *, local: bool) -> Constraints:
     """Constraints that admit only methods training on a quantised base; ``local``: something will run
     here (pilots, or the fine-tune), so this machine must be able to load one."""
-    from .quantization import check_supported, require_here
+    from ..quantization import check_supported, require_here
 
     check_supported(quantize, None)
     if local:
@@ -282,8 +282,8 @@ def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_l
             plan=None, quantize=None):
     """Check every method for the task against the constraints with the static cost model.
     Returns (a report per method, the verdicts of those the cost model judged)."""
-    from .costmodel import estimate
-    from .errors import first_line
+    from ..costmodel import estimate
+    from ..errors import first_line
 
     reports: dict[str, CandidateReport] = {}
     verdicts = {}
@@ -328,8 +328,8 @@ def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_l
 def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_method, max_memory, recommender,
                 say, spent: Callable[[], float], time_budget: float | None = None) -> dict[str, Any]:
     """Successive halving over (method, learning rate) configurations; each method's best pilot."""
-    from .pilot import PilotConfig, successive_halving
-    from .recommender import Candidate
+    from .pilots import PilotConfig, successive_halving
+    from .ranking import Candidate
 
     # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
     # budget too small for every pilot drops configurations from the end
@@ -373,13 +373,13 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
 
     say(f"pilots: {len(configs)} configurations of {len(feasible)} methods, with successive halving; "
         f"budget {'%.0f s' % seconds if seconds else f'{fraction:.0%} of the estimated full fine-tune'}")
-    from .models import autopeft_home
+    from ..models import autopeft_home
 
     rungs = successive_halving(configs, base, budget=budget, total_steps=total_steps, rank=rank,
                                max_memory=max_memory, on_pilot=on_pilot, announce=say,
                                cache=autopeft_home() / "pilots")
     best: dict[str, Any] = {}
-    from .profiles import end_loss
+    from ..profiles import end_loss
 
     for rung in rungs:  # later rungs (longer pilots) replace earlier ones
         by_method: dict[str, list] = {}
@@ -423,7 +423,7 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, pr
     n = len(candidates)
     parts = [f"{chosen.method} is recommended"]
     if mode == "pilot" and chosen.pilot:
-        from .profiles import end_loss
+        from ..profiles import end_loss
 
         place = sorted(range(n), key=lambda i: end_loss(candidates[i].pilot))
         loss_rank = place.index(candidates.index(chosen)) + 1
@@ -461,7 +461,7 @@ def _explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, pr
 
 def _too_close_to_call(chosen, runner_up) -> str | None:
     """A clause saying the runner-up's pilot ended within noise of the chosen one's, or None."""
-    from .profiles import end_loss_gap
+    from ..profiles import end_loss_gap
 
     gap = end_loss_gap(chosen.pilot, runner_up.pilot)
     if gap is None or abs(gap[0]) > 2 * gap[1]:
@@ -476,7 +476,7 @@ def _not_learned_yet(candidates, prior_loss: float | None) -> str | None:
     model learns late (GSM8K questions sorted by the length of their solution, with MiniLM: every
     pilot up to half the run ends at that loss), the pilots then rank how methods began, not what
     they learned, and the user should know the choice rests on little."""
-    from .profiles import end_loss
+    from ..profiles import end_loss
 
     ends = [end_loss(c.pilot) for c in candidates if c.pilot]
     if prior_loss is None or not ends or min(ends) < prior_loss:
@@ -508,8 +508,8 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
     import inspect
     from pathlib import Path
 
-    from .outputs import check_output_dir
-    from .training import TrainOptions
+    from ..training.outputs import check_output_dir
+    from ..training.run import TrainOptions
 
     constraints = constraints or Constraints()
     out = Path(output_dir).expanduser()
@@ -554,7 +554,7 @@ def _runner_up_hint(rec: Recommendation, data: str) -> str | None:
 
 
 def _resume_tune(out, progress: bool):
-    from .outputs import OPTIONS_FILE, RECOMMENDATION_FILE, RECORD_FILE
+    from ..training.outputs import OPTIONS_FILE, RECOMMENDATION_FILE, RECORD_FILE
 
     if not (out / OPTIONS_FILE).is_file():
         raise BadInputError("nothing to resume: the fine-tune had not started. Run the same tune command again "
@@ -577,8 +577,8 @@ def _fine_tune(rec: Recommendation, out, *, data, overwrite: bool, progress: boo
     import tempfile
     from pathlib import Path
 
-    from .outputs import RECORD_FILE, RunRecord
-    from .pilot import run_watched
+    from ..training.outputs import RECORD_FILE, RunRecord
+    from ..processes import run_watched
 
     with tempfile.TemporaryDirectory(prefix="autopeft-tune-") as tmp:
         error_path = Path(tmp) / "error.txt"
@@ -596,9 +596,9 @@ def _fine_tune(rec: Recommendation, out, *, data, overwrite: bool, progress: boo
 def _train_child(data, output_dir, overwrite, progress, recommendation, options, error_path, resume=False) -> None:
     from pathlib import Path
 
-    from .errors import first_line
-    from .logs import log_to_stderr, quiet_libraries
-    from .training import train
+    from ..errors import first_line
+    from ..logs import log_to_stderr, quiet_libraries
+    from ..training.run import train
 
     quiet_libraries()
     log_to_stderr()

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from .errors import AutopeftError, BadInputError, first_line
-from .method import DATA_DEPENDENT_LORA_INITS
+from ..errors import AutopeftError, BadInputError, first_line
+from ..methods.base import DATA_DEPENDENT_LORA_INITS
 from .outputs import RECORD_FILE
 
 log = logging.getLogger("autopeft")
@@ -219,8 +219,8 @@ def _check_adapter_files(run: Path, allow_pickle: bool) -> None:
 
 def _plugin(name: str):
     """The installed method called ``name``, or None when no plugin provides it (PEFT then decides)."""
-    from . import get_method
-    from .errors import UnknownMethodError
+    from ..methods.registry import get_method
+    from ..errors import UnknownMethodError
 
     try:
         return get_method(name)
@@ -240,7 +240,7 @@ def _run_tokenizer(run: Path, record: dict, trust_remote_code: bool):
         return AutoTokenizer.from_pretrained(str(run), trust_remote_code=trust_remote_code)
     except Exception as exc:
         log.info("no tokenizer in %s (%s); using the base model's", run, first_line(exc))
-    from .loading import load_tokenizer
+    from ..models import load_tokenizer
 
     return load_tokenizer(record["model"], trust_remote_code=trust_remote_code)
 
@@ -255,7 +255,7 @@ def _label2id(record: dict) -> dict[str, int] | None:
 def _load_base(record: dict, tokenizer, *, allow_pickle: bool, trust_remote_code: bool):
     from transformers.utils import logging as hf_logging
 
-    from .loading import load_model
+    from ..models import load_model
 
     # a classifier's head is missing from the base checkpoint by design (the adapter holds it): no warning
     verbosity = hf_logging.get_verbosity()
@@ -291,7 +291,7 @@ def _half_dtype_of_base(model: str, trust_remote_code: bool):
     import torch
     from transformers import AutoConfig
 
-    from .loading import resolve
+    from ..models import resolve
 
     try:
         config = AutoConfig.from_pretrained(resolve(model), trust_remote_code=trust_remote_code)

@@ -14,8 +14,8 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import BadInputError
-from .sizes import format_count, format_size, parse_size
+from ..errors import BadInputError
+from ..sizes import format_count, format_size, parse_size
 
 Requirement = Literal["merge", "quantized", "lora-convertible"]
 _CAPABILITY = {"merge": "merge", "quantized": "quantized", "lora-convertible": "lora_convertible"}

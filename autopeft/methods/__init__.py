@@ -1,0 +1,2 @@
+"""Candidates: what a method plugin is (:mod:`.base`, :mod:`.settings`), the registry that loads the
+plugins (:mod:`.registry`), and reading PEFT adapter configs as methods (:mod:`.adapter_config`)."""

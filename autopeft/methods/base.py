@@ -1,0 +1,264 @@
+"""What a method plugin is: its description, settings, search space, build, optimizer and costs.
+
+A plugin subclasses :class:`Method` (or :class:`PeftMethod` when the method is a PEFT config) and
+fills in the class attributes. Heavy libraries are imported inside the methods that need them, so
+listing methods stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import BadInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Task = Literal["causal-lm", "seq-cls"]
+TASKS: tuple[str, ...] = ("causal-lm", "seq-cls")
+PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS"}
+
+
+class Capabilities(BaseModel):
+    """What a trained adapter of this method can do besides being loaded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    merge: bool = Field(description="can be merged into the base weights (no inference overhead)")
+    quantized: bool = Field(description="trains on a 4-/8-bit quantised base (QLoRA-style)")
+    multi_adapter: bool = Field(description="several adapters can be loaded on one base and switched")
+    lora_convertible: bool = Field(description="PEFT can convert it to a LoRA adapter (for LoRA-only servers)")
+
+
+class SearchSpace(BaseModel):
+    """Hyperparameters worth trying in a pilot: learning rates, and values of the method's settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    learning_rate: tuple[float, ...]
+    settings: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
+    #: learning rates for one task where they differ, e.g. ``{"seq-cls": (...)}``: a freshly initialised
+    #: classification head over a small encoder, trained for a few hundred steps, wants larger ones
+    task_learning_rate: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+
+    def learning_rates(self, task: str) -> tuple[float, ...]:
+        """The learning rates to try for ``task``."""
+        return self.task_learning_rate.get(task, self.learning_rate)
+
+    def default_learning_rate(self, task: str) -> float:
+        """The middle of the task's range; its top for classification, where a freshly initialised
+        head on a small encoder wants a larger step."""
+        rates = sorted(self.learning_rates(task))
+        return rates[-1] if task == "seq-cls" else rates[len(rates) // 2]
+
+    def learning_rate_grid(self, task: str, n: int) -> list[float]:
+        """``n`` learning rates of the task's range: the default first, then the nearest to it."""
+        default = self.default_learning_rate(task)
+        return sorted(self.learning_rates(task), key=lambda lr: abs(math.log(lr / default)))[:max(1, n)]
+
+
+class MethodSettings(BaseModel):
+    """Base of every method's settings: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MethodInfo(BaseModel):
+    """A method as ``autopeft methods --json`` lists it."""
+
+    name: str
+    family: str
+    description: str
+    tasks: list[str]
+    layer_types: list[str]
+    capabilities: Capabilities
+    search_space: SearchSpace
+    settings: dict[str, Any]
+    source: str
+    available: bool
+    unavailable_reason: str | None = None
+
+
+class Method:
+    """A fine-tuning method. Subclass it, set the class attributes, implement :meth:`build`."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    description: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    tasks: ClassVar[tuple[str, ...]] = TASKS
+    layer_types: ClassVar[tuple[str, ...]] = ("linear",)
+    capabilities: ClassVar[Capabilities]
+    search_space: ClassVar[SearchSpace]
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
+
+    #: the distribution that registered the method; set by the plugin manager
+    source: str = "unknown"
+
+    def unavailable_reason(self) -> str | None:
+        """Why this method cannot run on this machine, or None when it can."""
+        return None
+
+    def settings(self, values: dict[str, Any] | MethodSettings | None = None) -> MethodSettings:
+        """Validate ``values`` into this method's settings; raise BadInputError saying what is wrong."""
+        if isinstance(values, self.Settings):
+            return values
+        try:
+            return self.Settings(**dict(values or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "settings"
+            valid = ", ".join(self.Settings.model_fields) or "none"
+            if err["type"] == "extra_forbidden":
+                raise BadInputError(f"method {self.name} has no setting {key!r} (its settings: {valid})") from None
+            raise BadInputError(f"method {self.name}: setting {key!r}: {err['msg']}") from None
+
+    def build(self, model: torch.nn.Module, settings: MethodSettings, task: str) -> torch.nn.Module:
+        """Return ``model`` made trainable by this method (only the method's parameters require grad)."""
+        raise NotImplementedError
+
+    def optimizer(self, model: torch.nn.Module, settings: MethodSettings, *, learning_rate: float,
+                  weight_decay: float = 0.0) -> torch.optim.Optimizer | None:
+        """The method's own optimizer, or None for the trainer's default AdamW."""
+        return None
+
+    def settings_for_model(self, model: torch.nn.Module, settings: MethodSettings) -> MethodSettings:
+        """The settings adjusted to ``model``, for methods whose defaults must fit its layer sizes
+        (C3A's block size, VB-LoRA's vector length). Called before :meth:`build`, and what it returns
+        is what the run records. Default: unchanged. Settings the user set stay as set."""
+        return settings
+
+    def settings_for_run(self, settings: MethodSettings, total_steps: int) -> MethodSettings:
+        """The settings adjusted to a run of ``total_steps`` optimizer steps, for methods whose schedule
+        depends on the run's length (AdaLoRA). Default: unchanged. Settings the user set stay as set."""
+        return settings
+
+    def training_callbacks(self, model: torch.nn.Module, settings: MethodSettings) -> list:
+        """``transformers.TrainerCallback`` objects the method needs while training (for example
+        AdaLoRA's rank reallocation after each optimizer step). Default: none."""
+        return []
+
+    def optimizer_state_bytes(self, model: torch.nn.Module, settings: MethodSettings) -> int:
+        """Bytes of optimizer state while training ``model``. Default: AdamW, two moments per trainable value."""
+        return 2 * sum(p.numel() * p.element_size() for p in unique_trainable(model))
+
+    def adapter_state_dict(self, model) -> dict:
+        """The tensors the saved adapter holds. Default: every trainable parameter."""
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    def info(self) -> MethodInfo:
+        reason = self.unavailable_reason()
+        return MethodInfo(
+            name=self.name, family=self.family, description=self.description, tasks=list(self.tasks),
+            layer_types=list(self.layer_types), capabilities=self.capabilities, search_space=self.search_space,
+            settings=self.Settings().model_dump(mode="json"), source=self.source,
+            available=reason is None, unavailable_reason=reason,
+        )
+
+
+class PeftMethod(Method):
+    """A method that is a PEFT config: :meth:`peft_config` maps settings to it and PEFT builds it."""
+
+    #: the PEFT type this method produces, e.g. "LORA"
+    peft_type: ClassVar[str]
+
+    def peft_config(self, settings: MethodSettings, task: str):
+        """Return the ``peft.PeftConfig`` for these settings and task."""
+        raise NotImplementedError
+
+    def recognises(self, config: dict[str, Any]) -> bool:
+        """Whether an ``adapter_config.json`` (as a dict) is an instance of this method."""
+        return config.get("peft_type") == self.peft_type
+
+    def build(self, model, settings, task):
+        return self.build_from_peft_config(model, self.peft_config(settings, task))
+
+    def adapter_state_dict(self, model):
+        from peft import get_peft_model_state_dict
+
+        name = model.active_adapter
+        if model.peft_config[name].is_prompt_learning and _on_meta(model):
+            # PEFT saves the prompt encoder's output, which it copies to CPU; on meta, compute its shape
+            tokens = model.prompt_tokens[name].unsqueeze(0).to("meta")
+            embeddings = model.prompt_encoder[name](tokens)[0]
+            return {"prompt_embeddings": embeddings[: model.peft_config[name].num_virtual_tokens]}
+        return get_peft_model_state_dict(model)
+
+    def build_from_peft_config(self, model, peft_config):
+        """Wrap ``model`` with an already-made PEFT config (used for ``--peft-config FILE``)."""
+        from peft import get_peft_model
+
+        if not _on_meta(model):
+            return get_peft_model(model, peft_config)
+        with _no_weight_decompositions():
+            # some adapters make their tensors on the CPU beside a meta base: put them all on meta
+            return get_peft_model(model, shapes_only(peft_config)).to("meta")
+
+
+#: LoRA initialisations computed from the pretrained weights (decompositions, quantisation, data)
+DATA_DEPENDENT_LORA_INITS = ("pissa", "olora", "corda", "eva", "loftq")
+
+
+def shapes_only(peft_config):
+    """The config with a weight-dependent LoRA initialisation replaced by the default random one: the
+    same shapes and costs, and buildable on the meta device, where no weights exist."""
+    import dataclasses
+
+    init = getattr(peft_config, "init_lora_weights", None)
+    if isinstance(init, str) and init.startswith(DATA_DEPENDENT_LORA_INITS):
+        return dataclasses.replace(peft_config, init_lora_weights=True)
+    return peft_config
+
+
+@contextlib.contextmanager
+def _no_weight_decompositions():
+    """Skip LoRA-variant inits that decompose the base weights (MiCA: SVD), which meta tensors cannot do.
+    They only fill values; the variant keeps its shapes and which tensors train."""
+    from peft.tuners.lora.layer import LoraLayer
+
+    original = LoraLayer.mica_init
+    LoraLayer.mica_init = lambda self, adapter_name: None
+    try:
+        yield
+    finally:
+        LoraLayer.mica_init = original
+
+
+def _on_meta(model) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
+def divisor_of_layer_sizes(model, wanted: int) -> int:
+    """The largest size up to ``wanted`` that divides the in and out sizes of every linear layer in the
+    model's blocks, for methods whose blocks or vectors must tile the weights (C3A, VB-LoRA): MiniLM's
+    384 takes 192 where Llama-3's 3072/8192/1024 keep 256."""
+    import math
+
+    import torch
+
+    common = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith(("lm_head", "classifier", "score")):
+            common = math.gcd(common, module.in_features, module.out_features)
+    if common == 0:
+        return wanted
+    return max(d for d in range(1, min(wanted, common) + 1) if common % d == 0)
+
+
+def peft_task_type(task: str) -> str:
+    return PEFT_TASK_TYPES[task]
+
+
+def unique_trainable(model) -> list:
+    """Trainable parameters, each shared tensor once."""
+    seen, out = set(), []
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
