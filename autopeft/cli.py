@@ -593,15 +593,15 @@ def profiles_list(as_json):
     """What is stored: shipped records and this machine's runs, by benchmark."""
     from collections import Counter
 
-    from .profiles import SHIPPED, load_records, store_path
+    from .profiles import load_records, shipped_folder, store_path
 
     records = load_records()
     counts = Counter(r.benchmark for r in records)
     if as_json:
-        _emit_json({"store": str(store_path()), "shipped": str(SHIPPED),
+        _emit_json({"store": str(store_path()), "shipped": str(shipped_folder()),
                     "benchmarks": [{"benchmark": b, "records": n} for b, n in sorted(counts.items())]})
         return
-    click.echo(f"{len(records)} records (shipped: {SHIPPED}; this machine: {store_path()})")
+    click.echo(f"{len(records)} records (shipped: {shipped_folder()}; this machine: {store_path()})")
     for bench, n in sorted(counts.items()):
         click.echo(f"  {n:4d}  {bench}")
 

@@ -13,7 +13,7 @@ import os
 from pydantic import BaseModel, Field
 
 from .errors import BadInputError
-from .profiles import SHIPPED
+from .profiles import shipped_folder
 
 
 class DeviceProfile(BaseModel):
@@ -58,7 +58,7 @@ def profile_device() -> DeviceProfile:
 
 
 def known_accelerators() -> list[Accelerator]:
-    path = SHIPPED / "hardware.json"
+    path = shipped_folder().joinpath("hardware.json")
     if not path.is_file():
         return []
     return [Accelerator(**a) for a in json.loads(path.read_text(encoding="utf-8"))["accelerators"]]

@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import BadInputError
 
 SCHEMA_VERSION = 1
-SHIPPED = Path(__file__).resolve().parents[1] / "profiles"
+#: the package the top-level ``profiles/`` folder is installed as: records and tables read at run time
+SHIPPED_PACKAGE = "autopeft_profiles"
 STORE_NAME = "profiles.jsonl"
 
 
@@ -122,6 +123,19 @@ def end_loss_gap(a: list[CurvePoint], b: list[CurvePoint]) -> tuple[float, float
     return statistics.fmean(gaps), statistics.stdev(gaps) / len(gaps) ** 0.5
 
 
+def shipped_folder():
+    """The folder of records and tables shipped with autopeft (an ``importlib.resources`` traversable)."""
+    from importlib import resources
+
+    from .errors import AutopeftError
+
+    try:
+        return resources.files(SHIPPED_PACKAGE)
+    except ModuleNotFoundError:
+        raise AutopeftError(f"autopeft's shipped profiles (the package {SHIPPED_PACKAGE}) are not installed: "
+                            f"reinstall autopeft") from None
+
+
 def store_path() -> Path:
     from .models import autopeft_home
 
@@ -131,9 +145,10 @@ def store_path() -> Path:
 def load_records(paths: Iterable[Path] | None = None, *, shipped: bool = True, store: bool = True) -> list[ProfileRecord]:
     """Every record from the shipped profiles, the local store and ``paths`` (files or dirs of
     ``.jsonl`` record files, or dirs in the PEFT method-comparison layout)."""
-    files: list[Path] = []
-    if shipped and SHIPPED.is_dir():
-        files += sorted(SHIPPED.glob("*.jsonl"))
+    files: list = []
+    if shipped:
+        files += sorted((f for f in shipped_folder().iterdir() if f.name.endswith(".jsonl")),
+                        key=lambda f: f.name)
     if store and store_path().is_file():
         files.append(store_path())
     records: list[ProfileRecord] = []
@@ -148,11 +163,12 @@ def load_records(paths: Iterable[Path] | None = None, *, shipped: bool = True, s
     return records
 
 
-def read_jsonl(path: Path) -> list[ProfileRecord]:
-    """Records from a JSONL file, one per line; a bad line is named with its number."""
+def read_jsonl(path) -> list[ProfileRecord]:
+    """Records from a JSONL file (a path, or a shipped resource), one per line; a bad line is named
+    with its number."""
     out = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = (path if hasattr(path, "read_text") else Path(path)).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInputError(f"cannot read profile records: {exc.__class__.__name__}", source=str(path)) from None
     for number, line in enumerate(lines, 1):
