@@ -17,15 +17,20 @@ from __future__ import annotations
 from .errors import (AutopeftError, BadInputError, MethodUnavailableError, PluginError,
                      UnknownMethodError)
 from .hookspecs import hookimpl
-from .methods.base import Capabilities, Method, MethodInfo, MethodSettings, PeftMethod, SearchSpace
-
+from .methods.base import (TASKS, Capabilities, Method, MethodInfo, MethodSettings, PeftMethod, SearchSpace,
+                           divisor_of_layer_sizes, peft_task_type)
+from .methods.settings import LowRank, PromptSettings, Targeted
 from .version import __version__
 
 __all__ = [
-    "AutopeftError", "BadInputError", "Capabilities", "Estimate", "Method", "MethodInfo", "MethodSettings",
-    "MethodUnavailableError", "PeftMethod", "PluginError", "SearchSpace", "UnknownMethodError", "estimate",
-    "export_lora", "export_merged", "get_method", "hookimpl", "list_methods", "plugin_failures", "recommend",
-    "replay", "train", "tune",
+    # running it
+    "estimate", "export_lora", "export_merged", "get_method", "list_methods", "plugin_failures", "recommend",
+    "replay", "train", "tune", "Estimate",
+    # errors
+    "AutopeftError", "BadInputError", "MethodUnavailableError", "PluginError", "UnknownMethodError",
+    # the plugin kit: what a method plugin imports (see autopeft.testing to check one)
+    "TASKS", "Capabilities", "LowRank", "Method", "MethodInfo", "MethodSettings", "PeftMethod", "PromptSettings",
+    "SearchSpace", "Targeted", "divisor_of_layer_sizes", "hookimpl", "peft_task_type",
 ]
 
 _CONSTRAINTS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_params", "time_budget", "methods",
@@ -64,8 +69,8 @@ def estimate(model=None, method=None, **kwargs):
 
 def train(data=None, *, output_dir: str, **options):
     """Fine-tune on ``data`` with ``method`` (default LoRA) and write the outputs to ``output_dir``.
-    See :func:`autopeft.training.train` and :class:`autopeft.training.TrainOptions`; returns a
-    :class:`autopeft.outputs.RunRecord`."""
+    See :func:`autopeft.training.run.train` and :class:`autopeft.training.options.TrainOptions`;
+    returns a :class:`autopeft.training.outputs.RunRecord`."""
     from .training.run import train as _train
 
     return _train(data, output_dir=output_dir, progress=options.pop("progress", False), **options)
@@ -74,8 +79,8 @@ def train(data=None, *, output_dir: str, **options):
 def recommend(data, **options):
     """Rank the installed methods for ``data``: constraints as a person types them (``max_vram="12GB"``,
     ``max_adapter_size``, ``max_rank``, ``max_trainable_params``, ``time_budget="2h"``, ``methods``,
-    ``exclude``, ``require``), plus the options of :func:`autopeft.recommend.recommend`. Returns a
-    :class:`autopeft.recommend.Recommendation`; raises ``NoFeasibleMethodError`` when nothing fits."""
+    ``exclude``, ``require``), plus the options of :func:`autopeft.choose.recommend.recommend`. Returns a
+    :class:`autopeft.choose.recommend.Recommendation`; raises ``NoFeasibleMethodError`` when nothing fits."""
     from .choose.constraints import Constraints
     from .choose.recommend import recommend as _recommend
 
@@ -85,7 +90,7 @@ def recommend(data, **options):
 
 def tune(data, *, output_dir: str, **options):
     """Recommend (see :func:`recommend`), then fine-tune the winner into ``output_dir``. Other options
-    are those of :class:`autopeft.training.TrainOptions`. Returns (RunRecord, Recommendation)."""
+    are those of :class:`autopeft.training.options.TrainOptions`. Returns (RunRecord, Recommendation)."""
     from .choose.constraints import Constraints
     from .choose.recommend import tune as _tune
 
@@ -94,7 +99,7 @@ def tune(data, *, output_dir: str, **options):
 
 
 def replay(results_dir, budget_fraction: float = 0.1, max_vram=None, **kwargs):
-    """Judge the recommender on published results (see :mod:`autopeft.replay`); a ReplayResult."""
+    """Judge the recommender on published results (see :mod:`autopeft.choose.replay`); a ReplayResult."""
     from .choose.replay import replay as _replay
     from .sizes import parse_size
 
@@ -102,14 +107,14 @@ def replay(results_dir, budget_fraction: float = 0.1, max_vram=None, **kwargs):
 
 
 def export_merged(run_dir, output_dir, **kwargs):
-    """Merge a finished run's adapter into its base and save a full model (see :mod:`autopeft.export`)."""
+    """Merge a finished run's adapter into its base and save a full model (see :mod:`autopeft.training.export`)."""
     from .training.export import merge
 
     return merge(run_dir, output_dir, **kwargs)
 
 
 def export_lora(run_dir, output_dir, **kwargs):
-    """Convert a finished run's non-LoRA adapter into a LoRA adapter (see :mod:`autopeft.export`)."""
+    """Convert a finished run's non-LoRA adapter into a LoRA adapter (see :mod:`autopeft.training.export`)."""
     from .training.export import to_lora
 
     return to_lora(run_dir, output_dir, **kwargs)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autopeft import hookimpl
-from autopeft.methods.base import Capabilities, PeftMethod, SearchSpace, MethodSettings, peft_task_type
+from autopeft import Capabilities, MethodSettings, PeftMethod, SearchSpace, hookimpl, peft_task_type
 
 
 class AdaLoraSettings(MethodSettings):

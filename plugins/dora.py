@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from autopeft import hookimpl
-from autopeft.methods.base import Capabilities, SearchSpace
+from autopeft import Capabilities, SearchSpace, hookimpl
 
 from .lora import LoRA
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from autopeft import hookimpl
-from autopeft.methods.base import Capabilities, Method, SearchSpace
+from autopeft import Capabilities, Method, SearchSpace, hookimpl
 
 
 class FullFineTuning(Method):

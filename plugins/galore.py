@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autopeft import hookimpl
-from autopeft.methods.base import Capabilities, Method, MethodSettings, SearchSpace
+from autopeft import Capabilities, Method, MethodSettings, SearchSpace, hookimpl
 
 
 class GaLoreSettings(MethodSettings):

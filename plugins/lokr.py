@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autopeft import hookimpl
-from autopeft.methods.base import Capabilities, PeftMethod, SearchSpace, peft_task_type
-from autopeft.methods.settings import LowRank
+from autopeft import Capabilities, LowRank, PeftMethod, SearchSpace, hookimpl, peft_task_type
 
 
 class LoKrSettings(LowRank):

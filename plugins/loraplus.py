@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autopeft import hookimpl
-from autopeft.methods.base import SearchSpace
-from autopeft.methods.settings import LowRank
+from autopeft import LowRank, SearchSpace, hookimpl
 
 from .lora import LoRA
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from autopeft import hookimpl
-from autopeft.methods.base import SearchSpace
+from autopeft import SearchSpace, hookimpl
 
 from .lora import LoRA
 

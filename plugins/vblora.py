@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autopeft import hookimpl
-from autopeft.methods.base import Capabilities, PeftMethod, SearchSpace, divisor_of_layer_sizes, peft_task_type
-from autopeft.methods.settings import Targeted
+from autopeft import (Capabilities, PeftMethod, SearchSpace, Targeted, divisor_of_layer_sizes, hookimpl,
+                      peft_task_type)
 
 
 class VBLoRASettings(Targeted):

@@ -19,7 +19,7 @@ raise ImportError("needs libfoo, which is not installed")
 
 FAULTY = '''
 import autopeft
-from autopeft.methods.base import Capabilities, Method, SearchSpace
+from autopeft import Capabilities, Method, SearchSpace
 
 
 class _Faulty(Method):

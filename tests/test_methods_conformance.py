@@ -1,7 +1,8 @@
 """Every installed method, built-in or third-party, against the same checks on tiny real models.
 
 The cost model works on the meta device; here the same method is built on a real (random-weight)
-tiny model and trained for one step, so the meta figures are checked against reality.
+tiny model and trained for one step (:func:`autopeft.testing.check_method`), so the meta figures are
+checked against reality.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 
 import autopeft
 from autopeft.models import load_config
+from autopeft.testing import check_method
 
 from .conftest import TINY_BERT, TINY_LLAMA
 
@@ -40,41 +42,12 @@ def _model_dir(task, tiny_llama_dir, tiny_bert_dir):
 
 @pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
 @pytest.mark.parametrize("name", METHODS)
-def test_method_builds_trains_and_matches_its_meta_estimate(name, task, tiny_llama_dir, tiny_bert_dir, tmp_path):
+def test_method_builds_trains_and_matches_its_meta_estimate(name, task):
+    """The public conformance checks (autopeft.testing), which a plugin author runs on their own method."""
     method = autopeft.get_method(name)
     if task not in method.tasks:
         pytest.skip(f"{name} does not support {task}")
-    settings = method.settings(TINY_SETTINGS.get(name, {}))
-    model_dir = str(_model_dir(task, tiny_llama_dir, tiny_bert_dir))
-    try:
-        model = method.build(_tiny_model(task), settings, task)
-    except (ValueError, autopeft.BadInputError):
-        # a method may refuse a model (BitFit on a model without biases); the estimate must refuse it too
-        with pytest.raises(autopeft.BadInputError):
-            autopeft.estimate(model_dir, name, settings=settings.model_dump(), task=task, device="cpu")
-        return
-    trainable = {id(p): p for p in model.parameters() if p.requires_grad}
-    assert trainable, "the method left nothing to train"
-
-    est = autopeft.estimate(model_dir, name, settings=settings.model_dump(),
-                            task=task, batch_size=2, seq_len=16, device="cpu")
-    assert est.trainable_params == sum(p.numel() for p in trainable.values())
-
-    # one real training step moves the trainable parameters and nothing else
-    before = {k: p.detach().clone() for k, p in model.named_parameters()}
-    optimizer = method.optimizer(model, settings, learning_rate=1e-2) or torch.optim.AdamW(
-        list(trainable.values()), lr=1e-2)
-    ids = torch.randint(3, 256, (2, 16))
-    labels = ids if task == "causal-lm" else torch.tensor([0, 1])
-    model.train()
-    loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
-    assert torch.isfinite(loss)
-    loss.backward()
-    optimizer.step()
-    changed = {k for k, p in model.named_parameters() if not torch.equal(before[k], p.detach())}
-    frozen = {k for k, p in model.named_parameters() if not p.requires_grad}
-    assert changed, "a training step changed nothing"
-    assert not (changed & frozen), f"frozen parameters changed: {sorted(changed & frozen)[:3]}"
+    check_method(method, TINY_SETTINGS.get(name, {}), tasks=(task,))
 
 
 SEQ_CLS_METHODS = [m for m in METHODS if "seq-cls" in autopeft.get_method(m).tasks]

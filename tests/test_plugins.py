@@ -6,7 +6,8 @@ import pytest
 
 import autopeft
 from autopeft.methods import registry as plugins
-from autopeft.methods.base import Capabilities, Method, SearchSpace
+from autopeft import Capabilities, Method, SearchSpace
+from autopeft.testing import check_method
 
 REQUIRED = {"lora", "rslora", "dora", "loraplus", "lorafa", "pissa", "vera", "ia3", "oft", "boft", "loha", "lokr",
             "adalora", "fourierft", "vblora", "miss", "c3a", "randlora", "shira", "beft", "lily", "gralora",
@@ -40,6 +41,32 @@ class WrongTypePlugin:
     @autopeft.hookimpl
     def register_methods(self, register):
         register({"name": "not-a-method"})
+
+
+class _NoCapabilities(Method):
+    name = "no-capabilities"
+    family = "test"
+    description = "forgot its capabilities"
+    search_space = SearchSpace(learning_rate=(1e-3,))
+
+    def build(self, model, settings, task):
+        return model
+
+
+class _NoBuild(Method):
+    name = "no-build"
+    family = "test"
+    description = "forgot to build"
+    capabilities = _Tiny.capabilities
+    search_space = SearchSpace(learning_rate=(1e-3,))
+
+
+class IncompletePlugin:
+    @autopeft.hookimpl
+    def register_methods(self, register):
+        register(_NoCapabilities())
+        register(_NoBuild())
+        register(_Tiny())
 
 
 class TypoPlugin:
@@ -145,3 +172,69 @@ def test_settings_are_validated_with_a_message_naming_the_setting():
         lora.settings({"rank": 8})
     with pytest.raises(autopeft.BadInputError, match="'r'"):
         lora.settings({"r": 0})
+
+
+def test_an_incomplete_method_is_named_with_what_it_lacks_and_its_neighbours_still_register(registered):
+    assert registered(IncompletePlugin(), "incomplete")
+    methods = plugins.get_methods()
+    assert "tiny-test-method" in methods and REQUIRED <= set(methods)
+    assert "no-capabilities" not in methods and "no-build" not in methods
+    errors = [f.error for f in plugins.plugin_failures() if f.plugin == "incomplete"]
+    assert any("'no-capabilities'" in e and "no capabilities (a Capabilities)" in e for e in errors), errors
+    assert any("'no-build'" in e and "no build()" in e for e in errors), errors
+
+
+def test_autopeft_methods_lists_every_complete_method_beside_an_incomplete_one(registered):
+    from click.testing import CliRunner
+
+    from autopeft.cli import main
+
+    registered(IncompletePlugin(), "incomplete")
+    result = CliRunner().invoke(main, ["methods", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    listed = {m["name"] for m in json.loads(result.stdout)}
+    assert REQUIRED | {"tiny-test-method"} <= listed and "no-capabilities" not in listed
+    assert "no-capabilities" in result.stderr and "skipped" in result.stderr
+
+
+class _Explodes(_Tiny):
+    name = "explodes"
+
+    def build(self, model, settings, task):
+        raise ValueError("this model is not for me")
+
+
+class _TouchesTheBase(_Tiny):
+    """Trains the head, but its optimizer also nudges the frozen embeddings."""
+
+    name = "touches-the-base"
+
+    def build(self, model, settings, task):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("model.layers.0."))
+        return model
+
+    def optimizer(self, model, settings, *, learning_rate, weight_decay=0.0):
+        import torch
+
+        embeddings = model.get_input_embeddings().weight
+
+        class Drifts(torch.optim.SGD):
+            def step(self, closure=None):
+                super().step(closure)
+                with torch.no_grad():
+                    embeddings.add_(1.0)
+
+        return Drifts([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+
+
+def test_check_method_passes_a_builtin_and_fails_a_method_whose_build_raises():
+    check_method(autopeft.get_method("lora"), {"r": 4})
+    with pytest.raises(AssertionError, match="explodes on a tiny llama \\(causal-lm\\): build\\(\\) raised ValueError"):
+        check_method(_Explodes())
+    with pytest.raises(AssertionError, match="incomplete: no build"):
+        check_method(_NoBuild())
+    with pytest.raises(AssertionError, match="changed frozen parameters"):
+        check_method(_TouchesTheBase(), tasks=("causal-lm",))

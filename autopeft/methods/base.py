@@ -1,8 +1,9 @@
 """What a method plugin is: its description, settings, search space, build, optimizer and costs.
 
 A plugin subclasses :class:`Method` (or :class:`PeftMethod` when the method is a PEFT config) and
-fills in the class attributes. Heavy libraries are imported inside the methods that need them, so
-listing methods stays fast.
+fills in the class attributes; :func:`contract_problems` says what is missing, and the registry
+refuses such a method by name. Heavy libraries are imported inside the methods that need them, so
+listing methods stays fast. :mod:`autopeft.testing` checks a method against real tiny models.
 """
 
 from __future__ import annotations
@@ -85,7 +86,21 @@ class MethodInfo(BaseModel):
 
 
 class Method:
-    """A fine-tuning method. Subclass it, set the class attributes, implement :meth:`build`."""
+    """A fine-tuning method. Subclass it, set the class attributes, implement :meth:`build`.
+
+    What a subclass must provide (the registry refuses a method that lacks any, naming it)::
+
+        name: str                    # what users type: lowercase letters, digits, '_', '-', '.'
+        family: str                  # "low-rank", "prompt", "full", ...: groups alike methods
+        description: str             # one line for `autopeft methods`
+        tasks: tuple[str, ...]       # of TASKS; default: all of them
+        capabilities: Capabilities   # merge, quantised base, multi-adapter, LoRA conversion
+        search_space: SearchSpace    # learning rates (and settings) worth piloting
+        def build(self, model, settings, task) -> torch.nn.Module
+
+    Everything else has a safe default: ``aliases``, ``layer_types``, ``Settings`` (no settings),
+    :meth:`optimizer` (the trainer's AdamW), the cost hooks and the run-adjustment hooks.
+    """
 
     name: ClassVar[str]
     family: ClassVar[str]
@@ -162,7 +177,9 @@ class Method:
 
 
 class PeftMethod(Method):
-    """A method that is a PEFT config: :meth:`peft_config` maps settings to it and PEFT builds it."""
+    """A method that is a PEFT config: :meth:`peft_config` maps settings to it and PEFT builds it.
+    Besides :class:`Method`'s attributes it sets ``peft_type`` and implements :meth:`peft_config`
+    instead of :meth:`build`."""
 
     #: the PEFT type this method produces, e.g. "LORA"
     peft_type: ClassVar[str]
@@ -198,6 +215,35 @@ class PeftMethod(Method):
         with _no_weight_decompositions():
             # some adapters make their tensors on the CPU beside a meta base: put them all on meta
             return get_peft_model(model, shapes_only(peft_config)).to("meta")
+
+
+def contract_problems(method) -> list[str]:
+    """What ``method`` lacks of the contract in :class:`Method`'s docstring: one phrase per missing or
+    wrong piece; empty when it is complete."""
+    problems = []
+    if not isinstance(method, Method):
+        return [f"is a {type(method).__name__}, not an autopeft.Method instance"]
+    expected = {"name": str, "family": str, "description": str, "capabilities": Capabilities,
+                "search_space": SearchSpace}
+    for attribute, kind in expected.items():
+        value = getattr(method, attribute, None)
+        if not isinstance(value, kind) or (kind is str and not value):
+            problems.append(f"no {attribute} (a {kind.__name__})" if value is None else
+                            f"{attribute} is a {type(value).__name__}, not a {kind.__name__}")
+    tasks = getattr(method, "tasks", None)
+    if not isinstance(tasks, (tuple, list)) or not tasks or any(t not in TASKS for t in tasks):
+        problems.append(f"tasks must be a non-empty tuple of {', '.join(TASKS)}, got {tasks!r}")
+    settings = getattr(method, "Settings", None)
+    if not (isinstance(settings, type) and issubclass(settings, MethodSettings)):
+        problems.append("Settings is not a MethodSettings subclass")
+    if isinstance(method, PeftMethod):
+        if type(method).peft_config is PeftMethod.peft_config and type(method).build is PeftMethod.build:
+            problems.append("no peft_config() (or build())")
+        if not isinstance(getattr(method, "peft_type", None), str):
+            problems.append("no peft_type (a str)")
+    elif type(method).build is Method.build:
+        problems.append("no build()")
+    return problems
 
 
 #: LoRA initialisations computed from the pretrained weights (decompositions, quantisation, data)

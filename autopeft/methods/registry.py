@@ -1,7 +1,8 @@
 """The plugin manager: loads the ``autopeft`` entry-point group (built-ins included) and collects methods.
 
 A plugin that fails to import, raises while registering, or registers something that is not a
-:class:`~autopeft.method.Method` is recorded in :func:`plugin_failures` and skipped; the rest work.
+complete :class:`~autopeft.methods.base.Method` (see :func:`~autopeft.methods.base.contract_problems`)
+is recorded in :func:`plugin_failures` and skipped, by name; the rest work.
 ``AUTOPEFT_LOAD_PLUGINS`` (comma-separated entry-point or distribution names) limits what loads;
 set it to an empty string to load none.
 """
@@ -17,7 +18,7 @@ import pluggy
 
 from .. import hookspecs
 from ..errors import UnknownMethodError
-from .base import Method
+from .base import Method, contract_problems
 
 ENTRY_POINT_GROUP = "autopeft"
 
@@ -115,8 +116,11 @@ def _collect() -> dict[str, Method]:
                     plugin_name, source, f"registered {type(method).__name__}, not an autopeft.Method instance"))
                 continue
             name = getattr(method, "name", None)
-            if not isinstance(name, str) or not name:
-                _collect_failures.append(PluginFailure(plugin_name, source, f"{type(method).__name__} has no name"))
+            problems = contract_problems(method)
+            if problems:
+                called = f"method {name!r}" if isinstance(name, str) and name else "a method"
+                _collect_failures.append(PluginFailure(
+                    plugin_name, source, f"{called} ({type(method).__name__}) is incomplete: {'; '.join(problems)}"))
                 continue
             if not _SAFE_NAME.fullmatch(name):
                 # a method's name becomes part of file and directory names (runs/<data>-<method>, bench runs)
