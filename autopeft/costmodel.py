@@ -54,17 +54,8 @@ FRAGMENTATION = {"cuda": 0.05, "mps": 0.05}
 #: mmapped, so freeing them returns them to the system
 HEAP_BLOCK_LIMIT = 32 * 2**20
 #: how many blocks' worth of the forward pass's small temporaries (those of the mean block) the CPU
-#: heap still holds at the peak. A share of all the temporaries does not fit both depths: on the 24
-#: runs of benchmarks/cpu_memory.py without checkpointing, MiniLM-L6 (6 blocks) kept about 0.9 of
-#: its temporaries and SmolLM2-135M (30 blocks) about 0.2, while a number of blocks' worth fits both;
-#: 6.5 gave the smallest largest error (9.7%). Built deeper, the same architecture is under-predicted
-#: more and more (cpu_memory.py's depth runs, LoRA: MiniLM at 3, 6, 12 and 24 layers +3%, +9%, -6%,
-#: -18%; SmolLM2 at 8, 15 and 30 +5%, -2%, -8%): the heap keeps a share of every block's temporaries
-#: too. Four blocks' worth plus a quarter of every block's fitted such runs far better (median error
-#: 6.1% to 2.5% over 38 runs), but on the 385 runs of the shipped profiles (the Trainer, real data, padded batches) it
-#: did worse (median 2.8% to 4.2%: GSM8K on SmolLM2 1.6% to 5.8% over, SST-2 on MiniLM 2.6% to 6.1%
-#: under, SST-2 on SmolLM2 -7.7% to 2.5%), so what the heap keeps depends on more than the depth;
-#: until that is measured, 6.5 stays
+#: heap still holds at the peak, however deep the model: an approximation that under-predicts deeper
+#: builds of one architecture (why it stays, measured: docs/design/cost-model.md)
 HEAP_BLOCKS_RETAINED = 6.5
 #: share of all the small temporaries held without blocks to count (a model whose repeated blocks
 #: the trace cannot find)

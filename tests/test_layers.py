@@ -1,4 +1,5 @@
-"""The package's structure: imports point one way, down the layers, and no private name crosses a module.
+"""The package's structure: imports point one way, down the layers, no private name crosses a module, and
+docstrings fit a screen.
 
 Every import counts, at module level and inside functions: a function-level import that runs back up
 the layers is still a circle, only one that shows later."""
@@ -129,3 +130,16 @@ def test_the_check_sees_a_circle_and_a_private_import():
     assert _circles(graph) == [["a", "b", "c"]]
     tree = _imports("autopeft.x", ROOT / "cli.py", set(_modules()))
     assert any(target == "autopeft.errors" for target, _ in tree)  # relative imports are resolved
+
+
+def test_every_docstring_fits_a_screen():
+    """A docstring says what and why; experiment histories live in docs/design/."""
+    long = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in [tree, *ast.walk(tree)]:
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=False) or ""
+                if doc.count("\n") + 1 >= 40:
+                    long.append(f"{name}.{getattr(node, 'name', '<module>')}: {doc.count(chr(10)) + 1} lines")
+    assert long == []

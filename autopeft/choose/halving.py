@@ -2,18 +2,9 @@
 ``replay`` (recorded curves, in training steps), so that replay judges the plan that ``tune`` runs.
 
 Each rung runs every surviving configuration for a given length; the best ``1/ETA`` of the methods
-go on to the next rung, which is at least twice as long. Pilots start from scratch each rung.
-
-ETA is 3. It was 4, the factor Optuna and Ray Tune default to, until a fourth task of autopeft's own
-(SST-2 with SmolLM2) joined the profiles. Replayed on those four tasks with pilots ranked by their
-loss (``benchmarks/replay_peft.py``, second table: 40 random two-thirds subsets of each task's runs,
-budgets 0.1 to 0.2), ETA 3 chose as well as ETA 4 or better in all 12 task-budget cells, with a mean
-regret of 0.073 of the spread against 0.106 (ETA 2: 0.077; a flat pilot of every configuration:
-0.151). Leave-one-task-out with the recommender ranking agrees: at every budget and on every task
-ETA 3's choice was as good or better (mean 0.060 against 0.077 at 0.15). Pilot curves are noisy early,
-and keeping a third rather than a quarter lets fewer good configurations drop out on one noisy rung.
-The PEFT MetaMathQA replay moved too (its 24 GB cap now chooses 0.3 points from the best instead of
-2.65); it ran in the same experiment, but the own-task tables above are what decided.
+go on to the next rung, which is at least twice as long. Pilots start from scratch each rung. ETA is
+3 rather than the usual 4: pilot curves are noisy early, and keeping a third lets fewer good
+configurations drop out on one noisy rung (measured: ``docs/design/halving.md``).
 """
 
 from __future__ import annotations

@@ -1,131 +1,25 @@
 """The recommender: which candidate will be best after full training?
 
-A scikit-learn regressor learns, from profile records (:mod:`autopeft.profiles`), how a candidate's
-final standing among its rivals follows from what is known before the full fine-tune.
+A scikit-learn Ridge regressor learns, from profile records (:mod:`autopeft.profiles`), how a
+candidate's final *standing* among its rivals follows from what is known before the full fine-tune.
+The standing (:func:`_standing`) is where its final quality sits between its benchmark's best run
+(1) and that benchmark's lowest tenth (0): benchmarks with different metrics become comparable, and a
+run far below the rest weighs as far below, not merely one place lower.
 
-With pilots, from the pilot alone: its last training loss relative to the best pilot of the group,
-the rank of that loss, and the candidate's learning rate relative to the other rates of the same
-method (log10 of its ratio to their median; 0 for a method tried at one rate), with a second slope
-above that median. A short pilot favours the larger rate of a method, whose loss falls fastest
-early; whether that lead lasts differs by task and by how far the rate goes (on SST-2, PiSSA at 2e-3
-leads its pilot and ends 1 point below PiSSA at 1e-3; on GSM8K's 27-step runs the largest rates win),
-so these weights are learned, not assumed, and learned for each kind of task (causal LM,
-classification) apart: a kind the profiles lack gets no weight at all.
+With pilots, the features come from the pilot alone: its last training loss against the best pilot
+of the group, the rank of that loss, and its learning rate against the other rates of the same method
+(log10 of its ratio to their median, with a second slope above that median, since "larger is better,
+up to a point" needs two). The weights are learned for each kind of task (causal LM, classification)
+apart; a kind the profiles lack gets no weight. Training rows cut each record's curve at several
+pilot fractions (``TRAINING_FRACTIONS``).
 
-The second slope is what "larger is better, up to a point" needs, which one slope cannot say.
-Learned on every shipped profile, in standing (the target, below) per tenfold of learning rate:
-+0.47 (causal LM) and +0.55 (classification) below the middle of a method's rates, -0.10 and -0.17
-above it. A rate past the middle gets no credit for its pilot's lead, and loses some. With one
-slope, both weights came out positive, and the costly leave-one-task-out picks on all three SST-2
-benches were a method's largest rate (past the edge of its range, a rate the benches added), which
-leads the pilot and ends several points below the best (LoRA at 1.1e-2 on the held-out bench: 74.1% over four
-training seeds, against LiLy at 8e-3, the best, 80.8%).
-Leave-one-task-out (``benchmarks/leave_one_task_out.py``, 7 tasks, over random two-thirds of each
-task's runs at pilot budgets 0.1 / 0.15 / 0.2) went from 6.68 / 5.01 / 5.64 points of accuracy on the
-four classification tasks to 3.84 / 1.83 / 3.64, the other tasks from 4.2 / 1.0 / 1.1% of the spread to
-4.1 / 0.9 / 0.9%, and the choice beat every baseline on 3 / 5 / 5 of the 7 tasks, against 2 / 3 / 4.
-(Single draw at budget 0.1: 1.25 points, better than every baseline on 5 of 7.) Within 0.2 points
-the same with the Ridge penalty at 3 or 30 in place of 10, or |offset| in place of the hinge (the
-same model, the offset beside it); a little worse with offset squared (3.92 / 2.26 / 4.27) or one
-hinge shared by both kinds (3.84 / 1.93 / 4.35). Also tried there: a hinge for classification only
-(within 0.5 points), a flag on each method's largest rate (single draw at 0.1: 2.77 points against
-1.25), and each pilot's loss over the best of its own method's pilots (no change at all). All these
-were tried on those 7 tasks, so a task added afterwards judged the choice:
-``bench-gsm8k-division-minilm`` (does a GSM8K question's solution divide?). There two slopes chose
-6.35 / 5.37 / 5.58 points from the best over subsets, one slope 5.80 / 6.42 / 6.33, and a random
-pick about 6.1: no better than chance either way, on a task where 27 of 47 runs end at the majority
-class and the best pilot up to a fifth of the run ends at 0.66 to 0.70, about the loss of the label
-frequencies (0.69). Over all 8 tasks: classification 4.74 / 2.63 / 3.64 points (one slope 6.90 /
-5.18 / 5.71), the rest 3.9 / 1.5 / 1.6% of the spread (4.0 / 1.7 / 1.6%), better than every baseline
-on 3 / 6 / 5 of 8 (4 / 4 / 3).
+Without pilots, a second regressor ranks from the static features (the trainable fraction, from the
+exact cost model) and a prior (how the method ranked in the other benchmarks), and the result says
+so; this ranking also decides which candidates get pilots first when the budget cannot cover them all.
 
-Before the second slope: with no classification bench but SST-2, a fold judging one learned from no
-classification task (a fold leaves out its own data), so with a weight per kind it applied none, and
-chose better than with the causal-LM tasks' weight (3.33 points from the best against 4.82); once a
-classification task on other data joined the profiles (``bench-gsm8k-steps-minilm``, GSM8K questions
-labelled by the length of their solutions), the SST-2 folds learned a positive weight from it and
-chose as they did with one shared weight (6.46 points, single draw, over four classification tasks).
-(Measured first with the candidates in the bench's order, the gain had looked larger, 1.99 points: a
-first rung too short to tell pilots apart kept the bench's first methods, LoRA, full and DoRA, a prior
-tune does not have; replay now orders them as tune does.) Dropping the offset altogether chose the
-same on classification and a little worse on the causal-LM tasks. Added once the benches tried rates
-past the edge of each method's range, the offset raised the Spearman correlation of predicted and
-final quality on GSM8K (0.10 to 0.45) and SST-2 (0.14 to 0.29), lowered it on MetaMathQA (0.94 to
-0.87), and left the MetaMathQA replay unchanged.
-
-How fast the loss was still falling at the end of the pilot was a feature too, on the idea that a
-method still dropping fast overtakes one that flattened; in leave-one-task-out evaluation on
-autopeft's own tasks it never lowered the regret (0.284 of the spread with or without it), and it
-made the choice swing with small changes in the profiles (MetaMathQA replay without a cap: lily,
-then shira after the SST-2 bench grew), so it went.
-A classification pilot's loss on held-out examples, in place of its training loss, was tried too
-(the SST-2 bench ``bench-sst2-heldout-minilm`` evaluates a held-out quarter every 6 of its 58 steps).
-Its Spearman correlation with the final accuracy was not steadier: 0.44 at 15% and at 20% of the run
-against 0.53 and 0.29 for the training loss, 0.77 to 0.83 against 0.78 to 0.81 from 30% on.
-Leave-one-task-out on that bench chose a little better with it at two budgets (5.7 and 2.8 points
-below the best, against 8.0 and 3.6) and the same at the third (6.9). Live on SST-2
-(``benchmarks/sst2_choice.py``) the evaluations cost the 150 s budget three methods' pilots, and the
-pick went from 1.8 to 5.4 points below the best. So it went: what misleads a short pilot there is a
-large rate (past the method's range, on that bench) whose early lead does not last, and an early
-held-out loss shows the same lead.
-
-Static features and priors learned on other tasks are left out here: they carry what was true of
-*those* tasks (on autopeft's own CPU tasks full fine-tuning wins; on a 3B model trained for 5,000
-steps it does not), while the pilot measures this one. In leave-one-task-out evaluation
-(``benchmarks/leave_one_task_out.py``) adding them never lowered the regret on autopeft's own tasks
-and raised it on the PEFT benchmark.
-
-Without pilots, a second regressor ranks from the static features, the trainable fraction of the
-model (from the exact cost model) and a prior (how well the same method ranked in the other
-benchmarks it learned from), and the result says so; this ranking also decides which candidates
-get pilots first when the budget cannot cover them all.
-
-The target is the candidate's standing (:func:`_standing`): where its final quality sits between its
-benchmark's best (1) and that benchmark's lowest tenth (0), which makes benchmarks with different
-metrics (accuracy, loss) comparable and keeps the distances a choice is judged by. Until the stop
-that measured this, it was the percentile rank of final quality, under which every number above
-except the learned slopes was measured. Leave-one-task-out over all 8 tasks, subsets, budgets 0.1 /
-0.15 / 0.2 (rank, then standing): classification 4.74 / 2.63 / 3.64 points to 4.25 / 2.45 / 3.55
-(the three SST-2 tasks 2.23 / 1.92 / 2.41 to 1.55 / 1.41 / 1.95), the rest 3.9 / 1.5 / 1.6% of the
-spread to 3.6 / 1.4 / 1.4%, better than every baseline on 3 / 6 / 5 of 8 to 3 / 5 / 6; the
-MetaMathQA replay (``benchmarks/replay_peft.py``) unchanged at 0.06 points. Single draws moved both
-ways (classification 2.29 / 4.81 / 2.46 to 2.40 / 4.93 / 3.69). Over two other draws of the 40
-subsets (seeds 1 and 2), classification gained at budget 0.1 (4.38 to 4.04, 4.63 to 4.35 points),
-gained or held at 0.15 (2.60 to 2.42, 2.66 to 2.66) and lost at 0.2 (3.68 to 3.81, 3.54 to 3.71);
-the other tasks gained at 0.15 and 0.2 (1.4-1.5% to 1.0-1.1%): a modest gain, not a cure. With no
-floor (the plain share of the best-to-worst spread) classification came out about the same (4.31 /
-2.37 / 3.08) but the replay chose ``frod`` over the uncapped and 24 GB candidates, 0.44 points below
-the best on average: on GSM8K's validation loss, 84% of runs sit in the top tenth of a spread
-stretched by the diverged ones, so the target says little about them. A floor at the median (clipped
-at -2 below it) doubled the classification regret (6.86 / 3.39 / 4.37), the lowest quarter was about
-the same as the lowest tenth (4.15 / 2.35 / 3.83), and a mix of rank and spread fell between. With
-this target, how far a pilot's loss fell from its first quarter, as a feature per kind, did worse at
-every budget (4.41 / 6.26 / 5.80; as a rank, 4.34 / 3.15 / 4.29). A pairwise model (logistic
-regression on the feature differences of every two runs of a benchmark, weighted by their difference
-in standing, as in a ranking SVM) chose better on classification at budgets 0.1 and 0.2 (3.59 / 2.66
-/ 3.10 points, and so over two more draws of subsets) but only on the two GSM8K-derived tasks, where
-no pilot at these budgets has learned more than the label frequencies (at 0.1 a GSM8K-steps pilot is
-5 steps), so a different model there is a different draw, not a better reading; on the three SST-2
-tasks it did the same or a little worse (1.59 / 1.53 / 1.92 against 1.55 / 1.41 / 1.95), so the
-simpler Ridge stayed. Also tried, with the rank target: a rate's place in the range its plugin
-declares for the task (log10 of its ratio to the middle of that range, and how far past its top), in
-place of or beside the place among the rates tried: worse on classification at every budget (4.82 /
-3.63 / 4.19 and 5.57 / 3.86 / 4.56 against 4.74 / 2.63 / 3.64), perhaps because the benches swept
-rates around other centres than the plugins' ranges. Training rows are made by cutting each record's
-curve at several pilot fractions (``TRAINING_FRACTIONS``), though successive halving's last rung runs
-longer: 0.26 to 0.5 of the run in leave-one-task-out at budgets 0.1 to 0.2. Rows cut at 0.3, 0.4 and 0.5
-as well did not choose better (classification 4.23 / 2.40 / 4.09 points against 4.25 / 2.45 / 3.55),
-nor did the pilot's fraction as a feature, alone and times every other feature (4.34 / 2.52 / 3.46), or
-a model per fraction, the nearest deciding (4.35 / 2.52 / 3.27): the pick on the last rung is among a
-handful of runs a point or so apart, about one run's spread over training seeds on SST-2. Also tried
-with the standing target, classification at budgets 0.1 / 0.15 / 0.2 against 4.25 / 2.45 / 3.55:
-each benchmark weighted equally (4.17 / 3.89 / 4.33); rows weighted toward the pilots ranked high (4.31
-/ 2.56 / 3.42); no loss rank (3.55 / 2.80 / 3.10, the other tasks 4.0 / 1.8 / 1.8% of the spread); the
-loss rank flattened where a group's pilot losses lie within 5% (3.95 / 2.62 / 3.71); the Ridge penalty
-from 1 to 100 (within 0.2 points). Loss weights of classification's own, or a model per kind of task,
-did far worse (13.6 / 13.7 / 16.6; SST-2 alone 17 to 24 points): the SST-2 folds would learn what a
-lower pilot loss means only from the GSM8K-derived tasks, where it means nothing yet, and not from the
-causal-LM tasks, where it means a better end.
+Why this shape, and every variant measured against it (features, targets, weights, penalties, a
+pairwise model): ``docs/design/recommender.md``. Current figures: ``benchmarks/results/
+leave_one_task_out.md`` and ``replay_peft.md``.
 """
 
 from __future__ import annotations

@@ -28,10 +28,7 @@ def classification_metrics(eval_pred) -> dict[str, float]:
 
 
 #: a classifier whose validation loss ends within this share of the label-frequency loss has learned
-#: little. On SST-2 (label-frequency loss 0.686) the benches' ten best runs of each end 23-47% below
-#: it, and a DoRA run that failed at one training seed of four (SmolLM2, 3e-3, 60.6% accuracy against
-#: 83.1% at seed 0) ended 2.5% below it. On the GSM8K-derived tasks even the best runs end about 5-9%
-#: below: what those models learn there is little, and the warning says so.
+#: little (how the margin was chosen: docs/design/learning-warnings.md)
 LEARNED_LITTLE_MARGIN = 0.05
 #: accuracy within this of always answering the most frequent validation label: one class for everything
 MAJORITY_MARGIN = 0.005
