@@ -22,6 +22,7 @@ def _bench(model, out, *extra):
                                      "--benchmark", "test/tiny", "-o", str(out), *extra])
 
 
+@pytest.mark.slow
 def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_llama, tmp_path):
     out = tmp_path / "bench"
     res = _bench(trainable_llama, out, "--methods", "lora,ia3", "--learning-rates", "2", "--edge-rates", "0")
@@ -52,6 +53,7 @@ def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_lla
     assert len(read_jsonl(out / "records.jsonl")) == 7
 
 
+@pytest.mark.slow
 def test_a_method_best_at_the_edge_of_its_rates_gets_one_more_past_it_and_resume_adds_none(trainable_llama, tmp_path):
     out = tmp_path / "bench"
     res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "2", "--edge-rates", "1")
@@ -94,6 +96,7 @@ def test_edge_runs_go_one_step_past_an_edge_best_until_a_rate_scores_worse_or_th
     assert edge_runs(records, planned, limit=0) == []
 
 
+@pytest.mark.slow
 def test_bench_refuses_other_settings_in_a_started_bench(trainable_llama, tmp_path):
     out = tmp_path / "bench"
     out.mkdir()
@@ -107,6 +110,7 @@ def test_bench_refuses_other_settings_in_a_started_bench(trainable_llama, tmp_pa
     assert res.exit_code == 2 and "not a bench directory" in res.output
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_recorded_once_with_its_reason(trainable_llama, tmp_path):
     out = tmp_path / "bench"
     res = _bench(trainable_llama, out, "--methods", "lora", "--learning-rates", "1", "--run-timeout", "0.5")

@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import autopeft_with_site
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 BROKEN = '''

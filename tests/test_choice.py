@@ -22,6 +22,7 @@ def _base(model_dir):
             "max_examples": 40, "epochs": 1}
 
 
+@pytest.mark.slow
 def test_a_pilot_runs_its_steps_of_the_full_schedule_in_its_own_process(trainable_llama):
     result = run_pilot(PilotConfig(name="lora", method="lora", learning_rate=1e-2, batch_size=4),
                        _base(trainable_llama), 4)
@@ -31,18 +32,21 @@ def test_a_pilot_runs_its_steps_of_the_full_schedule_in_its_own_process(trainabl
     assert result.peak_memory_bytes > 0 and result.seconds_per_step > 0
 
 
+@pytest.mark.slow
 def test_a_pilot_over_its_memory_budget_is_stopped_and_marked(trainable_llama):
     result = run_pilot(PilotConfig(name="lora", method="lora", learning_rate=1e-2, batch_size=4),
                        _base(trainable_llama), 4, max_memory=50_000_000)
     assert result.status == "oom" and "budget" in result.error
 
 
+@pytest.mark.slow
 def test_a_pilot_that_crashes_marks_only_itself(trainable_llama):
     result = run_pilot(PilotConfig(name="bad", method="lora", settings={"r": 0}, learning_rate=1e-2, batch_size=4),
                        _base(trainable_llama), 2)
     assert result.status == "failed" and result.error
 
 
+@pytest.mark.slow
 def test_pilots_side_by_side_measure_what_they_measure_one_after_another(trainable_llama):
     """Pilots spread over devices (here two slots on the CPU) give the same curves as run in turn."""
     configs = [PilotConfig(name=f"{m}@{lr}", method=m, learning_rate=lr, batch_size=4)
@@ -107,6 +111,7 @@ def test_a_survivor_of_halving_ranks_above_every_candidate_it_outlasted_whatever
     assert predicted[1] == -0.8  # the longest pilots keep the recommender's own numbers
 
 
+@pytest.mark.slow
 def test_recommend_json_follows_the_contract(trainable_llama):
     res = CliRunner().invoke(main, ["recommend", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
                                     *FAST, "--methods", "lora,ia3,vera", "--pilot-budget", "60s", "--json"])
@@ -125,6 +130,7 @@ def test_recommend_json_follows_the_contract(trainable_llama):
     assert rec["explanation"].startswith(rec["chosen"])
 
 
+@pytest.mark.slow
 def test_pilots_and_the_fine_tune_get_only_the_settings_set_so_methods_fit_the_rest_to_the_model(trainable_llama):
     """VB-LoRA's vector length must divide the layer sizes (64 here, not its default 256): left unset, the
     method fits it to the model. recommend shows every default, but pilots and tune are given only what
@@ -146,6 +152,7 @@ def test_constraints_nothing_satisfies_exit_3_with_the_nearest_misses(trainable_
     assert "Nearest misses" in res.output and "(--max-vram 1 MB less 10% for estimate error)" in res.output
 
 
+@pytest.mark.slow
 def test_tune_trains_the_winner_and_records_why(trainable_llama, tmp_path):
     out = tmp_path / "tuned"
     res = CliRunner().invoke(main, ["tune", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama),
@@ -167,6 +174,7 @@ def test_tune_trains_the_winner_and_records_why(trainable_llama, tmp_path):
     assert [r.method for r in load_records(shipped=False)] == [record.method]
 
 
+@pytest.mark.slow
 def test_a_tune_whose_fine_tune_learned_nothing_names_the_runner_up(trainable_bert, tmp_path):
     out = tmp_path / "tuned"
     # the pilots find their own rates; the fine-tune is given one too small to learn anything
@@ -255,6 +263,7 @@ class _Seen(Exception):
     """Raised by a stand-in for the pilots: what they were given is all a test needs."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["tune", "recommend command"])
 def test_pilots_sample_split_and_pack_the_data_as_the_fine_tune_will(entry, trainable_llama, tmp_path, monkeypatch):
     import autopeft.choose.recommend as recommend_module

@@ -132,6 +132,7 @@ def _bad_inputs(tmp_path, tiny_llama_dir):
                                   "missing config.json", "missing model dir", "nonsense batch size",
                                   "nonsense seq len", "unknown setting", "bad setting value",
                                   "setting without value", "neither method nor config"])
+@pytest.mark.slow
 def test_bad_input_to_estimate_gives_one_line_and_status_2(case, tmp_path, tiny_llama_dir):
     args, expected = _bad_inputs(tmp_path, tiny_llama_dir)[case]
     proc = subprocess.run([sys.executable, "-m", "autopeft", "estimate", *args], capture_output=True, text=True,
@@ -144,6 +145,7 @@ def test_bad_input_to_estimate_gives_one_line_and_status_2(case, tmp_path, tiny_
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_help_is_fast_because_heavy_libraries_load_lazily():
     code = ("import sys, autopeft.cli; heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules];"
             "print(heavy)")

@@ -12,6 +12,8 @@ from autopeft.errors import BadInputError
 from autopeft.training.outputs import RunRecord
 from autopeft.sharding import from_accelerate_config, per_device, sharding
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -17,6 +17,8 @@ import pytest
 
 from autopeft.training.outputs import RunRecord
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
@@ -25,7 +27,6 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
-@pytest.mark.slow
 def test_the_wheel_holds_the_profiles_the_accelerators_the_plugins_and_the_resources(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for record_file in (ROOT / "profiles").glob("*.jsonl"):
@@ -41,7 +42,6 @@ def test_the_wheel_holds_the_profiles_the_accelerators_the_plugins_and_the_resou
     assert "[autopeft]" in text and "lora = autopeft_plugins.lora" in text
 
 
-@pytest.mark.slow
 def test_an_installed_wheel_learns_from_every_shipped_benchmark_and_knows_the_accelerators(wheel, tmp_path,
                                                                                          trainable_llama):
     from autopeft.profiles import load_records

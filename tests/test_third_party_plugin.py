@@ -11,6 +11,8 @@ import pytest
 
 from tests.helpers import autopeft_with_site
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "autopeft-bitfit"
 
 

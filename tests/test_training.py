@@ -14,6 +14,8 @@ from autopeft.cli import main
 from autopeft.errors import BadInputError
 from autopeft.training.outputs import RunRecord
 
+pytestmark = pytest.mark.slow  # every test here trains or starts processes
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FAST = {"max_examples": 32, "max_length": 64, "batch_size": 4, "samples": 1, "progress": False}
 

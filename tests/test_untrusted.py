@@ -8,9 +8,12 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from autopeft.cli import main
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
