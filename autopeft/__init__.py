@@ -92,7 +92,7 @@ def tune(data, *, output_dir: str, **options):
     """Recommend (see :func:`recommend`), then fine-tune the winner into ``output_dir``. Other options
     are those of :class:`autopeft.training.options.TrainOptions`. Returns (RunRecord, Recommendation)."""
     from .choose.constraints import Constraints
-    from .choose.recommend import tune as _tune
+    from .choose.tune import tune as _tune
 
     limits = Constraints.parse(**{k: options.pop(k) for k in _CONSTRAINTS if k in options})
     return _tune(data, output_dir=output_dir, constraints=limits, progress=options.pop("progress", False), **options)

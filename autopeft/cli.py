@@ -493,7 +493,7 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
     """Choose the method for DATA (pilots and the recommender), then fine-tune with it."""
     quiet_libraries()
     log_to_stderr()
-    from .choose.recommend import tune as run_tune
+    from .choose.tune import tune as run_tune
 
     if resume:
         if output_dir is None:

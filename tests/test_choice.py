@@ -268,6 +268,7 @@ class _Seen(Exception):
 def test_pilots_sample_split_and_pack_the_data_as_the_fine_tune_will(entry, trainable_llama, tmp_path, monkeypatch):
     import autopeft.choose.recommend as recommend_module
     from autopeft.choose.constraints import Constraints
+    from autopeft.choose.tune import tune
 
     seen = {}
 
@@ -280,10 +281,9 @@ def test_pilots_sample_split_and_pack_the_data_as_the_fine_tune_will(entry, trai
     data = str(EXAMPLES / "instructions.jsonl")
     if entry == "tune":
         with pytest.raises(_Seen):
-            recommend_module.tune(data, output_dir=str(tmp_path / "run"), model=str(trainable_llama), max_length=64,
-                                  max_examples=40, batch_size=4, epochs=1, constraints=Constraints(methods=("lora",)),
-                                  seed=5, data_seed=2, validation_fraction=0.2, pack=True, train_on_inputs=True,
-                                  progress=False)
+            tune(data, output_dir=str(tmp_path / "run"), model=str(trainable_llama), max_length=64,
+                 max_examples=40, batch_size=4, epochs=1, constraints=Constraints(methods=("lora",)), seed=5,
+                 data_seed=2, validation_fraction=0.2, pack=True, train_on_inputs=True, progress=False)
     else:
         result = CliRunner().invoke(main, ["recommend", data, "-m", str(trainable_llama), "--max-length", "64",
                                            "--max-examples", "40", "-b", "4", "--epochs", "1", "--methods", "lora",

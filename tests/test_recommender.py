@@ -149,7 +149,7 @@ def test_pilots_ending_within_their_noise_are_called_too_close():
     """Two pilots of one run see the same batches, so their gap is judged step by step: a steady small
     gap is real, a gap the batches' ups and downs swamp is not, and the explanation says so."""
     from autopeft.profiles import end_loss_gap
-    from autopeft.choose.recommend import _too_close_to_call
+    from autopeft.choose.explain import too_close_to_call
 
     rng = np.random.default_rng(0)
     batches = rng.normal(0, 0.2, 40)  # the same batch noise in both pilots
@@ -162,9 +162,9 @@ def test_pilots_ending_within_their_noise_are_called_too_close():
     steady = Candidate(name="b", method="lora", pilot=pilot(0.05))
     gap, error = end_loss_gap(chosen.pilot, steady.pilot)
     assert gap == pytest.approx(0.05) and error < 1e-9
-    assert _too_close_to_call(chosen, steady) is None
+    assert too_close_to_call(chosen, steady) is None
     noisy = Candidate(name="c", method="vera", pilot=pilot(0.02, wiggle=0.2))  # its own ups and downs
-    clause = _too_close_to_call(chosen, noisy)
+    clause = too_close_to_call(chosen, noisy)
     assert clause.startswith("its pilot loss and vera's differ by") and "--pilot-budget" in clause
     shorter = Candidate(name="d", method="ia3", pilot=pilot(0.0)[:20])
     assert end_loss_gap(chosen.pilot, shorter.pilot) is None  # pilots of different lengths are not compared
@@ -177,7 +177,7 @@ def test_a_classification_choice_says_when_no_pilot_beat_the_label_frequencies()
     from types import SimpleNamespace
 
     from autopeft.data import PreparedData
-    from autopeft.choose.recommend import _not_learned_yet
+    from autopeft.choose.explain import not_learned_yet
 
     prepared = SimpleNamespace(info=SimpleNamespace(task="seq-cls"), train={"labels": [0] * 55 + [1] * 45})
     prior = PreparedData.label_frequency_loss(prepared)
@@ -191,18 +191,18 @@ def test_a_classification_choice_says_when_no_pilot_beat_the_label_frequencies()
         return [CurvePoint(step=i + 1, train_loss=0.70 + (end - 0.70) * i / 19) for i in range(20)]
 
     stuck = [Candidate(name=m, method=m, pilot=pilot(e)) for m, e in (("lora", 0.695), ("loha", 0.700))]
-    clause = _not_learned_yet(stuck, prior)
+    clause = not_learned_yet(stuck, prior)
     assert clause.startswith("no pilot has yet learned more than the label frequencies") and "--pilot-budget" in clause
     learning = stuck + [Candidate(name="dora", method="dora", pilot=pilot(0.55))]
-    assert _not_learned_yet(learning, prior) is None
-    assert _not_learned_yet(stuck, None) is None  # not a classification task
+    assert not_learned_yet(learning, prior) is None
+    assert not_learned_yet(stuck, None) is None  # not a classification task
     # said whichever way the pilots were ranked, beside what that ranking rests on
-    from autopeft.choose.recommend import _explain
+    from autopeft.choose.explain import explain
 
     stuck = [c.model_copy(update={"learning_rate": 1e-3}) for c in stuck]
     for mode, because in (("pilot", "the recommender predicts it will finish best"),
                           ("pilot-loss", "reached the lowest loss")):
-        text = _explain(stuck[0], None, stuck, None, [0, 1], mode, None, Objective(), {}, prior_loss=prior)
+        text = explain(stuck[0], None, stuck, None, [0, 1], mode, None, Objective(), {}, prior_loss=prior)
         assert because in text and "no pilot has yet learned more than the label frequencies" in text
 
 

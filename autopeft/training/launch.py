@@ -15,7 +15,6 @@ that the processes split the data and that their replicas stayed identical.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 import subprocess

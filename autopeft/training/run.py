@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ..errors import BadInputError, MethodUnavailableError, PluginError, first_line
 from .options import TrainOptions, total_steps
