@@ -68,7 +68,8 @@ HEAP_RETAINED_CHECKPOINTED = 0.3
 class MemoryBreakdown(BaseModel):
     """Bytes of each part of peak training memory; they add up to the peak."""
 
-    weights: int = Field(description="all parameters and buffers, frozen and trainable")
+    weights: int = Field(description="all parameters and buffers, frozen and trainable (full-weight methods on an "
+                                     "accelerator: float32 masters and autocast's half-precision copies)")
     gradients: int = Field(description="gradients alive at the peak")
     optimizer: int = Field(description="optimizer state (and the step's temporaries if the peak is the step)")
     activations: int = Field(description="tensors saved for backward inside the model body")
@@ -126,7 +127,7 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
              peft_config: dict | None = None, task: str | None = None, batch_size: int = 4, seq_len: int = 512,
              dtype: str | None = None, device: str = "cuda", gradient_checkpointing: bool = False,
              num_labels: int = 2, trust_remote_code: bool = False, config=None, strategy: str | None = None,
-             num_processes: int = 1, quantize: str | None = None) -> Estimate:
+             num_processes: int = 1, quantize: str | None = None, master_weights: bool | None = None) -> Estimate:
     """Estimate the cost of training ``model`` with ``method`` (or an adapter config dict).
 
     :param model: embedded name, local dir (a dir holding only config.json is enough) or Hub id;
@@ -141,6 +142,9 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
         ``batch_size`` is each device's micro-batch (see :mod:`autopeft.sharding`).
     :param quantize: ``4bit`` or ``8bit``: the base's linear layers stored as bitsandbytes stores them
         (QLoRA-style, CUDA only; see :mod:`autopeft.quantization`), for methods that support it.
+    :param master_weights: whether a half-precision run keeps float32 weights and computes under
+        autocast; default: as ``autopeft train`` does, for full-weight methods on accelerators.
+        False: the weights themselves are half precision (as PEFT's method-comparison suite trains).
     """
     from .sharding import sharding
 
@@ -183,7 +187,8 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     with _meta_nonzero():
         return _estimate_on_meta(
             config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
-            dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan, quantize)
+            dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan, quantize,
+            method_obj.family == "full" and device != "cpu" if master_weights is None else master_weights)
 
 
 @contextlib.contextmanager
@@ -201,7 +206,8 @@ def _meta_nonzero():
 
 
 def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, model_name,
-                      dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan, quantize) -> Estimate:
+                      dtype_name, device, batch_size, seq_len, gradient_checkpointing, plan, quantize,
+                      master_weights) -> Estimate:
     from .quantization import bytes_saved
     from .sharding import per_device
 
@@ -225,6 +231,13 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     except Exception as exc:
         raise PluginError(f"method {method_obj.name}: optimizer_state_bytes failed: {exc}") from None
     adapter = adapter_bytes(method_obj, net)
+    # float32 master weights under half-precision autocast (how training.run trains full-weight methods
+    # on accelerators): weights, gradients and optimizer state are float32, and autocast holds a
+    # half-precision copy of every matrix it multiplies by until backward has used it
+    master = 4 // torch_dtype.itemsize if master_weights else 1
+    autocast_copies = _tensor_bytes(p for p in _unique(net.parameters()) if p.dim() >= 2) if master > 1 else 0
+    weights += (master - 1) * _tensor_bytes(_unique(net.parameters()))
+    grads, opt_state = master * grads, master * opt_state
     token = _TRACE_DEVICE.set(device)
     try:
         trace = _trace(net, task, batch_size, seq_len, num_labels)
@@ -232,14 +245,15 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
         _TRACE_DEVICE.reset(token)
 
     block_layer_grads = _block_param_ids(net)
-    nonblock_grads = _tensor_bytes(p for p in trainable if id(p) not in block_layer_grads)
+    nonblock_grads = master * _tensor_bytes(p for p in trainable if id(p) not in block_layer_grads)
     blocks = _blocks(net)
-    block_weights = max((_tensor_bytes(_unique(b.parameters())) for b in blocks), default=0)
+    block_weights = master * max((_tensor_bytes(_unique(b.parameters())) for b in blocks), default=0)
     if quantize and blocks:  # a sharded strategy gathers a block as it is stored
         ids = {id(p) for p in blocks[0].parameters()}
         block_weights -= bytes_saved([q for q in quantized if id(q[2]) in ids], quantize)
-    block_grads = max((_tensor_bytes(p for p in _unique(b.parameters()) if p.requires_grad) for b in blocks), default=0)
-    step_temp = _optimizer_step_temporaries(trainable, device)
+    block_grads = master * max((_tensor_bytes(p for p in _unique(b.parameters()) if p.requires_grad) for b in blocks),
+                               default=0)
+    step_temp = master * _optimizer_step_temporaries(trainable, device)
     # bitsandbytes' matmul dequantises one layer's weight at a time into the compute dtype
     dequantised = max((w.numel() * w.element_size() for _, _, w in quantized), default=0)
     acts_plain = trace.outside_blocks + sum(trace.blocks)
@@ -253,7 +267,7 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
     def peak(acts: int) -> tuple[int, MemoryBreakdown, str]:
         at_backward = share(nonblock_grads, opt_state)
         at_step = share(grads, opt_state + step_temp)
-        forward_backward = acts + logits + at_backward.gradients + at_backward.optimizer
+        forward_backward = acts + logits + autocast_copies + at_backward.gradients + at_backward.optimizer
         optimizer_step = at_step.gradients + at_step.optimizer
         phase = "forward-backward" if forward_backward >= optimizer_step else "optimizer-step"
         held = at_backward if phase == "forward-backward" else at_step
@@ -261,7 +275,8 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
         overhead = (runtime + _fragmentation(device, trace, acts + logits, checkpointed=acts == acts_ckpt)
                     + dequantised)
         parts = MemoryBreakdown(
-            weights=held.weights, gradients=held.gradients, optimizer=held.optimizer,
+            weights=held.weights + (autocast_copies if phase == "forward-backward" else 0),
+            gradients=held.gradients, optimizer=held.optimizer,
             activations=acts if phase == "forward-backward" else 0,
             logits=logits if phase == "forward-backward" else 0,
             communication=held.communication, overhead=overhead, runtime=runtime,

@@ -101,6 +101,12 @@ class PreparedData:
         total = sum(counts.values())
         return -sum(n / total * math.log(n / total) for n in counts.values())
 
+    def longest_row(self) -> int:
+        """The longest training row a batch can hold, in tokens: a packed block where the data is packed
+        (``info.tokens`` counts the examples before packing). What the cost model plans a step for."""
+        lengths = self.train["length"] if len(self.train) else []
+        return max(lengths, default=self.info.tokens.max)
+
     def validation_majority(self) -> float | None:
         """Classification: the share of the validation set's most frequent label, the accuracy of
         answering it every time. None for other tasks or without a validation set."""

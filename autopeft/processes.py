@@ -24,16 +24,18 @@ GUARD_MARGIN = 0.01
 
 def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
                 timeout: float | None = None, env: dict[str, str] | None = None) -> tuple[int, tuple[str, str] | None]:
-    """Run ``target(*args)`` in a child process and watch it: on CPU, a child whose resident memory
-    (with its own children) goes over ``max_memory`` is stopped at once, as is one running past
-    ``timeout`` seconds. ``env`` adds to the child's environment. Returns (peak resident bytes seen,
-    None or (status, reason))."""
+    """Run ``target(*args)`` in a child process and watch it. ``max_memory`` holds it to a budget: on
+    CPU, a child whose resident memory (with its own children) goes over it is stopped at once; on
+    CUDA, the child caps its own allocator at it (an allocation past it raises out-of-memory there). A
+    child running past ``timeout`` seconds is stopped. ``env`` adds to the child's environment.
+    Returns (peak resident bytes seen: host memory, the budget's measure only on CPU; None or
+    (status, reason))."""
     import psutil
 
     started = time.perf_counter()
     # the fork server keeps the environment it started with; the child gets this process's own now
     environ = {**os.environ, **(env or {})}
-    child = _context().Process(target=_in_environment, args=(environ, target, args), daemon=True)
+    child = _context().Process(target=_in_child, args=(environ, max_memory, target, args), daemon=True)
     child.start()
     watched = psutil.Process(child.pid)
     peak, failure = 0, None
@@ -43,7 +45,7 @@ def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
         except psutil.Error:
             rss = 0
         peak = max(peak, rss)
-        if max_memory is not None and rss > (1 - GUARD_MARGIN) * max_memory and _device() == "cpu":
+        if max_memory is not None and rss > (1 - GUARD_MARGIN) * max_memory and not on_accelerator():
             failure = ("oom", f"stopped at {rss:,} bytes resident, at the budget of {max_memory:,}")
         elif timeout is not None and time.perf_counter() - started > timeout:
             failure = ("timeout", f"no result after {timeout:.0f} s")
@@ -57,10 +59,11 @@ def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
     return peak, failure
 
 
-def _device() -> str:
+def on_accelerator() -> bool:
+    """Whether work here runs on a CUDA device (and memory budgets are the allocator's, not RSS)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.cuda.is_available()
 
 
 def _context():
@@ -75,7 +78,12 @@ def _context():
     return multiprocessing.get_context("spawn")
 
 
-def _in_environment(environ: dict[str, str], target: Callable, args: tuple) -> None:
+def _in_child(environ: dict[str, str], max_memory: int | None, target: Callable, args: tuple) -> None:
     os.environ.clear()
     os.environ.update(environ)
+    if max_memory is not None and on_accelerator():
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, max_memory / total))
     target(*args)

@@ -59,7 +59,8 @@ def main() -> int:
             est = autopeft.estimate(
                 str(LLAMA_CONFIG), method, peft_config=peft_config, task="causal-lm", batch_size=tc["batch_size"],
                 seq_len=tc["max_seq_length"], dtype=tc["dtype"], device="cuda",
-                gradient_checkpointing=bool(tc.get("use_gc")), config=config)
+                gradient_checkpointing=bool(tc.get("use_gc")), config=config,
+                master_weights=False)  # the suite loads every model in its dtype, full fine-tuning too
         except autopeft.AutopeftError as exc:
             row.update(method="-", error=str(exc))
             rows.append(row)

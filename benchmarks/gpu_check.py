@@ -1,4 +1,4 @@
-"""One command that checks autopeft on one CUDA device in under 8 minutes (issue 24).
+"""One command that checks autopeft on one CUDA device in under 8 minutes.
 
 Writes benchmarks/results/gpu_check.json and gpu_check.md, one section each (a section that fails is
 recorded with its error; the others still run):
@@ -68,7 +68,7 @@ MEMORY_METHODS = ("lora", "dora", "vera", "ia3", "oft", "loha", "lokr", "prompt_
                   "lorafa", "boft", "adalora", "ln_tuning", "fourierft", "randlora")
 MEMORY_COUNT = 12
 CHECKPOINTED = ("lora", "full")  # measured again with gradient checkpointing on
-#: the cost model's planning margin (autopeft/recommend.py): a method is ruled out statically when
+#: the cost model's planning margin (autopeft/choose/recommend.py): a method is ruled out statically when
 #: even micro-batch 1 with checkpointing needs more than this share of --max-vram
 PLANNING_MARGIN = 0.9
 TARGETS = {"median": 0.05, "max": 0.15, "qlora": 0.15, "speed": 1.0}
@@ -236,7 +236,7 @@ def memory_section(ctx: Context, data: dict) -> None:
 
 
 def _train_steps(ctx: Context, config, name: str, checkpointing: bool) -> dict:
-    """A few training steps as `autopeft train` takes them (autopeft/training.py): adapters over a
+    """A few training steps as `autopeft train` takes them (autopeft/training/run.py): adapters over a
     bf16 base on CUDA (fp32 master weights for the 'full' family), the method's own optimizer or the
     Trainer's default, bf16 autocast, the model's own loss. Memory is counted from before the build."""
     import torch
@@ -369,7 +369,7 @@ def pilots_section(ctx: Context, data: dict) -> None:
     data["stopped_over_cap"] = [p["method"] for p in pilots if p["status"] == "oom"
                                 or any("pilot measured" in r for r in p["excluded_because"])]
     data.update(chosen=rec.get("chosen"), trained_method=run.get("method"),
-                precision=run.get("options", {}).get("precision"), trained_on=run.get("hardware", {}).get("device"),
+                precision=run.get("precision") or run.get("options", {}).get("precision"), trained_on=run.get("hardware", {}).get("device"),
                 fine_tune_peak_bytes=run.get("peak_memory_bytes"), fine_tune_steps_done=run.get("steps"),
                 fine_tune_over_cap=bool((run.get("peak_memory_bytes") or 0) > cap),
                 estimated_fine_tune_peak_bytes=run.get("estimated_peak_memory_bytes"),
@@ -531,7 +531,7 @@ def _autopeft_child(spec: dict) -> dict:
         res = {"tokens_per_second": record.tokens_per_second, "seconds": seconds,
                "tokens": int((record.tokens_per_second or 0) * seconds), "steps": record.steps,
                "run_peak_bytes": record.peak_memory_bytes, "run_estimate_bytes": record.estimated_peak_memory_bytes,
-               "precision": record.options.get("precision"), "seq_len": record.data.get("tokens", {}).get("max"),
+               "precision": record.precision or record.options.get("precision"), "seq_len": record.data.get("tokens", {}).get("max"),
                "losses": [round(h.loss, 4) for h in record.history if h.loss is not None]}
         if cuda:
             res.update(measured_bytes=torch.cuda.max_memory_allocated() - allocated_before,
@@ -890,8 +890,8 @@ def _md_memory(s: dict) -> list[str]:
            + (f"The reserved columns compare {s['predicted_reserved']} against {s['measured_reserved']}. "
               if s["comparable"] else "On the CPU the two are not comparable (one process runs every method; the "
               "heap keeps what earlier ones freed), and there are no reserved figures. ")
-           + "The estimates are asked as `autopeft train` asks them (training.py `_estimate`: the run's precision as "
-             "dtype), while it loads the 'full' family (full, galore) in fp32 and lets autocast compute in bf16.", "",
+           + "The estimates are asked as `autopeft train` asks them (the run's precision as dtype; the 'full' "
+             "family, full and galore, planned with float32 master weights under bf16 autocast, as it trains them).", "",
            "| method | family | checkpointing | predicted MiB | measured MiB | error | predicted reserved MiB "
            "| measured reserved MiB | error | peak phase | trainable (predicted / built) | s |",
            "|---|---|:-:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
@@ -942,14 +942,14 @@ def _md_pilots(s: dict) -> list[str]:
     load = s.get("adapter_load", {})
     out += ["", f"Stopped for going over the cap: {', '.join(s['stopped_over_cap']) or 'none'}.",
             f"Chosen: **{s.get('chosen')}**; fine-tuned {s.get('fine_tune_steps_done')} steps on {s.get('trained_on')} "
-            f"with precision {s.get('precision')} (run.json `options.precision`); fine-tune peak "
+            f"with precision {s.get('precision')} (run.json `precision`); fine-tune peak "
             f"{_mib(s.get('fine_tune_peak_bytes'))} MiB (run.json; {'over' if s.get('fine_tune_over_cap') else 'within'} "
             f"the cap), estimated {_mib(s.get('estimated_fine_tune_peak_bytes'))} MiB.",
             f"Adapter loads with peft: {'yes' if load.get('ok') else 'NO'} ({load.get('how') or load.get('error')}"
             f"{', ' + load['peft_type'] if load.get('peft_type') else ''}).", "",
             "A pilot's recorded peak is run.json's `recommendation.candidates[].measured.peak_memory_bytes`: on CUDA, "
-            "autopeft records the larger of the pilot's `torch.cuda.max_memory_reserved()` and the resident host memory "
-            "its watcher sampled (autopeft/pilot.py `run_pilot`).", ""]
+            "the pilot's own `torch.cuda.max_memory_reserved()` under the allocator cap its process was started with "
+            "(autopeft/processes.py `run_watched`); the watcher's host-memory samples count only on CPU.", ""]
     return out
 
 

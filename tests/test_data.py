@@ -369,6 +369,8 @@ def test_packing_keeps_labels_and_fills_blocks(tmp_path, tok):
     assert sum(ids.count(tok.eos_token_id) for ids in packed.train["input_ids"]) == plain.info.num_train
     assert len(packed.validation) == packed.info.num_validation  # validation is never packed, only cut
     assert max(packed.validation["length"]) == 64 and min(packed.validation["length"]) < 64
+    # the cost model plans a step for a packed block, not for the longest example before packing
+    assert packed.longest_row() == 64 and plain.longest_row() == plain.info.tokens.max
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_help_and_a_bad_section():
     shown = run("--help")
     assert shown.returncode == 0

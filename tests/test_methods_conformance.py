@@ -242,3 +242,19 @@ def test_the_trace_leaves_every_blocks_forward_as_it_found_it():
     assert calls == [1]
     assert blocks[3].__dict__["forward"] is hooked
     assert all("forward" not in b.__dict__ for i, b in enumerate(blocks) if i != 3)
+
+
+def test_full_fine_tuning_on_a_gpu_is_planned_with_float32_masters_under_autocast(tiny_llama_dir):
+    """The trainer loads full-weight methods in float32 and lets autocast compute in bf16: weights,
+    gradients and optimizer state are those of a float32 run, plus a bf16 copy of each matrix while
+    backward needs it; adapters keep a bf16 base."""
+    def parts(method, dtype):
+        est = autopeft.estimate(str(tiny_llama_dir), method, batch_size=1, seq_len=8, device="cuda", dtype=dtype)
+        return est.breakdown, est.peak_phase
+
+    (mixed, phase), (single, _) = parts("full", "bf16"), parts("full", "fp32")
+    matrices = sum(p.numel() for p in _tiny_model("causal-lm").parameters() if p.dim() >= 2)
+    assert (mixed.gradients, mixed.optimizer) == (single.gradients, single.optimizer)
+    assert mixed.weights == single.weights + (2 * matrices if phase == "forward-backward" else 0)
+    (lora_bf16, _), (lora_fp32, _) = parts("lora", "bf16"), parts("lora", "fp32")
+    assert lora_bf16.weights < 0.6 * lora_fp32.weights  # the base in bf16

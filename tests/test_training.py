@@ -40,6 +40,7 @@ def test_lora_run_leaves_a_loadable_adapter_and_a_complete_record(trainable_llam
     assert stored.trainable_params > 0 and stored.peak_memory_bytes > 0 and stored.tokens_per_second
     assert {"eval_loss", "eval_loss_before", "perplexity", "forgetting"} <= set(stored.metrics)
     assert stored.metrics["eval_loss"] < stored.metrics["eval_loss_before"] and stored.warnings == []
+    assert stored.precision == "fp32" and stored.options["precision"] == "auto"  # what ran, and what was asked
     assert len(stored.samples) == 1
     base = AutoModelForCausalLM.from_pretrained(str(trainable_llama))
     loaded = PeftModel.from_pretrained(base, str(out))

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from pydantic import BaseModel, Field
 
 from .halving import MAX_FRACTION, best_of_each, next_length, plan_cost, survivors
-from ..processes import run_watched
+from ..processes import on_accelerator, run_watched
 from ..training.outputs import PilotResult
 
 MIN_STEPS = 3
@@ -137,7 +137,7 @@ def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, 
         result_path = Path(tmp) / "result.json"
         options = {**base_options, **config.options(), "output_dir": str(Path(tmp) / "run"), "forgetting": False,
                    "samples": 0}
-        peak, failure = run_watched(_child, (options, steps, str(result_path), max_memory), max_memory=max_memory,
+        peak, failure = run_watched(_child, (options, steps, str(result_path)), max_memory=max_memory,
                                     timeout=timeout, env={"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None)
         if failure is not None:
             result = PilotResult(status=failure[0], error=failure[1], peak_memory_bytes=peak or None)
@@ -147,8 +147,9 @@ def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, 
             result = PilotResult(status="failed", error="the pilot process ended with no result",
                                  peak_memory_bytes=peak or None)
     result.seconds = time.perf_counter() - started
-    if result.status == "ok" and peak:
-        # the watcher's sampled peak can miss a spike; the child's own high-water mark cannot
+    if result.status == "ok" and peak and not on_accelerator():
+        # the watcher's sampled peak can miss a spike; the child's own high-water mark cannot (on CUDA
+        # the budget is the allocator's, which the child measures itself; the watcher sees host memory)
         result.peak_memory_bytes = max(result.peak_memory_bytes or 0, peak)
     if key is not None and result.status in ("ok", "oom"):  # a crash or a timeout may not happen again
         from ..training.outputs import write_text
@@ -303,19 +304,15 @@ def _costs(result: PilotResult, overhead: float = 10.0, per_step: float = 1.0) -
     return max(0.0, result.seconds - (result.train_seconds or 0)), result.seconds_per_step
 
 
-def _child(options: dict[str, Any], steps: int, result_path: str, max_memory: int | None) -> None:
-    """Entry point of a pilot process: pilot, then write the result (or the failure) as JSON."""
+def _child(options: dict[str, Any], steps: int, result_path: str) -> None:
+    """Entry point of a pilot process (capped by run_watched on CUDA): pilot, then write the result
+    (or the failure) as JSON."""
     from ..errors import first_line
     from ..logs import quiet_libraries
 
     quiet_libraries()
 
     try:
-        import torch
-
-        if max_memory is not None and torch.cuda.is_available():
-            total = torch.cuda.get_device_properties(0).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, max_memory / total))
         from ..training.run import pilot
 
         data = options.pop("data")

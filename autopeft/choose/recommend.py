@@ -164,7 +164,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     options.task = task = prepared.info.task
     total_steps = steps_of(options, len(prepared.train))
     config = load_config(model, trust_remote_code=trust_remote_code)
-    seq_len = prepared.info.tokens.max
+    seq_len = prepared.longest_row()
     limit = constraints.max_vram
     screened, memory_name = constraints, "--max-vram"
     if device.planned and limit is None:  # planning for a known accelerator: its memory is the limit

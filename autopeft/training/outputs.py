@@ -128,7 +128,9 @@ class RunRecord(BaseModel):
     recommendation: dict[str, Any] | None = None
     distributed: DistributedRun | None = Field(default=None, description="with several processes: what each did")
     warnings: list[str] = Field(default_factory=list, description="what the run's metrics say it failed to "
-                                                                  "learn (autopeft.evaluation.learning_warnings)")
+                                                                  "learn (autopeft.training.evaluation.learning_warnings)")
+    precision: str | None = Field(default=None, description="what training computed in: fp32, bf16 or fp16 "
+                                                            "(options.precision holds what was asked, e.g. auto)")
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(include={"method", "settings", "output_dir", "metrics", "peak_memory_bytes",

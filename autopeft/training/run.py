@@ -358,7 +358,7 @@ class Run:
                                if tokens and self.train_seconds > eval_seconds else None),
             history=_history(trainer.state.log_history), samples=samples,
             hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation,
-            distributed=distributed, warnings=warnings)
+            distributed=distributed, warnings=warnings, precision=self.precision)
         write_report(self.out, record)
         write_json(self.out / RECORD_FILE, record.model_dump(mode="json"))  # last: marks the run finished
         if opts.profile_store:
@@ -390,7 +390,7 @@ class Run:
 
         try:
             est = estimate(self.model_name, self.method, settings=self.settings, task=self.task,
-                           batch_size=self.opts.batch_size, seq_len=self.data.info.tokens.max,
+                           batch_size=self.opts.batch_size, seq_len=self.data.longest_row(),
                            device=self.device, dtype=self.precision if self.precision != "auto" else None,
                            gradient_checkpointing=self.opts.gradient_checkpointing,
                            num_labels=len(self.data.label2id or {}) or 2, config=self.base_config,
