@@ -18,7 +18,8 @@ LAYERS = [
     ("data", "models", "devices", "profiles", "costmodel", "sharding", "quantization"),
     ("training",),
     ("choose",),
-    ("cli", "testing", "method", "settings", "__main__", ""),  # the faces ("" is autopeft/__init__)
+    # the faces ("" is autopeft/__init__), and one-release aliases of modules that moved
+    ("cli", "testing", "__main__", "", "method", "settings", "plugins"),
 ]
 
 
@@ -143,3 +144,16 @@ def test_every_docstring_fits_a_screen():
                 if doc.count("\n") + 1 >= 40:
                     long.append(f"{name}.{getattr(node, 'name', '<module>')}: {doc.count(chr(10)) + 1} lines")
     assert long == []
+
+
+def test_importing_any_module_leaves_the_sdk_functions_in_place():
+    """A submodule named like an SDK function would replace it on the package once imported (as
+    ``autopeft.recommend`` the module once replaced ``autopeft.recommend`` the function)."""
+    import importlib
+
+    import autopeft
+
+    for name in _modules():
+        importlib.import_module(name)
+    for function in ("estimate", "train", "recommend", "tune", "replay", "export_merged", "export_lora"):
+        assert callable(getattr(autopeft, function)) and getattr(autopeft, function).__module__ == "autopeft"
