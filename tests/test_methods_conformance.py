@@ -23,6 +23,9 @@ TINY_SETTINGS = {
     "randlora": {"r": 8}, "shira": {"r": 4}, "fourierft": {"n_frequency": 64}, "galore": {"rank": 4},
     "adalora": {"init_r": 4, "target_r": 2, "total_step": 10}, "prompt_tuning": {"num_virtual_tokens": 4},
     "prefix_tuning": {"num_virtual_tokens": 4}, "ptuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
+    # PEFT tuners (group a)
+    # PEFT tuners (group b)
+    # LoRA variants
 }
 METHODS = sorted(m.name for m in autopeft.list_methods())
 
