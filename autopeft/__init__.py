@@ -18,7 +18,7 @@ from .errors import (AutopeftError, BadInputError, MethodUnavailableError, Plugi
                      UnknownMethodError)
 from .hookspecs import hookimpl
 from .methods.base import (TASKS, Capabilities, Method, MethodInfo, MethodSettings, PeftMethod, SearchSpace,
-                           divisor_of_layer_sizes, peft_task_type)
+                           divisor_of_layer_sizes, on_meta_device, peft_task_type)
 from .methods.settings import LowRank, PromptSettings, Targeted
 from .version import __version__
 
@@ -30,19 +30,26 @@ __all__ = [
     "AutopeftError", "BadInputError", "MethodUnavailableError", "PluginError", "UnknownMethodError",
     # the plugin kit: what a method plugin imports (see autopeft.testing to check one)
     "TASKS", "Capabilities", "LowRank", "Method", "MethodInfo", "MethodSettings", "PeftMethod", "PromptSettings",
-    "SearchSpace", "Targeted", "divisor_of_layer_sizes", "hookimpl", "peft_task_type",
+    "SearchSpace", "Targeted", "divisor_of_layer_sizes", "hookimpl", "on_meta_device", "peft_task_type",
 ]
 
 _CONSTRAINTS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_params", "time_budget", "methods",
                 "exclude", "require")
 
 
-def list_methods(task: str | None = None) -> list[MethodInfo]:
-    """Every installed method (built-in or from a plugin package), optionally only those for ``task``."""
+def list_methods(task: str | None = None, probe: bool = True) -> list[MethodInfo]:
+    """Every installed method (built-in or from a plugin package), optionally only those for ``task``.
+
+    With ``probe``, each carries its capabilities as found on a tiny model (stored results, or probed
+    now for a method never probed with these versions: see :mod:`autopeft.methods.probes`)."""
     from .methods.registry import get_methods
 
-    infos = [m.info() for m in get_methods().values()]
-    return [i for i in infos if task is None or task in i.tasks]
+    chosen = [m for m in get_methods().values() if task is None or task in m.tasks]
+    if not probe:
+        return [m.info() for m in chosen]
+    from .methods.probes import capabilities_of
+
+    return [m.info().model_copy(update={"probed": capabilities_of(m)}) for m in chosen]
 
 
 def get_method(name: str) -> Method:

@@ -85,7 +85,12 @@ def _warn_plugin_failures() -> None:
 @click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Only methods supporting this task.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout.")
 def methods(task, as_json):
-    """List installed fine-tuning methods with their capabilities."""
+    """List installed fine-tuning methods with their capabilities.
+
+    Capabilities are those found by trying them on a tiny model (merge, a second adapter, conversion
+    to LoRA; a quantised base from PEFT's source on a machine without CUDA), stored for the built-ins
+    and probed once, in seconds, for any other method. A flag the plugin declares but the probe did not
+    find is shown as FLAG? (see the JSON's "probed" for why)."""
     from . import list_methods
 
     infos = list_methods(task)
@@ -96,12 +101,19 @@ def methods(task, as_json):
     flags = (("merge", "merge"), ("quantized", "quant"), ("multi_adapter", "multi"), ("lora_convertible", "to-lora"))
     rows = [("name", "family", "tasks", "capabilities", "source", "description")]
     for i in infos:
-        caps = ",".join(label for key, label in flags if getattr(i.capabilities, key)) or "-"
+        caps = ",".join(_capability_label(i, key, label) for key, label in flags
+                        if getattr(i.capabilities, key) or (i.probed and getattr(i.probed, key).value)) or "-"
         desc = i.description if i.available else f"UNAVAILABLE: {i.unavailable_reason}"
         rows.append((i.name, i.family, ",".join(i.tasks), caps, i.source, desc))
     widths = [max(len(r[c]) for r in rows) for c in range(5)]
     for r in rows:
         click.echo("  ".join(r[c].ljust(widths[c]) for c in range(5)) + "  " + r[5])
+
+
+def _capability_label(info, key: str, label: str) -> str:
+    """``label`` when found (or declared with nothing to probe); ``label?`` when declared but not found."""
+    finding = getattr(info.probed, key) if info.probed else None
+    return f"{label}?" if finding is not None and finding.value is not True else label
 
 
 @main.command()
@@ -155,9 +167,14 @@ def _parse_setting(text: str) -> tuple[str, object]:
 def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, dtype, device,
              gradient_checkpointing, num_labels, num_processes, strategy, accelerate_config, quantize,
              trust_remote_code, as_json):
-    """Exact trainable parameters and adapter size, and predicted peak training memory. No weights are loaded."""
+    """Exact trainable parameters and adapter size, and predicted peak training memory. No weights are loaded.
+
+    With several --peft-config files, one that cannot be estimated gets its own entry saying why (JSON:
+    {"source": FILE, "error": REASON}) and the others are still computed. Exit status: 0 when all were
+    estimated, 2 when every failure was bad input, 1 when any other failed.
+    """
     quiet_libraries()
-    from .methods.adapter_config import read_adapter_config
+    from .estimates import EstimateFailure, estimate_each, exit_status
 
     if method and peft_configs and len(peft_configs) > 1:
         raise BadInputError("--method with several --peft-config files is ambiguous; give one file", source="--method")
@@ -166,36 +183,35 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
     values = dict(_parse_setting(s) for s in settings)
     if values and peft_configs:
         raise BadInputError("--set applies to --method, not to --peft-config files", source="--set")
-    configs = [read_adapter_config(p) for p in peft_configs] or [None]
     if accelerate_config:
         from .training.launch import plan_of
 
         plan = plan_of(num_processes, accelerate_config)  # as train reads it: --num-processes wins
         strategy, num_processes = plan.strategy, plan.num_processes
 
-    from .costmodel import estimate as run_estimate
-    from .models import default_model, load_config
-
-    loaded = {}
-    results = []
-    for cfg in configs:
-        from .costmodel import task_of
-
-        this_task = task or task_of(cfg)  # None: the model's own task
-        name = model or default_model(this_task or "causal-lm")
-        if name not in loaded:
-            loaded[name] = load_config(name, trust_remote_code=trust_remote_code)
-        results.append(run_estimate(
-            name, method, settings=values, peft_config=cfg, task=this_task, batch_size=batch_size,
-            seq_len=seq_len, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
-            num_labels=num_labels, trust_remote_code=trust_remote_code, config=loaded[name], strategy=strategy,
-            num_processes=num_processes, quantize=quantize))
-    if as_json:
-        docs = [r.model_dump(mode="json") for r in results]
-        _emit_json(docs if len(peft_configs) > 1 else docs[0])
-        return
-    for r in results:
-        _print_estimate(r)
+    several = len(peft_configs) > 1
+    items = [{"source": p, "peft_config": p} for p in peft_configs] or [{"source": "--method"}]
+    results = estimate_each(
+        items, keep_going=several, model=model, method=method, settings=values, task=task, batch_size=batch_size,
+        seq_len=seq_len, dtype=dtype, device=device, gradient_checkpointing=gradient_checkpointing,
+        num_labels=num_labels, trust_remote_code=trust_remote_code, strategy=strategy,
+        num_processes=num_processes, quantize=quantize)
+    if as_json and not several:
+        _emit_json(results[0].model_dump(mode="json"))
+    elif as_json:
+        _emit_json([{"source": r.source, "error": r.error} if isinstance(r, EstimateFailure)
+                    else {"source": item["source"], **r.model_dump(mode="json")} for item, r in zip(items, results)])
+    else:
+        for r in results:
+            if isinstance(r, EstimateFailure):
+                click.echo(f"{r.source}: not estimated: {r.error}")
+            else:
+                _print_estimate(r)
+        failed = sum(isinstance(r, EstimateFailure) for r in results)
+        if failed:
+            click.echo(f"{len(results) - failed} of {len(results)} configs estimated; {failed} failed")
+    if exit_status(results):
+        sys.exit(exit_status(results))
 
 
 def _print_estimate(r) -> None:
@@ -217,6 +233,9 @@ def _print_estimate(r) -> None:
         if label == "communication" and not value:
             continue
         click.echo(f"    {label:<14} {format_size(value):>10}")
+    if b.init:
+        where = "the peak" if r.peak_phase == "initialisation" else "below the training peak"
+        click.echo(f"  initialisation from data: {format_size(b.init)} beside the weights, once before training ({where})")
     other = r.peak_memory_bytes_without_checkpointing if r.gradient_checkpointing else r.peak_memory_bytes_with_checkpointing
     click.echo(f"  {'without' if r.gradient_checkpointing else 'with'} gradient checkpointing: {format_size(other)}")
 
@@ -539,11 +558,12 @@ def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
     click.echo(f"{result.benchmark}: {result.feasible} of {result.candidates} runs fit; {plan} of the steps "
                f"({result.compute_fraction:.1%} of training them all; {result.mode} ranking, learned from "
                f"{', '.join(result.trained_on) or 'nothing'})")
-    click.echo(f"  chosen  {result.chosen}: {result.chosen_score:.4f} (regret {result.regret:.2f} points)")
-    click.echo(f"  oracle  {result.oracle}: {result.oracle_score:.4f}")
+    click.echo(f"  chosen  {result.chosen_method} ({result.chosen}): {result.chosen_score:.4f} "
+               f"(regret {result.regret:.2f} points)")
+    click.echo(f"  oracle  {result.oracle_method} ({result.oracle}): {result.oracle_score:.4f}")
     for name, pick in result.baselines.items():
         detail = f"{pick.score:.4f} (regret {pick.regret:.2f})" if pick.score is not None else "-"
-        click.echo(f"  {name}: {pick.choice}: {detail}")
+        click.echo(f"  {name}: {f'{pick.method} ({pick.choice})' if pick.method else pick.choice or '-'}: {detail}")
 
 
 @main.command()

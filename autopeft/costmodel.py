@@ -14,6 +14,13 @@ Peak memory is the larger of two moments of a training step:
   starts) + the gradients produced first (those of parameters outside the repeated blocks);
 * optimizer step: weights + optimizer state + all gradients + the step's temporaries.
 
+A method that initialises from training data (``data_batches`` > 0: EVA, CorDA, LoRA-GA) has a third
+moment, once, before training: weights + what its :meth:`~autopeft.Method.init_memory_bytes` says the
+initialisation holds (LoRA-GA's gradients of the full target weights, CorDA's covariances, EVA's SVD
+state) + the runtime. The peak is the largest of the three. The meta build has no data, so it builds
+the variant's shapes only (see ``autopeft.methods.base.shapes_only``): the data fills values, never
+shapes (EVA keeps rank r on every layer), so trainable parameters and adapter size stay exact.
+
 With gradient checkpointing, each block keeps only its input, and one block's activations are
 recomputed at a time during backward. Attention is traced as a fused kernel (flash / memory-efficient
 SDPA, as on CUDA and on CPU): it keeps q, k, v, its output and the log-sum-exp, never the score matrix.
@@ -66,7 +73,8 @@ HEAP_RETAINED_CHECKPOINTED = 0.3
 
 
 class MemoryBreakdown(BaseModel):
-    """Bytes of each part of peak training memory; they add up to the peak."""
+    """Bytes of each part of peak training memory; they add up to the peak (``init`` only when the peak
+    is the initialisation: then gradients, optimizer, activations and logits are 0)."""
 
     weights: int = Field(description="all parameters and buffers, frozen and trainable (full-weight methods on an "
                                      "accelerator: float32 masters and autocast's half-precision copies)")
@@ -81,6 +89,8 @@ class MemoryBreakdown(BaseModel):
     runtime: int = Field(description="of the overhead, the fixed cost (CUDA context or process baseline)")
     activations_with_checkpointing: int = Field(description="activations if gradient checkpointing is on")
     activations_without_checkpointing: int = Field(description="activations if it is off")
+    init: int = Field(default=0, description="what a data-driven initialisation holds beside the weights, once "
+                                             "before training (Method.init_memory_bytes); 0 for other methods")
 
 
 class Estimate(BaseModel):
@@ -105,7 +115,8 @@ class Estimate(BaseModel):
     peak_memory_bytes: int
     peak_memory_bytes_with_checkpointing: int
     peak_memory_bytes_without_checkpointing: int
-    peak_phase: str = Field(description="'forward-backward' or 'optimizer-step': where the peak falls")
+    peak_phase: str = Field(description="'forward-backward', 'optimizer-step' or 'initialisation' (a data-driven "
+                                        "init, before training): where the peak falls")
     breakdown: MemoryBreakdown
 
 
@@ -264,6 +275,12 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
         return per_device(plan, weights=weights, gradients=gradients, optimizer=optimizer, all_gradients=grads,
                           block_weights=block_weights, block_gradients=block_grads)
 
+    try:
+        init = int(method_obj.init_memory_bytes(net, state_settings, batch_size=batch_size, seq_len=seq_len,
+                                                activations=acts_plain + logits, device=device)) if method_obj.data_batches else 0
+    except Exception as exc:
+        raise PluginError(f"method {method_obj.name}: init_memory_bytes failed: {exc}") from None
+
     def peak(acts: int) -> tuple[int, MemoryBreakdown, str]:
         at_backward = share(nonblock_grads, opt_state)
         at_step = share(grads, opt_state + step_temp)
@@ -283,7 +300,12 @@ def _estimate_on_meta(config, task, torch_dtype, num_labels, method_obj, method_
             activations_with_checkpointing=acts_ckpt, activations_without_checkpointing=acts_plain)
         total = (parts.weights + parts.gradients + parts.optimizer + parts.activations + parts.logits
                  + parts.communication + parts.overhead)
-        return total, parts, phase
+        if init and weights + init + runtime > total:  # the one-off initialisation, on the whole model
+            parts = MemoryBreakdown(weights=weights, gradients=0, optimizer=0, activations=0, logits=0, overhead=runtime,
+                                    runtime=runtime, init=init, activations_with_checkpointing=acts_ckpt,
+                                    activations_without_checkpointing=acts_plain)
+            return weights + init + runtime, parts, "initialisation"
+        return total, parts.model_copy(update={"init": init}), phase
 
     with_ckpt, _, _ = peak(acts_ckpt)
     without_ckpt, _, _ = peak(acts_plain)

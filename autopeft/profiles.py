@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Iterable
@@ -55,7 +56,10 @@ class ProfileRecord(BaseModel):
     task: str
     model: str
     dataset: str
-    method: str = Field(description="autopeft's method name where one matches, else the source's")
+    method: str = Field(description="autopeft's method (its plugin's name; ``peft:<type>`` for a PEFT type no plugin "
+                                    "claims yet) where one matches, else the source's name")
+    source_method: str | None = Field(default=None, description="the source's own name for the method, e.g. the "
+                                                                "PEFT suite's experiment folder 'adaptionprompt'")
     family: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     learning_rate: float | None = None
@@ -223,42 +227,165 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
 
 # -- the PEFT method-comparison layout -----------------------------------------------------------
 
-#: experiment-name markers that make a PEFT LoRA run one of autopeft's LoRA variants
+#: the direction of the metrics the PEFT suite's tasks report (each as ``test <name>`` at the end and
+#: ``valid <name>`` along the way), True where higher is better. The order is also the preference:
+#: where a run reports several test metrics, the first entry that matches one is its score (metrics
+#: of unknown direction beside a known one are passed over; with none known, the file is refused). A name
+#: matches an entry equal to it, starting with ``<entry>_`` or ending with ``_<entry>`` (after
+#: lower-casing it and turning spaces and punctuation into ``_``); an entry ending in ``*`` matches
+#: any name that starts with the rest (``rouge*``: rouge1, rougeL).
+METRIC_DIRECTIONS: tuple[tuple[str, bool], ...] = (
+    ("accuracy", True), ("exact_match", True), ("pass_*", True), ("f1", True), ("rouge*", True), ("bleu", True),
+    ("chrf", True), ("meteor", True), ("dino_similarity", True), ("similarity", True), ("reward", True),
+    ("loss", False), ("perplexity", False), ("ppl", False), ("nll", False), ("error", False), ("wer", False),
+    ("cer", False), ("drift", False), ("mse", False), ("mae", False), ("rmse", False),
+)
+#: the PEFT suite's optimizer types that make a LoRA run another autopeft method (the adapter is plain
+#: LoRA); with any other (``riemannian``, a torch optimizer) the run is its adapter config's method
+PEFT_OPTIMIZER_METHODS = {"lora+": "loraplus", "lora-fa": "lorafa"}
+#: experiment-name markers that make a PEFT LoRA run one of autopeft's LoRA variants (for runs without
+#: an adapter config with a ``peft_type``, where the name is all there is to go by)
 _LORA_VARIANTS = (("rslora", "rslora"), ("dora", "dora"), ("lorafa", "lorafa"), ("loraplus", "loraplus"),
                   ("pissa", "pissa"))
-_PEFT_NAMES = {"full-finetuning": "full", "prefixtuning": "prefix_tuning", "prompt_tuning": "prompt_tuning",
-               "ptuning": "ptuning", "ln_tuning": "ln_tuning"}
+#: the suite's experiment folders whose autopeft method differs in name (used without an adapter config)
+_PEFT_NAMES = {"full-finetuning": "full", "prefixtuning": "prefix_tuning", "adaptionprompt": "adaption_prompt"}
+
+
+def metric_direction(name: str) -> bool | None:
+    """Whether a larger value of metric ``name`` is better (see :data:`METRIC_DIRECTIONS`); None if unknown."""
+    rank = _metric_rank(name)
+    return None if rank is None else METRIC_DIRECTIONS[rank][1]
+
+
+def _metric_key(name: str) -> str:
+    """A metric's name as matched and recorded: lower case, runs of anything else than letters and digits as ``_``."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _metric_rank(name: str) -> int | None:
+    """The index of the first entry of :data:`METRIC_DIRECTIONS` that ``name`` matches."""
+    key = _metric_key(name)
+    for i, (entry, _) in enumerate(METRIC_DIRECTIONS):
+        if entry.endswith("*"):
+            if key.startswith(entry[:-1]):
+                return i
+        elif key == entry or key.startswith(entry + "_") or key.endswith("_" + entry):
+            return i
+    return None
 
 
 def import_peft_results(directory: Path) -> list[ProfileRecord]:
     """Records from a directory in the PEFT method-comparison layout (one JSON per run with
-    ``run_info``, ``train_info`` and a ``metrics`` list). The benchmark is the directory's name."""
+    ``run_info`` and ``train_info``, whose ``metrics`` list ends with the ``test <name>`` scores). The
+    benchmark is the directory's name; its metric is the most preferred one (:data:`METRIC_DIRECTIONS`)
+    that every scored run reports, so that the runs' scores compare."""
     directory = Path(directory)
     if not directory.is_dir():
         raise BadInputError("not a directory of benchmark results", source=str(directory))
     files = sorted(directory.glob("*.json"))
     if not files:
         raise BadInputError("no result files (*.json) here", source=str(directory))
-    return [_peft_record(f, directory.name) for f in files]
+    runs = [_read_peft_run(f) for f in files]
+    metric = _shared_metric(runs, directory)
+    return [_peft_record(path, doc, metric, directory.name) for path, doc in runs]
 
 
-def _peft_record(path: Path, benchmark: str) -> ProfileRecord:
+def _read_peft_run(path: Path) -> tuple[Path, dict]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        run, info = doc["run_info"], doc["train_info"]
-        config = run["train_config"]
-        metrics = info["metrics"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(doc["run_info"]["train_config"], dict) or not isinstance(doc["train_info"]["metrics"], list):
+            raise TypeError("run_info.train_config is not an object or train_info.metrics not a list")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadInputError(f"not a PEFT method-comparison result ({exc.__class__.__name__}: {exc})",
                             source=str(path)) from None
-    final = next((m for m in reversed(metrics) if "test accuracy" in m), {})
-    curve = [CurvePoint(step=m["step"], train_loss=m.get("train loss"), eval_score=m.get("valid accuracy"))
-             for m in metrics if "valid accuracy" in m]
+    return path, doc
+
+
+def _test_metrics(doc: dict) -> list[str]:
+    """The names of the ``test <name>`` scores in the last metrics entry holding any (none for a failed run)."""
+    for entry in reversed(doc["train_info"]["metrics"]):
+        names = [k[len("test "):] for k in entry if isinstance(k, str) and k.startswith("test ")]
+        if names:
+            return names
+    return []
+
+
+def _shared_metric(runs: list[tuple[Path, dict]], directory: Path) -> str:
+    """The metric to score every run by: the most preferred one of known direction that every run
+    with test scores reports. A run whose test scores all have no known direction is named."""
+    known = ", ".join(entry for entry, _ in METRIC_DIRECTIONS)
+    shared: set[str] | None = None
+    for path, doc in runs:
+        names = _test_metrics(doc)
+        if not names:
+            continue
+        oriented = {n for n in names if _metric_rank(n) is not None}
+        if not oriented:
+            listed = ", ".join(repr(f"test {n}") for n in sorted(names))
+            raise BadInputError(f"metric {listed} has no known direction (known: {known})", source=str(path))
+        shared = oriented if shared is None else shared & oriented
+    if shared is None:  # no run has a score: the metric names nothing measured
+        return "accuracy"
+    if not shared:
+        raise BadInputError("its runs share no test metric of known direction", source=str(directory))
+    return min(shared, key=lambda n: (_metric_rank(n), n))
+
+
+def peft_method(run_info: dict[str, Any]) -> str:
+    """autopeft's method for a run of the PEFT method-comparison suite (its ``run_info``): by the
+    suite's optimizer type where that makes it another method (:data:`PEFT_OPTIMIZER_METHODS`), else
+    the installed method that recognises its adapter config (``peft:<type>`` where no plugin claims
+    that PEFT type yet), else by the experiment's name (full fine-tuning has no adapter config)."""
+    return _match_peft_method(run_info)[0]
+
+
+def _match_peft_method(run_info: dict[str, Any]) -> tuple[str, str | None]:
+    """(autopeft's method name, its family) for a run's ``run_info``."""
+    from .errors import UnknownMethodError
+    from .methods.adapter_config import method_for
+    from .methods.registry import get_methods
+
+    installed = get_methods()
+    optimizer = (run_info.get("train_config") or {}).get("optimizer_type")
+    name = PEFT_OPTIMIZER_METHODS.get(optimizer)
+    config = run_info.get("peft_config")
+    if name is None and isinstance(config, dict) and isinstance(config.get("peft_type"), str):
+        try:
+            method = method_for(config)
+            return method.name, method.family
+        except UnknownMethodError:  # a PEFT type the installed PEFT does not know: go by the name
+            pass
+    if name is None:
+        name = _method_name(run_info.get("experiment_name") or "")
+    method = installed.get(name)
+    return name, method.family if method else None
+
+
+def _source_method(experiment: str) -> str:
+    """The source's name for the method of an experiment such as ``lora/llama-3.2-3B-rank64-rslora``
+    (the part before the first ``/`` or ``--``): ``lora``."""
+    return experiment.replace("--", "/").partition("/")[0]
+
+
+def _peft_record(path: Path, doc: dict, metric: str, benchmark: str) -> ProfileRecord:
+    run, info = doc["run_info"], doc["train_info"]
+    config = run["train_config"]
+    metrics = info["metrics"]
+    test, valid = f"test {metric}", f"valid {metric}"
+    final = next((m for m in reversed(metrics) if test in m), {})
+    curve = [CurvePoint(step=m["step"], train_loss=m.get("train loss"), eval_loss=m.get("valid loss"),
+                        eval_score=m.get(valid))
+             for m in metrics if valid in m]
+    if not curve:  # no validation scores: the training loss is the curve
+        curve = [CurvePoint(step=m["step"], train_loss=m["train loss"]) for m in metrics
+                 if m.get("train loss") is not None and not any(str(k).startswith("test ") for k in m)]
     experiment = run.get("experiment_name") or path.stem
-    success = info.get("status") == "success" and "test accuracy" in final
+    success = info.get("status") == "success" and test in final
+    method, family = _match_peft_method({**run, "experiment_name": experiment})
     return ProfileRecord(
         benchmark=f"peft-method-comparison/{benchmark}", experiment=experiment, task="causal-lm",
-        model=config.get("model_id", "unknown"), dataset=benchmark, method=_method_name(experiment),
+        model=config.get("model_id", "unknown"), dataset=benchmark, method=method, family=family,
+        source_method=_source_method(experiment),
         settings={k: v for k, v in (run.get("peft_config") or {}).items()
                   if isinstance(v, (int, float, str, bool)) and k != "base_model_name_or_path"},
         learning_rate=(config.get("optimizer_kwargs") or {}).get("lr"), batch_size=config.get("batch_size"),
@@ -267,13 +394,14 @@ def _peft_record(path: Path, benchmark: str) -> ProfileRecord:
         adapter_bytes=info.get("file_size"), peak_memory_bytes=info.get("accelerator_memory_max"),
         train_seconds=info.get("train_time"),
         device=((doc.get("meta_info") or {}).get("system_info") or {}).get("accelerator"),
-        curve=curve, metric="test_accuracy", higher_is_better=True,
-        score=final.get("test accuracy") if success else None,
+        curve=curve, metric=f"test_{_metric_key(metric)}",
+        higher_is_better=metric_direction(metric), score=final.get(test) if success else None,
         source=f"PEFT method-comparison suite ({path.name})", licence="Apache-2.0")
 
 
 def _method_name(experiment: str) -> str:
-    """autopeft's name for a PEFT benchmark experiment such as ``lora/llama-3.2-3B-rank64-rslora``."""
+    """autopeft's name for a PEFT benchmark experiment such as ``lora/llama-3.2-3B-rank64-rslora``, by
+    its name alone."""
     head, _, rest = experiment.replace("--", "/").partition("/")
     if head == "lora":
         for marker, name in _LORA_VARIANTS:

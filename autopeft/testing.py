@@ -13,8 +13,17 @@ builds without raising, leaves something and only its own parameters to train, i
 on the meta device counts the same trainable parameters as the real build, and one real training step
 gives a finite loss and moves those parameters and nothing else. A method may refuse a model it cannot
 serve by raising ``autopeft.BadInputError`` (the cost model must then refuse it too), but it must
-build on at least one model of each task it declares. A failed check raises ``AssertionError`` naming
-the method, the model and the check.
+build on at least one model of each task it declares. Last, every capability it declares (merge, a
+second adapter, conversion to LoRA, a quantised base, layer types) is probed
+(:mod:`autopeft.methods.probes`): declaring one the probe does not find fails. A failed check raises
+``AssertionError`` naming the method, the model and the check.
+
+A method that initialises from data (``data_batches`` > 0) must refuse to build without batches
+(a ``BadInputError``); it is built with :func:`sample_batches` (prompt-answer rows whose prompts end
+in the same three tokens, one row padded), on whose first batch its training step then runs. A method
+unavailable on this machine (``unavailable_reason()``) is checked as far as the machine allows: its
+contract, settings, capability probes and the cost model's build on the meta device (which may
+refuse the model with a ``BadInputError``).
 """
 
 from __future__ import annotations
@@ -22,52 +31,49 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import BadInputError
-from .methods.base import TASKS, Method, contract_problems
+from .methods.base import TASKS, Method, build_method, contract_problems
+from .methods.probes import (ANSWER_HEADER, TASK_MODELS, TINY_CONFIGS, build_with_sample_data, mismatches,
+                             probe_capabilities, sample_batches, tiny_model)
 
-#: the tiny models to check on: 2 layers, 64 wide (settings must fit 64-wide layers); the Llama has
-#: biases, so that bias-only methods have something to train
-TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "llama": {
-        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256,
-        "max_position_embeddings": 128, "tie_word_embeddings": True, "attention_bias": True, "mlp_bias": True,
-        "pad_token_id": 0,
-    },
-    "bert": {
-        "model_type": "bert", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "vocab_size": 256, "max_position_embeddings": 128,
-    },
-}
-#: which tiny models each task is checked on
-TASK_MODELS = {"causal-lm": ("llama",), "seq-cls": ("bert", "llama")}
+__all__ = ["check_method", "tiny_model", "sample_batches", "build_with_sample_data", "ANSWER_HEADER", "TINY_CONFIGS",
+           "TASK_MODELS"]
 
 
 def check_method(method: Method, settings: dict[str, Any] | None = None, *, tasks: tuple[str, ...] | None = None) -> None:
-    """Run every check on ``method`` for each of its tasks (or ``tasks``); raise AssertionError on
-    the first that fails. ``settings``: values that fit the tiny models' 64-wide layers."""
+    """Run every check on ``method`` for each of its tasks (or ``tasks``), then probe its declared
+    capabilities (:mod:`autopeft.methods.probes`); raise AssertionError on the first that fails.
+    ``settings``: values that fit the tiny models' 64-wide layers (default: ``method.probe_settings``)."""
     problems = contract_problems(method)
     assert not problems, f"{type(method).__name__} is incomplete: {'; '.join(problems)}"
     label = f"method {method.name}"
+    settings = method.probe_settings if settings is None else settings
     chosen = method.settings(settings)  # a BadInputError here names the setting
     method.info().model_dump_json()  # what `autopeft methods --json` prints
     for task in tasks or method.tasks:
         assert task in TASKS, f"unknown task {task!r}; tasks are {', '.join(TASKS)}"
         assert task in method.tasks, f"{label} does not declare task {task}"
+        if method.unavailable_reason():
+            for arch in TASK_MODELS[task]:
+                _check_estimate_only(method, chosen, task, arch)
+            continue
         refusals = [_check_on(method, chosen, task, arch, f"{label} on a tiny {arch} ({task})")
                     for arch in TASK_MODELS[task]]
         assert not all(refusals), f"{label} builds on no tiny model for {task}: {'; '.join(refusals)}"
+    found = mismatches(method, probe_capabilities(method, settings))
+    assert not found, f"{label} {'; '.join(found)}"
 
 
-def tiny_model(task: str, arch: str | None = None, seed: int = 0):
-    """A tiny random-weight model the checks use for ``task`` (``arch``: a key of TINY_CONFIGS)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+def _check_estimate_only(method: Method, settings, task: str, arch: str) -> None:
+    """For a method this machine cannot run: the cost model builds it on meta, or refuses the model."""
+    from .costmodel import estimate
 
-    torch.manual_seed(seed)
-    values = dict(TINY_CONFIGS[arch or TASK_MODELS[task][0]])
-    config = AutoConfig.for_model(values.pop("model_type"), **values, num_labels=2)
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    return auto.from_config(config)
+    base = tiny_model(task, arch)
+    settings = method.settings_for_run(method.settings_for_model(base, settings), total_steps=10)
+    try:
+        estimate(None, method, settings=settings.model_dump(), task=task, config=base.config, batch_size=2,
+                 seq_len=16, device="cpu")
+    except BadInputError:
+        pass
 
 
 def _check_on(method: Method, settings, task: str, arch: str, label: str) -> str | None:
@@ -80,8 +86,20 @@ def _check_on(method: Method, settings, task: str, arch: str, label: str) -> str
     settings = method.settings_for_run(method.settings_for_model(base, settings), total_steps=10)
     kwargs = dict(settings=settings.model_dump(), task=task, config=base.config, batch_size=2, seq_len=16,
                   device="cpu")
+    batches = sample_batches(task, method.data_batches) if method.data_batches else None
+    if batches:
+        try:
+            method.build(tiny_model(task, arch), settings, task)
+        except BadInputError:
+            pass
+        except Exception as exc:
+            raise AssertionError(f"{label}: build() without batches raised {type(exc).__name__}, not a "
+                                 f"BadInputError: {exc}") from exc
+        else:
+            raise AssertionError(f"{label}: build() without batches built; it needs {method.data_batches} "
+                                 f"training batches (data_batches) and must refuse with a BadInputError")
     try:
-        model = method.build(base, settings, task)
+        model = build_method(method, base, settings, task, batches)
     except BadInputError as exc:  # a refusal: the cost model must say the same before anything trains
         try:
             estimate(None, method, **kwargs)
@@ -102,10 +120,14 @@ def _check_on(method: Method, settings, task: str, arch: str, label: str) -> str
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     optimizer = method.optimizer(model, settings, learning_rate=1e-2) or torch.optim.AdamW(
         list(trainable.values()), lr=1e-2)
-    ids = torch.randint(3, 256, (2, 16))
-    labels = ids if task == "causal-lm" else torch.tensor([0, 1])
+    if batches:  # the data it initialised from (an aLoRA is active only after the prompt's header)
+        step = batches[0]
+    else:
+        ids = torch.randint(3, 256, (2, 16))
+        step = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                "labels": ids if task == "causal-lm" else torch.tensor([0, 1])}
     model.train()
-    loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+    loss = model(**step).loss
     assert loss is not None and torch.isfinite(loss), f"{label}: the training loss is {loss}"
     loss.backward()
     optimizer.step()

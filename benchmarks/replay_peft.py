@@ -44,8 +44,8 @@ def main() -> int:
     for cap, r in zip(CAPS, rows):
         base = r.baselines
         plan = ", ".join(f"{n} x {x:.0%}" for n, x in r.rungs)
-        lines.append(f"| {f'{cap / 1e9:g} GB' if cap else 'none'} | {r.feasible} | {plan} | {r.chosen} | "
-                     f"{r.regret:.2f} | {r.oracle} ({100 * r.oracle_score:.1f}) | {_pick(base['lora_default'])} | "
+        lines.append(f"| {f'{cap / 1e9:g} GB' if cap else 'none'} | {r.feasible} | {plan} | {r.chosen_method}: {r.chosen} | "
+                     f"{r.regret:.2f} | {r.oracle_method}: {r.oracle} ({100 * r.oracle_score:.1f}) | {_pick(base['lora_default'])} | "
                      f"{_pick(base['lowest_pilot_loss'])} | {_pick(base['halving_pilot_loss'])} |")
     means = {"recommender": _mean([r.regret for r in rows]),
              **{k: _mean([r.baselines[k].regret for r in rows]) for k in rows[0].baselines}}
@@ -116,7 +116,9 @@ def _subset_regrets(group, picks, eta, budget_fraction, spread) -> float:
 
 
 def _pick(p) -> str:
-    return f"{p.choice} ({p.regret:.2f})" if p.regret is not None else f"{p.choice or '-'}"
+    """A baseline's pick named by its autopeft method and its experiment, with its regret."""
+    name = f"{p.method}: {p.choice}" if p.method else p.choice or "-"
+    return f"{name} ({p.regret:.2f})" if p.regret is not None else name
 
 
 def _mean(values):

@@ -27,6 +27,7 @@ class AdaLoRA(PeftMethod):
     # at 1e-3, 79% at 5e-3; instructions, 17 steps: validation loss -0.01 at 2e-3, -0.13 at 5e-3)
     search_space = SearchSpace(learning_rate=(2e-3, 5e-3, 1e-2), task_learning_rate={"seq-cls": (2e-3, 5e-3, 1.25e-2)})
     Settings = AdaLoraSettings
+    probe_settings = {"init_r": 4, "target_r": 2, "total_step": 10}
 
     def peft_config(self, settings, task):
         from peft import AdaLoraConfig

@@ -22,6 +22,7 @@ class BOFT(PeftMethod):
     search_space = SearchSpace(learning_rate=(5e-5, 2e-4, 1e-3), settings={"block_size": (4, 8)},
                                task_learning_rate={"seq-cls": (1e-3, 3e-3, 9e-3)})
     Settings = BOFTSettings
+    probe_settings = {"block_size": 4}
 
     def peft_config(self, settings, task):
         from peft import BOFTConfig

@@ -22,6 +22,7 @@ class C3A(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-2, 3e-2, 1e-1), settings={"block_size": (64, 256)},
                                task_learning_rate={"seq-cls": (1e-1, 3e-1, 9e-1)})
     Settings = C3ASettings
+    probe_settings = {"block_size": 16}
 
     def settings_for_model(self, model, settings):
         if "block_size" in settings.model_fields_set:

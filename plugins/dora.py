@@ -11,7 +11,6 @@ class DoRA(LoRA):
     name = "dora"
     description = "LoRA on the direction of each weight plus a trained magnitude; closer to full fine-tuning."
     capabilities = Capabilities(merge=True, quantized=True, multi_adapter=True, lora_convertible=True)
-    variant_flags = {"use_dora": True, "use_rslora": False}
     search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3), settings={"r": (8, 16, 32)},
                                task_learning_rate={"seq-cls": (3e-4, 1e-3, 3e-3)})
 

@@ -21,6 +21,7 @@ class FourierFT(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-3, 5e-3, 2e-2), settings={"n_frequency": (1000, 5000)},
                                task_learning_rate={"seq-cls": (5e-3, 2e-2, 5e-2)})
     Settings = FourierFTSettings
+    probe_settings = {"n_frequency": 64}
 
     def peft_config(self, settings, task):
         from peft import FourierFTConfig

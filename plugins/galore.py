@@ -27,6 +27,7 @@ class GaLore(Method):
     search_space = SearchSpace(learning_rate=(1e-5, 5e-5, 2e-4), settings={"rank": (64, 128)},
                                task_learning_rate={"seq-cls": (5e-5, 2e-4, 5e-4)})
     Settings = GaLoreSettings
+    probe_settings = {"rank": 4}
 
     def build(self, model, settings, task):
         for param in model.parameters():

@@ -21,6 +21,7 @@ class GraLoRA(PeftMethod):
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
     search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3))
     Settings = GraLoRASettings
+    probe_settings = {"r": 8}
 
     def peft_config(self, settings, task):
         from peft import GraloraConfig

@@ -22,6 +22,7 @@ class Lily(PeftMethod):
     capabilities = Capabilities(merge=False, quantized=False, multi_adapter=True, lora_convertible=False)
     search_space = SearchSpace(learning_rate=(1e-4, 5e-4, 2e-3))
     Settings = LilySettings
+    probe_settings = {"r": 8}
 
     def peft_config(self, settings, task):
         from peft import LilyConfig

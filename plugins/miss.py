@@ -20,6 +20,7 @@ class MiSS(PeftMethod):
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
     search_space = SearchSpace(learning_rate=(1e-4, 5e-4, 2e-3), settings={"r": (32, 64)})
     Settings = MissSettings
+    probe_settings = {"r": 8}
 
     def peft_config(self, settings, task):
         from peft import MissConfig

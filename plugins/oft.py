@@ -21,6 +21,7 @@ class OFT(PeftMethod):
     search_space = SearchSpace(learning_rate=(5e-5, 2e-4, 1e-3), settings={"block_size": (16, 32, 64)},
                                task_learning_rate={"seq-cls": (2e-4, 1e-3, 3e-3)})
     Settings = OFTSettings
+    probe_settings = {"block_size": 8}
 
     def peft_config(self, settings, task):
         from peft import OFTConfig

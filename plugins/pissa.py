@@ -20,10 +20,6 @@ class PiSSA(LoRA):
         # fast randomised SVD: seconds instead of minutes on large weights
         return {"init_lora_weights": "pissa_niter_4"}
 
-    def recognises(self, config):
-        init = config.get("init_lora_weights")
-        return config.get("peft_type") == "LORA" and isinstance(init, str) and init.startswith("pissa")
-
 
 @hookimpl
 def register_methods(register):

@@ -24,6 +24,7 @@ class PrefixTuning(PeftMethod):
     capabilities = Capabilities(merge=False, quantized=True, multi_adapter=True, lora_convertible=False)
     search_space = SearchSpace(learning_rate=(1e-3, 5e-3, 1e-2))
     Settings = PrefixSettings
+    probe_settings = {"num_virtual_tokens": 4}
 
     def peft_config(self, settings, task):
         from peft import PrefixTuningConfig

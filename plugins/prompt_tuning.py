@@ -15,6 +15,7 @@ class PromptTuning(PeftMethod):
     capabilities = Capabilities(merge=False, quantized=True, multi_adapter=True, lora_convertible=False)
     search_space = SearchSpace(learning_rate=(1e-3, 1e-2, 3e-2), settings={"num_virtual_tokens": (20, 50)})
     Settings = PromptSettings
+    probe_settings = {"num_virtual_tokens": 4}
 
     def peft_config(self, settings, task):
         from peft import PromptTuningConfig

@@ -22,6 +22,7 @@ class PTuning(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-4, 1e-3, 1e-2),
                                task_learning_rate={"seq-cls": (1e-3, 1e-2, 3e-2)})
     Settings = PTuningSettings
+    probe_settings = {"num_virtual_tokens": 4, "encoder_hidden_size": 16}
 
     def peft_config(self, settings, task):
         from peft import PromptEncoderConfig

@@ -22,6 +22,7 @@ class RandLoRA(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-4, 5e-4, 2e-3),
                                task_learning_rate={"seq-cls": (1e-4, 2e-4, 5e-4)})
     Settings = RandLoraSettings
+    probe_settings = {"r": 8}
 
     def peft_config(self, settings, task):
         from peft import RandLoraConfig

@@ -12,7 +12,6 @@ class RsLoRA(LoRA):
     description = "LoRA scaled by alpha/sqrt(r) instead of alpha/r; higher ranks keep improving."
     search_space = SearchSpace(learning_rate=(5e-5, 1e-4, 3e-4), settings={"r": (16, 32, 64)},
                                task_learning_rate={"seq-cls": (1e-4, 3e-4, 1e-3)})
-    variant_flags = {"use_dora": False, "use_rslora": True}
 
     def lora_kwargs(self, settings):
         return {"use_rslora": True}

@@ -22,6 +22,7 @@ class SHiRA(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3),
                                task_learning_rate={"seq-cls": (3e-4, 1e-3, 3e-3)})
     Settings = ShiraSettings
+    probe_settings = {"r": 4}
 
     def peft_config(self, settings, task):
         from peft import ShiraConfig

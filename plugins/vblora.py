@@ -26,6 +26,7 @@ class VBLoRA(PeftMethod):
     capabilities = Capabilities(merge=True, quantized=False, multi_adapter=True, lora_convertible=True)
     search_space = SearchSpace(learning_rate=(1e-3, 4e-3, 1e-2))
     Settings = VBLoRASettings
+    probe_settings = {"vector_length": 16, "num_vectors": 32}
 
     def settings_for_model(self, model, settings):
         if "vector_length" in settings.model_fields_set:

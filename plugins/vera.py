@@ -21,6 +21,7 @@ class VeRA(PeftMethod):
     search_space = SearchSpace(learning_rate=(1e-3, 4e-3, 1e-2), settings={"r": (256, 1024)},
                                task_learning_rate={"seq-cls": (4e-3, 1e-2, 3e-2)})
     Settings = VeraSettings
+    probe_settings = {"r": 8}
 
     def peft_config(self, settings, task):
         from peft import VeraConfig

@@ -207,6 +207,9 @@ def test_replay_cli_prints_the_contract(tmp_path, write_peft_result):
     out = json.loads(res.stdout)
     assert {"chosen", "chosen_score", "oracle", "oracle_score", "regret", "baselines", "compute_fraction"} <= set(out)
     assert out["chosen"] == out["oracle"] == "ia3/default" and out["regret"] == 0
+    assert out["chosen_method"] == out["oracle_method"] == "ia3"
+    human = CliRunner().invoke(main, ["replay", str(d), "--budget-fraction", "0.2", "--max-vram", "19GB"])
+    assert "chosen  ia3 (ia3/default)" in human.output
     assert {"lora_default", "lowest_pilot_loss"} <= set(out["baselines"])
     bad = CliRunner().invoke(main, ["replay", str(tmp_path / "missing")])
     assert bad.exit_code == 2

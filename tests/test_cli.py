@@ -52,6 +52,30 @@ def test_estimate_several_peft_configs_prints_a_json_list(tiny_llama_dir, tmp_pa
     assert docs[0]["trainable_params"] == 2 * 2 * (64 + 64)
 
 
+def test_estimate_of_several_configs_reports_each_failure_and_computes_the_rest(tiny_llama_dir, tmp_path):
+    good = tmp_path / "lora.json"
+    good.write_text(json.dumps({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "target_modules": ["q_proj"]}))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"r": 8}')
+    args = ["estimate", "--model", str(tiny_llama_dir), "--peft-config", str(bad), "--peft-config", str(good),
+            "--device", "cpu"]
+    result = run(*args, "--json")
+    assert result.exit_code == 2, result.output  # every failure was bad input
+    failed, done = json.loads(result.stdout)
+    assert failed["source"] == str(bad) and "peft_type" in failed["error"] and set(failed) == {"source", "error"}
+    assert done["source"] == str(good) and done["method"] == "lora" and done["trainable_params"] == 2 * 2 * (64 + 64)
+    text = run(*args)
+    assert text.exit_code == 2
+    assert f"{bad}: not estimated: " in text.output and "lora on " in text.output
+    assert "1 of 2 configs estimated; 1 failed" in text.output
+    single = run("estimate", "--model", str(tiny_llama_dir), "--peft-config", str(bad), "--device", "cpu")
+    assert single.exit_code == 2 and "peft_type" in single.output and "not estimated" not in single.output
+    from autopeft.estimates import EstimateFailure, exit_status
+
+    broken = EstimateFailure(source="x.json", error="unexpected RuntimeError: boom", bad_input=False)
+    assert exit_status([broken, EstimateFailure(source="y.json", error="bad", bad_input=True)]) == 1
+
+
 def test_gradient_checkpointing_lowers_the_estimate_and_batch_raises_it(tiny_llama_dir):
     import autopeft
 
@@ -154,3 +178,18 @@ def test_help_is_fast_because_heavy_libraries_load_lazily():
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "autopeft", "methods"], capture_output=True, check=True, timeout=60)
     assert time.perf_counter() - start < 10  # generous: the benchmark measures the real figure
+
+
+def test_methods_json_lists_every_method_with_probed_capabilities():
+    from click.testing import CliRunner
+
+    from autopeft.cli import main
+
+    result = CliRunner().invoke(main, ["methods", "--json"])
+    assert result.exit_code == 0, result.output
+    methods = json.loads(result.stdout)
+    assert len(methods) >= 50
+    for m in methods:
+        assert m["probed"] is not None, m["name"]
+        for flag in ("merge", "quantized", "multi_adapter", "lora_convertible"):
+            assert m["probed"][flag]["source"] in ("probe", "peft-source", "declared"), (m["name"], flag)

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1] / "autopeft"
 LAYERS = [
     ("errors", "logs", "sizes", "version", "hookspecs", "processes"),
     ("methods",),
-    ("data", "models", "devices", "profiles", "costmodel", "sharding", "quantization"),
+    ("data", "models", "devices", "profiles", "costmodel", "estimates", "sharding", "quantization"),
     ("training",),
     ("choose",),
     # the faces ("" is autopeft/__init__), and one-release aliases of modules that moved

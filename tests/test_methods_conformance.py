@@ -12,21 +12,10 @@ import torch
 
 import autopeft
 from autopeft.models import load_config
-from autopeft.testing import check_method
+from autopeft.testing import build_with_sample_data, check_method
 
 from .conftest import TINY_BERT, TINY_LLAMA
 
-# settings that fit the tiny models' 64-wide layers
-TINY_SETTINGS = {
-    "vera": {"r": 8}, "vblora": {"vector_length": 16, "num_vectors": 32}, "c3a": {"block_size": 16},
-    "miss": {"r": 8}, "boft": {"block_size": 4}, "oft": {"block_size": 8}, "lily": {"r": 8}, "gralora": {"r": 8},
-    "randlora": {"r": 8}, "shira": {"r": 4}, "fourierft": {"n_frequency": 64}, "galore": {"rank": 4},
-    "adalora": {"init_r": 4, "target_r": 2, "total_step": 10}, "prompt_tuning": {"num_virtual_tokens": 4},
-    "prefix_tuning": {"num_virtual_tokens": 4}, "ptuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
-    # PEFT tuners (group a)
-    # PEFT tuners (group b)
-    # LoRA variants
-}
 METHODS = sorted(m.name for m in autopeft.list_methods())
 
 
@@ -50,7 +39,7 @@ def test_method_builds_trains_and_matches_its_meta_estimate(name, task):
     method = autopeft.get_method(name)
     if task not in method.tasks:
         pytest.skip(f"{name} does not support {task}")
-    check_method(method, TINY_SETTINGS.get(name, {}), tasks=(task,))
+    check_method(method, tasks=(task,))
 
 
 SEQ_CLS_METHODS = [m for m in METHODS if "seq-cls" in autopeft.get_method(m).tasks]
@@ -62,7 +51,8 @@ def test_validation_loss_is_the_task_loss_alone(name):
     orthogonality penalty) must not be in it."""
     method = autopeft.get_method(name)
     try:
-        model = method.build(_tiny_model("seq-cls"), method.settings(TINY_SETTINGS.get(name, {})), "seq-cls")
+        model = build_with_sample_data(method, _tiny_model("seq-cls"), method.settings(method.probe_settings),
+                                       "seq-cls")
     except (ValueError, autopeft.BadInputError):
         pytest.skip(f"{name} refuses the tiny model")
     ids, labels = torch.randint(3, 256, (4, 16)), torch.tensor([0, 1, 1, 0])
@@ -78,8 +68,10 @@ PEFT_METHODS = [m for m in METHODS if isinstance(autopeft.get_method(m), autopef
 @pytest.mark.parametrize("name", PEFT_METHODS)
 def test_adapter_file_size_is_predicted_from_the_meta_build(name, tiny_llama_dir, tmp_path):
     method = autopeft.get_method(name)
-    settings = method.settings(TINY_SETTINGS.get(name, {}))
-    model = method.build(_tiny_model("causal-lm"), settings, "causal-lm")
+    if method.unavailable_reason():
+        pytest.skip(method.unavailable_reason())
+    settings = method.settings(method.probe_settings)
+    model = build_with_sample_data(method, _tiny_model("causal-lm"), settings, "causal-lm")
     model.save_pretrained(tmp_path)
     actual = (tmp_path / "adapter_model.safetensors").stat().st_size
     est = autopeft.estimate(str(tiny_llama_dir), name, settings=settings.model_dump(), batch_size=1, seq_len=8,
@@ -90,8 +82,10 @@ def test_adapter_file_size_is_predicted_from_the_meta_build(name, tiny_llama_dir
 @pytest.mark.parametrize("name", PEFT_METHODS)
 def test_declared_lora_convertibility_matches_peft(name):
     method = autopeft.get_method(name)
-    settings = method.settings(TINY_SETTINGS.get(name, {}))
-    model = method.build(_tiny_model("causal-lm"), settings, "causal-lm")
+    if method.unavailable_reason():
+        pytest.skip(method.unavailable_reason())
+    settings = method.settings(method.probe_settings)
+    model = build_with_sample_data(method, _tiny_model("causal-lm"), settings, "causal-lm")
     supports = getattr(model, "supports_lora_conversion", None)
     if supports is None:
         pytest.skip("this PEFT version cannot say")
@@ -99,6 +93,12 @@ def test_declared_lora_convertibility_matches_peft(name):
         peft_says = bool(supports())
     except Exception:  # prompt-learning models have no tuner layers to ask
         peft_says = False
+    if peft_says and not method.capabilities.lora_convertible:  # PEFT says yes, and its conversion fails (BD-LoRA)
+        from peft.tuners.lora.conversion import convert_to_lora
+
+        with pytest.raises(Exception):
+            convert_to_lora(model, rank=4)
+        return
     assert method.capabilities.lora_convertible == peft_says
 
 
@@ -172,7 +172,7 @@ def test_a_deep_models_trace_that_skips_repeated_blocks_estimates_as_if_it_ran_t
     if task not in method.tasks:
         pytest.skip(f"{name} does not support {task}")
     config = LlamaConfig(**_deep(TINY_LLAMA)) if task == "causal-lm" else BertConfig(**_deep(TINY_BERT))
-    settings = method.settings(TINY_SETTINGS.get(name, {})).model_dump()
+    settings = method.settings(method.probe_settings).model_dump()
     for device in ("cpu", "cuda"):
         kwargs = dict(settings=settings, task=task, config=config, batch_size=2, seq_len=16, device=device)
         try:
@@ -261,3 +261,48 @@ def test_full_fine_tuning_on_a_gpu_is_planned_with_float32_masters_under_autocas
     assert mixed.weights == single.weights + (2 * matrices if phase == "forward-backward" else 0)
     (lora_bf16, _), (lora_fp32, _) = parts("lora", "bf16"), parts("lora", "fp32")
     assert lora_bf16.weights < 0.6 * lora_fp32.weights  # the base in bf16
+
+
+BUILTIN_METHODS = [m for m in METHODS if autopeft.get_method(m).source == "autopeft"]
+
+
+@pytest.mark.parametrize("name", BUILTIN_METHODS)
+def test_shipped_capabilities_are_those_a_fresh_probe_finds(name):
+    """`autopeft methods` shows the stored probe of each built-in: it must be today's (after a PEFT
+    upgrade or a plugin change, rerun `python -m autopeft.methods.probes`)."""
+    from autopeft.methods.probes import known_capabilities, probe_capabilities
+
+    method = autopeft.get_method(name)
+    shipped = known_capabilities(method)
+    assert shipped is not None, f"no shipped probe for {name} with these versions: run python -m autopeft.methods.probes"
+    assert shipped == probe_capabilities(method)
+
+
+def test_a_capability_a_method_declares_but_lacks_fails_the_checks():
+    from autopeft import Capabilities
+
+    prompt = autopeft.get_method("prompt_tuning")
+
+    class Boastful(type(prompt)):
+        name = "boastful-prompt"
+        capabilities = Capabilities(merge=True, quantized=True, multi_adapter=True, lora_convertible=False)
+
+    with pytest.raises(AssertionError, match="declares merge but the probe found otherwise"):
+        check_method(Boastful(), tasks=("causal-lm",))
+
+
+def test_a_method_never_probed_is_probed_once_and_remembered(tmp_path, monkeypatch):
+    from autopeft.methods import probes
+
+    monkeypatch.setenv("AUTOPEFT_HOME", str(tmp_path))
+    lora = autopeft.get_method("lora")
+
+    class Renamed(type(lora)):
+        name = "lora-renamed"
+
+    method = Renamed()
+    assert probes.known_capabilities(method) is None
+    found = probes.capabilities_of(method)
+    assert found.merge.value is True and found.merge.source == "probe"
+    assert probes.known_capabilities(method) == found  # read back from $AUTOPEFT_HOME
+    assert (tmp_path / "capabilities.json").is_file()

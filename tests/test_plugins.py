@@ -11,7 +11,11 @@ from autopeft.testing import check_method
 
 REQUIRED = {"lora", "rslora", "dora", "loraplus", "lorafa", "pissa", "vera", "ia3", "oft", "boft", "loha", "lokr",
             "adalora", "fourierft", "vblora", "miss", "c3a", "randlora", "shira", "beft", "lily", "gralora",
-            "ln_tuning", "prompt_tuning", "prefix_tuning", "ptuning", "galore", "full"}
+            "ln_tuning", "prompt_tuning", "prefix_tuning", "ptuning", "galore", "full", "pvera", "road",
+            "tinylora", "trainable_tokens", "unilora", "waveft", "shadow", "supertuning", "cartridge",
+            "olora", "lora_orthogonal", "mica", "kasa", "velora", "monteclora", "bdlora", "alora", "eva", "corda",
+            "loraga",
+            "adamss", "adaption_prompt", "deft", "delora", "frod", "glora", "hira", "hra", "osf", "peanut", "psoft"}
 
 
 class _Tiny(Method):

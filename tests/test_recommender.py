@@ -247,6 +247,106 @@ def test_a_malformed_result_file_is_named(results_dir):
         import_peft_results(results_dir)
 
 
+def _result(directory, experiment, final, curve, peft_config=None, optimizer="AdamW", status="success"):
+    """A result file in the PEFT method-comparison layout with any metrics: ``final`` is the last
+    entry's (test) scores, ``curve`` the ``valid`` scores logged every 250 steps."""
+    import json
+
+    metrics = [{"step": 250 * (i + 1), "train loss": 2.0 - 0.1 * i, **point} for i, point in enumerate(curve)]
+    metrics.append({"step": 250 * len(curve), "train loss": 1.0, "forgetting": 0.1, **final})
+    doc = {"run_info": {"experiment_name": experiment, "peft_config": peft_config, "train_config": {
+        "model_id": "llama", "batch_size": 4, "max_steps": 250 * len(curve), "optimizer_type": optimizer,
+        "optimizer_kwargs": {"lr": 1e-4}}},
+        "train_info": {"status": status, "accelerator_memory_max": 1e9, "metrics": metrics}}
+    path = directory / (experiment.replace("/", "--") + ".json")
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_lower_is_better_metric_is_read_with_its_direction(tmp_path):
+    from autopeft.choose.replay import replay
+
+    d = tmp_path / "Perplexity"
+    d.mkdir()
+    for name, loss in (("a", 1.5), ("b", 1.2), ("c", 1.9)):
+        _result(d, f"lora/{name}", {"test loss": loss}, [{"valid loss": loss + 0.3 - 0.01 * i} for i in range(10)])
+    records = {r.experiment: r for r in import_peft_results(d)}
+    b = records["lora/b"]
+    assert b.metric == "test_loss" and b.higher_is_better is False and b.score == 1.2 and b.quality() == -1.2
+    assert b.curve[0].eval_score == pytest.approx(1.5) and b.curve[0].eval_loss == pytest.approx(1.5)
+    assert replay(d, 0.3, records=[]).oracle == "lora/b"  # the lowest loss is the best run
+
+
+def test_metric_directions_and_the_primary_of_several_test_metrics(tmp_path):
+    from autopeft.profiles import metric_direction
+
+    for name in ("accuracy", "exact match", "f1", "bleu", "rouge1", "rougeL", "dino_similarity", "pass@1"):
+        assert metric_direction(name) is True, name
+    for name in ("loss", "perplexity", "error rate", "wer", "cer", "drift"):
+        assert metric_direction(name) is False, name
+    assert metric_direction("foo") is None
+    d = tmp_path / "Mixed"
+    d.mkdir()
+    # accuracy comes first in the preference order, whatever order the run lists its metrics in
+    _result(d, "lora/x", {"test loss": 0.9, "test rougeL": 0.3, "test accuracy": 0.6}, [{"valid accuracy": 0.5}])
+    _result(d, "ia3/y", {"test accuracy": 0.4, "test loss": 1.1}, [{"valid accuracy": 0.3}])
+    _result(d, "vera/z", {}, [{"valid accuracy": 0.1}], status="failed")  # no score: the shared metric, as None
+    records = {r.experiment: r for r in import_peft_results(d)}
+    assert {r.metric for r in records.values()} == {"test_accuracy"}
+    assert records["lora/x"].score == 0.6 and records["vera/z"].score is None
+    _result(d, "ia3/y", {"test loss": 1.1}, [{"valid loss": 1.2}])  # now the only metric they share is the loss
+    assert {r.metric for r in import_peft_results(d)} == {"test_loss"}
+
+
+def test_a_metric_of_unknown_direction_is_one_line_naming_the_file_and_the_metric(tmp_path):
+    d = tmp_path / "Odd"
+    d.mkdir()
+    _result(d, "lora/a", {"test accuracy": 0.5}, [{"valid accuracy": 0.4}])
+    bad = _result(d, "lora/b", {"test foo": 0.5}, [{"valid foo": 0.4}])
+    with pytest.raises(BadInputError) as caught:
+        import_peft_results(d)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{bad}: metric 'test foo' has no known direction (known: ")
+
+
+def test_a_peft_run_maps_to_its_autopeft_method_and_keeps_the_source_name(tmp_path):
+    from autopeft.methods.adapter_config import method_for
+
+    d = tmp_path / "MetaMathQA"
+    d.mkdir()
+    lora = {"peft_type": "LORA", "r": 32, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"],
+            "use_dora": False, "use_rslora": False, "init_lora_weights": True}
+    prompt = {"peft_type": "ADAPTION_PROMPT", "adapter_len": 10, "adapter_layers": 28}
+    runs = {"lora/llama-3.2-3B-rank32": (lora, "AdamW"),
+            "lora/llama-3.2-3B-rank32-dora": ({**lora, "use_dora": True}, "AdamW"),
+            "lora/llama-3.2-3B-rank64-rslora": ({**lora, "use_rslora": True}, "AdamW"),
+            "lora/llama-3.2-3B-rank32-lorafa": (lora, "lora-fa"), "lora/llama-3.2-3B-rank32-loraplus": (lora, "lora+"),
+            "adaptionprompt/llama-3.2-3B-lr_0.0005": (prompt, "AdamW"),
+            "full-finetuning/llama-3.2-3B-lr_0.00001": (None, "AdamW")}
+    for experiment, (config, optimizer) in runs.items():
+        _result(d, experiment, {"test accuracy": 0.4}, [{"valid accuracy": 0.3}], peft_config=config,
+                optimizer=optimizer)
+    records = {r.experiment: r for r in import_peft_results(d)}
+    assert {e: r.method for e, r in records.items() if e.startswith("lora/")} == {
+        "lora/llama-3.2-3B-rank32": "lora", "lora/llama-3.2-3B-rank32-dora": "dora",
+        "lora/llama-3.2-3B-rank64-rslora": "rslora", "lora/llama-3.2-3B-rank32-lorafa": "lorafa",
+        "lora/llama-3.2-3B-rank32-loraplus": "loraplus"}
+    assert {r.source_method for e, r in records.items() if e.startswith("lora/")} == {"lora"}
+    adaption = records["adaptionprompt/llama-3.2-3B-lr_0.0005"]
+    # the plugin where one is installed, else PEFT's own type as a stand-in: never the source's spelling
+    assert adaption.method == method_for(prompt).name and adaption.source_method == "adaptionprompt"
+    full = records["full-finetuning/llama-3.2-3B-lr_0.00001"]
+    assert (full.method, full.family, full.source_method) == ("full", "full", "full-finetuning")
+
+
+def test_replay_names_each_pick_by_its_autopeft_method(results_dir):
+    from autopeft.choose.replay import replay
+
+    capped = replay(results_dir, 0.3, max_vram=int(21e9), records=[])
+    assert (capped.chosen_method, capped.oracle_method) == ("ia3", "ia3")
+    assert capped.baselines["lora_default"].method == "lora"
+
+
 def test_replay_scores_the_choice_against_the_oracle_and_baselines(results_dir):
     from autopeft.choose.replay import replay
 

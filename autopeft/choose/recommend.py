@@ -394,7 +394,9 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 status=result.status, error=result.error, learning_rate=config.learning_rate, pilot_steps=result.steps,
                 pilot_loss=end_loss(result.curve) if result.curve else None,
                 peak_memory_bytes=result.peak_memory_bytes, seconds_per_step=result.seconds_per_step,
-                estimated_full_seconds=(result.seconds_per_step or 0) * total_steps or None, curve=result.curve)
+                # the method's initialisation once, then every step
+                estimated_full_seconds=((result.init_seconds or 0) + (result.seconds_per_step or 0) * total_steps
+                                        or None), curve=result.curve)
     return best
 
 

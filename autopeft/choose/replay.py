@@ -31,6 +31,7 @@ class Pick(BaseModel):
     """One way of choosing, and how it turned out."""
 
     choice: str | None = Field(description="the experiment chosen; None when nothing it would pick fits")
+    method: str | None = Field(default=None, description="autopeft's method of that experiment")
     score: float | None = None
     regret: float | None = Field(default=None, description="oracle score minus this score, in points (x100)")
 
@@ -44,9 +45,11 @@ class ReplayResult(BaseModel):
     max_vram: int | None
     candidates: int
     feasible: int
-    chosen: str
+    chosen: str = Field(description="the experiment chosen")
+    chosen_method: str = Field(description="autopeft's method of the experiment chosen")
     chosen_score: float
     oracle: str
+    oracle_method: str
     oracle_score: float
     regret: float = Field(description="oracle_score - chosen_score, in points (x100)")
     baselines: dict[str, Pick]
@@ -100,15 +103,18 @@ def replay(results_dir: str | Path, budget_fraction: float = 0.1, max_vram: int 
     lora = _default_lora(runs)
 
     def pick(record: ProfileRecord | None) -> Pick:
-        if record is None or record not in fitting:
-            return Pick(choice=None if record is None else f"{record.experiment} (does not fit)")
-        return Pick(choice=record.experiment, score=record.score, regret=_points(oracle, record))
+        if record is None:
+            return Pick(choice=None)
+        if record not in fitting:
+            return Pick(choice=f"{record.experiment} (does not fit)", method=record.method)
+        return Pick(choice=record.experiment, method=record.method, score=record.score, regret=_points(oracle, record))
 
     last = [Candidate.from_record(r, plan[-1][1]) for r in fitting]
     return ReplayResult(
         benchmark=benchmark, metric=runs[0].metric, budget_fraction=budget_fraction, max_vram=max_vram,
-        candidates=len(runs), feasible=len(fitting), chosen=chosen.experiment, chosen_score=chosen.score,
-        oracle=oracle.experiment, oracle_score=oracle.score, regret=_points(oracle, chosen),
+        candidates=len(runs), feasible=len(fitting), chosen=chosen.experiment, chosen_method=chosen.method,
+        chosen_score=chosen.score, oracle=oracle.experiment, oracle_method=oracle.method, oracle_score=oracle.score,
+        regret=_points(oracle, chosen),
         baselines={"lora_default": pick(lora), "lowest_pilot_loss": pick(lowest), "halving_pilot_loss": pick(by_loss)},
         compute_fraction=spent, rungs=plan, mode=recommender.mode(last), trained_on=recommender.benchmarks_)
 

@@ -69,6 +69,29 @@ class MethodSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ProbeSource = Literal["probe", "peft-source", "declared", "error"]
+
+
+class Finding(BaseModel):
+    """One capability: True, False or None (unknown), and how that was found."""
+
+    value: bool | None
+    source: ProbeSource = Field(description="probe: tried on a tiny model; peft-source: read from the method's PEFT "
+                                       "tuner package; declared: the plugin's word (nothing to probe); error")
+    note: str | None = None
+
+
+class ProbedCapabilities(BaseModel):
+    """What ``autopeft methods --json`` lists under ``probed``."""
+
+    merge: Finding
+    quantized: Finding
+    multi_adapter: Finding
+    lora_convertible: Finding
+    layer_types: list[str] | None = Field(description="layer types the method wraps (None: not a layer-wrapping method)")
+    key: str = Field(description="method, plugin, PEFT and torch versions the probe ran with")
+
+
 class MethodInfo(BaseModel):
     """A method as ``autopeft methods --json`` lists it."""
 
@@ -83,6 +106,8 @@ class MethodInfo(BaseModel):
     source: str
     available: bool
     unavailable_reason: str | None = None
+    probed: ProbedCapabilities | None = Field(default=None, description="capabilities found by trying them on a "
+                                              "tiny model (autopeft.methods.probes); None when not probed")
 
 
 class Method:
@@ -99,7 +124,22 @@ class Method:
         def build(self, model, settings, task) -> torch.nn.Module
 
     Everything else has a safe default: ``aliases``, ``layer_types``, ``Settings`` (no settings),
+    ``probe_settings`` (settings for the 64-wide tiny models of probes and checks, where the defaults
+    do not fit),
     :meth:`optimizer` (the trainer's AdamW), the cost hooks and the run-adjustment hooks.
+
+    A method that initialises from the training data (EVA, CorDA, LoRA-GA) also sets::
+
+        data_batches: int = N        # training batches build() must see
+        def build(self, model, settings, task, batches=None) -> torch.nn.Module
+        def init_memory_bytes(self, model, settings, *, batch_size, seq_len, activations, device) -> int
+
+    The trainer then calls ``build(model, settings, task, batches=[...])`` with N batches of the
+    training split, each a dict of tensors as the training collator makes them (``input_ids``,
+    ``attention_mask``, ``labels``), on the model's device. On a real model, ``build`` without them
+    raises :class:`autopeft.BadInputError`; on the meta device (the cost model, which has no data)
+    it is called without batches and builds the variant's shapes, the values left to the data.
+    Methods with ``data_batches = 0`` are called without the keyword, as always.
     """
 
     name: ClassVar[str]
@@ -111,6 +151,11 @@ class Method:
     capabilities: ClassVar[Capabilities]
     search_space: ClassVar[SearchSpace]
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
+    #: settings that fit the 64-wide tiny models capability probes and conformance checks build
+    #: (:mod:`autopeft.methods.probes`), where the defaults do not: e.g. ``{"r": 8}``
+    probe_settings: ClassVar[dict[str, Any]] = {}
+    #: training batches :meth:`build` must see to initialise (0: none, and ``build`` gets no ``batches``)
+    data_batches: ClassVar[int] = 0
 
     #: the distribution that registered the method; set by the plugin manager
     source: str = "unknown"
@@ -157,6 +202,15 @@ class Method:
         """``transformers.TrainerCallback`` objects the method needs while training (for example
         AdaLoRA's rank reallocation after each optimizer step). Default: none."""
         return []
+
+    def init_memory_bytes(self, model: torch.nn.Module, settings: MethodSettings, *, batch_size: int,
+                          seq_len: int, activations: int, device: str) -> int:
+        """Peak bytes the one-off initialisation holds beyond the built model's weights and the runtime
+        (LoRA-GA: the gradients of every target weight; CorDA: an in×in covariance per target layer;
+        EVA: each layer's SVD state). ``model`` is the meta build, ``activations`` what a training
+        forward pass at ``batch_size`` × ``seq_len`` holds when backward starts (saved tensors, logits
+        and loss: for inits that run backward), ``device`` the one estimated for. Default: 0, no such step."""
+        return 0
 
     def optimizer_state_bytes(self, model: torch.nn.Module, settings: MethodSettings) -> int:
         """Bytes of optimizer state while training ``model``. Default: AdamW, two moments per trainable value."""
@@ -217,6 +271,19 @@ class PeftMethod(Method):
             return get_peft_model(model, shapes_only(peft_config)).to("meta")
 
 
+def build_method(method: Method, model, settings: MethodSettings, task: str, batches: list | None = None):
+    """``method.build`` called as the contract says: with ``batches`` only for a method that asks for
+    data (``data_batches`` > 0), so that methods without the keyword keep working."""
+    if method.data_batches > 0:
+        return method.build(model, settings, task, batches=batches)
+    return method.build(model, settings, task)
+
+
+def on_meta_device(model) -> bool:
+    """Whether ``model`` is built on PyTorch's meta device (the cost model's build): no values, only shapes."""
+    return any(p.is_meta for p in model.parameters())
+
+
 def contract_problems(method) -> list[str]:
     """What ``method`` lacks of the contract in :class:`Method`'s docstring: one phrase per missing or
     wrong piece; empty when it is complete."""
@@ -243,11 +310,17 @@ def contract_problems(method) -> list[str]:
             problems.append("no peft_type (a str)")
     elif type(method).build is Method.build:
         problems.append("no build()")
+    batches = getattr(method, "data_batches", 0)
+    if not isinstance(batches, int) or isinstance(batches, bool) or batches < 0:
+        problems.append(f"data_batches must be a non-negative int, got {batches!r}")
     return problems
 
 
 #: LoRA initialisations computed from the pretrained weights (decompositions, quantisation, data)
-DATA_DEPENDENT_LORA_INITS = ("pissa", "olora", "corda", "eva", "loftq")
+DATA_DEPENDENT_LORA_INITS = ("pissa", "olora", "corda", "eva", "loftq", "lora_ga")
+#: of those, the ones that also rewrite the base weights and that PEFT converts back to a plain LoRA of
+#: the untouched base when saving (``path_initial_model_for_weight_conversion``)
+BASE_REWRITING_LORA_INITS = ("pissa", "olora", "corda", "lora_ga")
 
 
 def shapes_only(peft_config):
@@ -257,7 +330,10 @@ def shapes_only(peft_config):
 
     init = getattr(peft_config, "init_lora_weights", None)
     if isinstance(init, str) and init.startswith(DATA_DEPENDENT_LORA_INITS):
-        return dataclasses.replace(peft_config, init_lora_weights=True)
+        # the init's own sub-config goes too (PEFT warns about one left without its init)
+        subconfigs = {"loftq_config": {}, "eva_config": None, "corda_config": None, "lora_ga_config": None}
+        return dataclasses.replace(peft_config, init_lora_weights=True,
+                                   **{k: v for k, v in subconfigs.items() if getattr(peft_config, k, None)})
     return peft_config
 
 

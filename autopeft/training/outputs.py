@@ -89,7 +89,10 @@ class PilotResult(BaseModel):
     peak_memory_bytes: int | None = None
     train_seconds: float | None = None
     seconds: float | None = Field(default=None, description="wall time of the whole pilot process")
-    seconds_per_step: float | None = None
+    seconds_per_step: float | None = Field(default=None, description="training loop time per step, the method's "
+                                                                     "initialisation not included")
+    init_seconds: float | None = Field(default=None, description="building the method, a one-off before step 1 "
+                                                                 "(data-driven and decomposing inits)")
     tokens_per_second: float | None = None
     learning_rate: float | None = None
     trainable_params: int | None = None
@@ -121,6 +124,10 @@ class RunRecord(BaseModel):
                                                                         "evaluations excluded")
     train_seconds: float = Field(description="wall time of the training loop, evaluations and checkpoints included")
     eval_seconds: float = 0.0
+    init_seconds: float = Field(default=0.0, description="building the method onto the model before step 1: the "
+                                                         "one-off cost of initialisations from the weights or the "
+                                                         "data (PiSSA's SVD, EVA's, CorDA's, LoRA-GA's gradients); "
+                                                         "in seconds, not in train_seconds")
     history: list[HistoryPoint] = Field(default_factory=list)
     samples: list[dict[str, str]] = Field(default_factory=list)
     hardware: Hardware

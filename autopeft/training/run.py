@@ -198,9 +198,14 @@ class Run:
             self.loss_before = _general_loss(net, self.tokenizer)
         self.total_steps = total_steps(opts, len(self.data.train))
         try:
+            from ..methods.base import build_method
+
             self.settings = self.method.settings_for_run(self.method.settings_for_model(net, self.settings),
                                                          self.total_steps)
-            net = self.method.build(net, self.settings, self.task)
+            batches = self.init_batches() if self.method.data_batches else None
+            started = time.perf_counter()
+            net = build_method(self.method, net, self.settings, self.task, batches)
+            self.init_seconds = time.perf_counter() - started  # one-off: not part of any step's time
         except BadInputError:
             raise
         except Exception as exc:
@@ -220,6 +225,24 @@ class Run:
             net.config.use_cache = False
         # again: adapters may have been made on the CPU (on a quantised base PEFT makes them beside each layer)
         self.net = net if opts.quantize else net.to(self.device)
+
+    def init_batches(self) -> list[dict]:
+        """The first ``method.data_batches`` batches of a seeded shuffle of the training split, made by
+        the training collator and put on the training device: what a data-initialised method builds from."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        from ..data import make_collator
+
+        generator = torch.Generator().manual_seed(self.opts.seed)
+        loader = DataLoader(self.data.train, batch_size=self.opts.batch_size, shuffle=True, generator=generator,
+                            collate_fn=make_collator(self.task, self.tokenizer))
+        batches = []
+        for batch in loader:
+            if len(batches) == self.method.data_batches:
+                break
+            batches.append({k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+        return batches
 
     # -- training --------------------------------------------------------------------------------
 
@@ -353,6 +376,7 @@ class Run:
             trainable_params=sum(p.numel() for p in _unique_trainable(net)),
             total_params=sum(p.numel() for p in _unique_params(net)), adapter_bytes=adapter_bytes,
             estimated_peak_memory_bytes=self._estimate(), train_seconds=self.train_seconds,
+            init_seconds=self.init_seconds,
             eval_seconds=eval_seconds,
             tokens_per_second=(tokens / (self.train_seconds - eval_seconds)
                                if tokens and self.train_seconds > eval_seconds else None),
@@ -380,6 +404,7 @@ class Run:
             status="ok", steps=steps, curve=[CurvePoint(step=s, train_loss=v) for s, v in losses],
             peak_memory_bytes=peak_memory_bytes(self.device), train_seconds=self.train_seconds,
             seconds_per_step=self.train_seconds / steps, total_steps=self.total_steps,
+            init_seconds=self.init_seconds,
             tokens_per_second=tokens / self.train_seconds if tokens else None, learning_rate=self.learning_rate,
             trainable_params=sum(p.numel() for p in _unique_trainable(trainer.model)),
             total_params=sum(p.numel() for p in _unique_params(trainer.model)))
@@ -565,7 +590,7 @@ def _general_loss(net, tokenizer) -> float:
 def _save_model(method, net, directory: Path, initial_adapter: Path | None) -> None:
     """PEFT adapters as PEFT saves them; methods that change the base weights save the whole model.
 
-    Adapters whose initialisation also rewrote the base weights (PiSSA, OLoRA, CorDA) are saved as the
+    Adapters whose initialisation also rewrote the base weights (PiSSA, OLoRA, CorDA, LoRA-GA) are saved as the
     plain LoRA that takes the original base to the trained model, so they load on the untouched base."""
     kwargs = {"path_initial_model_for_weight_conversion": str(initial_adapter)} if initial_adapter else {}
     try:
@@ -578,13 +603,13 @@ def _save_initial_adapter(net, directory: Path) -> Path | None:
     """Keep the adapter as initialised (before any step) when its init changed the base weights."""
     from peft import PeftModel
 
-    from ..methods.base import DATA_DEPENDENT_LORA_INITS
+    from ..methods.base import BASE_REWRITING_LORA_INITS
 
     if not isinstance(net, PeftModel):
         return None
     config = net.peft_config[net.active_adapter]
     init = getattr(config, "init_lora_weights", None)
-    if not (isinstance(init, str) and init.startswith(DATA_DEPENDENT_LORA_INITS)):
+    if not (isinstance(init, str) and init.startswith(BASE_REWRITING_LORA_INITS)):
         return None
     if not (directory / "adapter_config.json").is_file():  # on --resume it is there from the first start
         config.init_lora_weights = True  # stored so that loading it does not decompose the weights again
