@@ -23,7 +23,7 @@ wheel with a CUDA 13 library; rebuild the autopeft wheel after changing autopeft
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-        typing-inspection==0.4.5 typing-extensions==4.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
+        typing-inspection==0.4.5 typing-extensions==4.16.0 attrs==26.1.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
         gguf==0.19.0 bitsandbytes==0.50.2
     rm -f .whl/autopeft-*.whl && python3 -m pip wheel -q --no-deps --no-build-isolation -w .whl .
 

@@ -19,6 +19,7 @@ class EVA(LoRA):
     search_space = SearchSpace(learning_rate=(1e-4, 3e-4, 1e-3), settings={"r": (8, 16, 32)},
                                task_learning_rate={"seq-cls": (3e-4, 1e-3, 3e-3)})
     data_batches = 8
+    probe_settings = {"r": 8}  # rank 16 needs more tokens than the tiny sample batches give to converge
 
     def lora_kwargs(self, settings):
         from peft import EvaConfig

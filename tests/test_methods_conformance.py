@@ -32,6 +32,7 @@ def _model_dir(task, tiny_llama_dir, tiny_bert_dir):
     return tiny_llama_dir if task == "causal-lm" else tiny_bert_dir
 
 
+@pytest.mark.slow  # one real training step per method and task, and its capability probes: minutes for 61 methods
 @pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
 @pytest.mark.parametrize("name", METHODS)
 def test_method_builds_trains_and_matches_its_meta_estimate(name, task):
@@ -266,6 +267,7 @@ def test_full_fine_tuning_on_a_gpu_is_planned_with_float32_masters_under_autocas
 BUILTIN_METHODS = [m for m in METHODS if autopeft.get_method(m).source == "autopeft"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BUILTIN_METHODS)
 def test_shipped_capabilities_are_those_a_fresh_probe_finds(name):
     """`autopeft methods` shows the stored probe of each built-in: it must be today's (after a PEFT
