@@ -1,7 +1,7 @@
 """Write the shipped profile records (profiles/*.jsonl) from the benchmarks' results.
 
-- Each task of ``benchmarks/train_quality.py`` (unless a bench of the same task supersedes it)
-  becomes one benchmark of records in the schema of
+- Each task of ``benchmarks/train_quality.py`` (less the methods that a bench of the same task
+  sweeps, which supersedes their runs) becomes one benchmark of records in the schema of
   :mod:`autopeft.profiles`: every method's settings, learning rate, cost, measured peak memory, loss
   curve and final score. Runs that failed are kept with no score, so the recommender knows them.
 - Each ``autopeft bench`` directory under ``benchmarks/results/bench/`` (its ``records.jsonl``)
@@ -51,16 +51,18 @@ def main() -> int:
     results = json.loads(Path(args.results).read_text())
     methods = get_methods()
     for task, spec in TASKS.items():
-        if (Path(args.benches) / spec.get("superseded_by", "-") / "records.jsonl").is_file():
-            # a learning-rate sweep of the same task replaces it: the same task twice would let
-            # leave-one-task-out evaluation learn from the task it is judged on
-            (out / spec["file"]).unlink(missing_ok=True)
-            print(f"{spec['benchmark']}: superseded by the bench {spec['superseded_by']}")
-            continue
+        swept: set[str] = set()
+        sweep = Path(args.benches) / spec.get("superseded_by", "-") / "records.jsonl"
+        if sweep.is_file():
+            # a learning-rate sweep of the same task replaces its methods' runs here: the same
+            # method on the same task twice would let leave-one-task-out evaluation learn from the
+            # task it is judged on. Methods the sweep predates keep their default-rate run.
+            swept = {rec.method for rec in read_jsonl(sweep)}
+            print(f"{spec['benchmark']}: {len(swept)} methods superseded by the bench {spec['superseded_by']}")
         records = []
         for key, r in sorted(results.items()):
             kind, _, name = key.partition("/")
-            if kind != task or name == "base":
+            if kind != task or name == "base" or name in swept:
                 continue
             method = methods.get(name)
             curve = [CurvePoint(step=h["step"], train_loss=h.get("loss"), eval_loss=h.get("eval_loss"),
