@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TrainOptions(BaseModel):
@@ -61,6 +61,25 @@ class TrainOptions(BaseModel):
                                "(one per GPU), launched through Accelerate; batch_size is per process")
     accelerate_config: str | None = Field(default=None, description="an Accelerate config file (FSDP, DeepSpeed, "
                                           "several machines) to launch with")
+    report_to: list[str] = Field(default_factory=list, description="experiment trackers the run logs to, as "
+                                 "transformers' Trainer names them (tensorboard, mlflow, wandb, trackio, ...); "
+                                 "a comma-separated string is accepted. Default: none")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _short_precision(cls, value):
+        """torch's names (bfloat16, float16, float32) mean the short ones."""
+        from ..dtypes import short_dtype
+
+        return short_dtype(value) or value if isinstance(value, str) else value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_list(cls, value):
+        """``"tensorboard,mlflow"`` or a list; ``none`` (or nothing) means no tracker."""
+        from .tracking import split_trackers
+
+        return split_trackers(value)
 
     @property
     def sample_seed(self) -> int:

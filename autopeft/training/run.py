@@ -57,11 +57,17 @@ def train(data: str | None = None, *, output_dir: str, resume: bool = False, ove
 
     if opts.pilot_steps:
         raise BadInputError("pilot_steps is for autopeft.training.run.pilot(), not train()")
+    from .tracking import check_trackers, tracked
+
+    trackers = check_trackers(opts.report_to, source="report_to")  # a missing package fails here, before anything
     if (opts.num_processes > 1 or opts.accelerate_config) and not launched():
         plan_of(opts.num_processes, opts.accelerate_config)  # a bad config file is reported here, once
         return launch(opts, out, resume=resume, recommendation=recommendation)
+    from .launch import is_main_process
+
     run = Run(opts, out, resume=resume, progress=progress, recommendation=recommendation)
-    return run.finish(run.fit())
+    with tracked(trackers if is_main_process() else [], out) as run.tracking:
+        return run.finish(run.fit())
 
 
 def _options(**values) -> TrainOptions:
@@ -92,6 +98,7 @@ class Run:
         self.opts, self.out, self.resume, self.progress = opts, out, resume, progress
         self.recommendation = recommendation
         self.started = time.perf_counter()
+        self.tracking = None  # the run's experiment trackers (autopeft.training.tracking), if any
 
     def fit(self):
         """Load the data and the model, build the method, train; return the Trainer."""
@@ -275,7 +282,7 @@ class Run:
             load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
             greater_is_better=False if early else None,
             logging_strategy="steps", logging_steps=1 if pilot else max(1, self.total_steps // 50),
-            report_to="none", disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
+            report_to=self.tracking.names if self.tracking else "none", run_name=self.out.name, disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
             bf16=self.precision == "bf16", fp16=self.precision == "fp16", use_cpu=self.device == "cpu",
             train_sampling_strategy="group_by_length" if opts.group_by_length and not opts.pack else "random",
             length_column_name="length", remove_unused_columns=False, label_names=["labels"],
@@ -300,6 +307,13 @@ class Run:
             compute_metrics=classification_metrics if self.task == "seq-cls" else None)
         for default in (PrinterCallback, HFProgress):
             trainer.remove_callback(default)
+        if self.tracking is not None:
+            from .tracking import run_parameters
+
+            self.tracking.attach(trainer, run_parameters(
+                opts, method=self.method.name, settings=self.settings.model_dump(mode="json"),
+                learning_rate=self.learning_rate, model=self.model_name, task=self.task, precision=self.precision,
+                total_steps=self.total_steps))
         return trainer
 
     def _last_checkpoint(self) -> str | None:
@@ -389,6 +403,8 @@ class Run:
             _remember(record)
         if not opts.keep_checkpoints:
             shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
+        if self.tracking is not None:
+            self.tracking.finish(metrics, record.steps)
         return record
 
     def measure_pilot(self, trainer) -> PilotResult:
