@@ -79,14 +79,17 @@ def read_config(path: str | Path) -> Config:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInputError(f"cannot read the config: {type(exc).__name__}", source=source) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise BadInputError(f"not valid YAML or JSON: {problem}", source=source,
-                            line=mark.line + 1 if mark is not None else None) from None
+    if p.suffix.lower() == ".json":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BadInputError(f"not valid JSON: {exc.msg}", source=source, line=exc.lineno) from None
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)  # for the lines of the keys only
+        except yaml.YAMLError:
+            node = None
+    else:
+        node, values = _yaml(text, source)
     if values is None:
         values, node = {}, None
     if not isinstance(values, dict):
@@ -97,6 +100,19 @@ def read_config(path: str | Path) -> Config:
     if isinstance(values.get("options"), dict) and "metrics" in values and "method" in values:  # a RunRecord
         values, lines, from_run = values["options"], _lines(_child(node, "options")), True
     return _from_mapping(values, source, lines, from_run=from_run)
+
+
+def _yaml(text: str, source: str):
+    """(the composed node, for the lines of the keys; the values)"""
+    import yaml
+
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise BadInputError(f"not valid YAML: {problem}", source=source,
+                            line=mark.line + 1 if mark is not None else None) from None
 
 
 def _from_mapping(values: dict, source: str, lines: dict, *, from_run: bool = False) -> Config:

@@ -72,8 +72,8 @@ precision: float32
     ("data: x.jsonl\nwarmup_ratio: 2\n", ["bad.yaml:2: warmup_ratio: ", "less than 1"]),
     ("data: x.jsonl\nset: [r]\n", ["bad.yaml:2: set: ", "KEY=VALUE"]),
     ("data: x.jsonl\nepochs: [1, 2]\n", ["bad.yaml:2: epochs: one value"]),
-    ("data: x.jsonl\nbatch_size: [8\nseed: 1\n", ["bad.yaml:3: not valid YAML or JSON"]),
-    ("data: x.jsonl\n\tbatch_size: 8\n", ["bad.yaml:", "not valid YAML or JSON"]),
+    ("data: x.jsonl\nbatch_size: [8\nseed: 1\n", ["bad.yaml:3: not valid YAML"]),
+    ("data: x.jsonl\n\tbatch_size: 8\n", ["bad.yaml:", "not valid YAML"]),
     ("- data\n- x.jsonl\n", ["bad.yaml:1: a config is a mapping"]),
     ("data: x.jsonl\nreport_to: tensorbord\n", ["bad.yaml:2: report_to: unknown tracker 'tensorbord'; "
                                                "did you mean tensorboard?"]),
@@ -98,6 +98,10 @@ def test_a_json_config_and_a_tune_config_are_checked_the_same_way(tmp_path, monk
     one_line_error(run("tune", "--config", "tune.json"), "tune.json:3: max_vram: ", "twelve")
     Path("tune.json").write_text(json.dumps({"data": "x.jsonl", "method": "lora"}, indent=1))
     one_line_error(run("tune", "--config", "tune.json"), "tune.json:3: method: not an option of tune")
+    Path("tune.json").write_text('{"data": "x.jsonl",\n "batch_size": 8,\n}')
+    one_line_error(run("tune", "--config", "tune.json"), "tune.json:3: not valid JSON")
+    Path("tabs.json").write_text('{\n\t"data": "x.jsonl",\n\t"batch_size": "eight"\n}')  # valid JSON, not YAML
+    one_line_error(run("train", "--config", "tabs.json"), "tabs.json", "batch_size: ", "eight")
 
 
 @pytest.mark.parametrize("command, extra", [

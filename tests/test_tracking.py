@@ -179,3 +179,16 @@ def test_an_mlflow_store_that_cannot_open_is_refused_before_anything_runs(tmp_pa
         autopeft.train(SENTIMENT, output_dir=str(tmp_path / "x"), report_to="mlflow")
     _one_line(run("train", SENTIMENT, "--report-to", "mlflow", "-o", tmp_path / "x"), "MLflow cannot open")
     assert not (tmp_path / "x").exists()
+
+
+def test_inside_an_mlflow_run_of_the_caller_the_tune_nests_under_it(tmp_path, mlflow_store):
+    import mlflow
+
+    from autopeft.training.tracking import PARENT_ENV, tracked_tune
+
+    with mlflow.start_run(run_name="my sweep") as outer:
+        with tracked_tune(["mlflow"], tmp_path / "t", {}) as tracking:
+            assert tracking.child_env() == {PARENT_ENV: tracking.parent_id}
+        assert mlflow.active_run().info.run_id == outer.info.run_id  # the caller's run is still theirs
+    tune = next(r for r in mlflow_store.search_runs(experiment_ids=["0"]) if r.info.run_name == "t")
+    assert tune.data.tags["mlflow.parentRunId"] == outer.info.run_id

@@ -211,11 +211,18 @@ def run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None = N
     with tempfile.TemporaryDirectory(prefix="autopeft-bench-") as tmp:
         result_path = Path(tmp) / "record.json"
         # a bench measures training: the forgetting check and sample generations only cost time here
+        # named after the experiment: trackers name each run after its output dir
+        name = run_file(out, run.experiment).stem
         options = {"forgetting": False, "samples": 0, **spec.options, "data": spec.data,
-                   "output_dir": str(Path(tmp) / "run"), "method": run.method, "learning_rate": run.learning_rate,
+                   "output_dir": str(Path(tmp) / name), "method": run.method, "learning_rate": run.learning_rate,
                    "profile_store": False}
+        # TensorBoard's event files outlive the run's scratch dir
+        from ..training.tracking import split_trackers
+
+        board = ({"TENSORBOARD_LOGGING_DIR": str(out / "logs" / name)}
+                 if "tensorboard" in split_trackers(spec.options.get("report_to")) else None)
         peak, failure = run_watched(_child, (options, spec.benchmark, run.experiment, str(result_path)),
-                                    timeout=timeout)
+                                    timeout=timeout, env=board)
         if failure is None and result_path.is_file():
             from ..training.outputs import write_text
 

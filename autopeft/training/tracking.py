@@ -2,7 +2,8 @@
 integration transformers' Trainer reports to (``--report-to``), with autopeft's own parameters
 (method, its settings, model, learning rate, ...) beside the Trainer's.
 
-Where runs go: TensorBoard writes under the run's output dir (``OUT/logs``); MLflow to
+Where runs go: TensorBoard writes under the run's output dir (``OUT/logs``, or
+``TENSORBOARD_LOGGING_DIR``); MLflow to
 ``MLFLOW_TRACKING_URI`` (MLflow's own default otherwise); the others as their packages are set up.
 Each run is named after its output dir. ``tune`` adds a parent run: the pilots each become a run
 under it (MLflow: nested runs; TensorBoard: ``OUT/logs/pilots/<pilot>``) with method, learning rate
@@ -131,6 +132,11 @@ class RunTracking:
     def run_name(self) -> str:
         return self.out.name
 
+    @property
+    def log_dir(self) -> Path:
+        """Where TensorBoard writes: ``OUT/logs``, or ``TENSORBOARD_LOGGING_DIR`` (as the Trainer reads it)."""
+        return Path(os.environ.get("TENSORBOARD_LOGGING_DIR") or self.out / LOG_DIR).expanduser()
+
     def start(self, method: str) -> None:
         """Open the MLflow run (called once the data and the model have loaded: a run refused for bad
         input leaves no run in the tracker)."""
@@ -157,7 +163,7 @@ class RunTracking:
         board = None
         for callback in trainer.callback_handler.callbacks:
             if isinstance(callback, TensorBoardCallback):
-                callback.logging_dir = str(self.out / LOG_DIR)
+                callback.logging_dir = str(self.log_dir)
                 board = callback
         trainer.add_callback(_parameters_callback(self, params, board))
 
@@ -174,7 +180,7 @@ class RunTracking:
             if "tensorboard" in self.names:
                 from torch.utils.tensorboard import SummaryWriter
 
-                with contextlib.closing(SummaryWriter(log_dir=str(self.out / LOG_DIR))) as writer:
+                with contextlib.closing(SummaryWriter(log_dir=str(self.log_dir))) as writer:
                     for key, value in values.items():
                         writer.add_scalar(key, value, step)
         except Exception as exc:  # the run is written; a tracker's failure must not lose it
