@@ -11,7 +11,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import autopeft
 from autopeft.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
