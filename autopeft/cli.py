@@ -118,14 +118,37 @@ def _capability_label(info, key: str, label: str) -> str:
 
 @main.command()
 def plugins():
-    """Show loaded plugins, the methods each provides, and any that were skipped (JSON)."""
+    """Show loaded plugins, the methods and task metrics each provides, and any that were skipped (JSON)."""
+    from .methods.metrics import get_metrics, metric_failures
     from .methods.registry import get_methods, plugin_failures
 
-    by_source: dict[str, list[str]] = {}
+    by_source: dict[str, dict[str, list[str]]] = {}
     for method in get_methods().values():
-        by_source.setdefault(method.source, []).append(method.name)
-    _emit_json({"plugins": [{"source": s, "methods": m} for s, m in sorted(by_source.items())],
-                "skipped": [f.__dict__ for f in plugin_failures()]})
+        by_source.setdefault(method.source, {"methods": [], "metrics": []})["methods"].append(method.name)
+    for metric in get_metrics().values():
+        by_source.setdefault(metric.source, {"methods": [], "metrics": []})["metrics"].append(metric.name)
+    _emit_json({"plugins": [{"source": s, **provided} for s, provided in sorted(by_source.items())],
+                "skipped": [f.__dict__ for f in [*plugin_failures(), *metric_failures()]]})
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout.")
+def metrics(as_json):
+    """List the task metrics `--metric` takes: scores of a causal-LM run's greedy answers against the
+    references, built in or from plugins (the `register_metrics` hook)."""
+    from .methods.metrics import list_metrics, metric_failures
+
+    infos = list_metrics()
+    for failure in metric_failures():
+        click.echo(f"autopeft: warning: plugin {failure.plugin} ({failure.source}) skipped: {failure.error}", err=True)
+    if as_json:
+        _emit_json([i.model_dump(mode="json") for i in infos])
+        return
+    rows = [("name", "better", "source", "description")] + [(i.name, i.direction, i.source, i.description)
+                                                            for i in infos]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    for r in rows:
+        click.echo("  ".join(r[c].ljust(widths[c]) for c in range(3)) + "  " + r[3])
 
 
 def _parse_setting(text: str) -> tuple[str, object]:
@@ -276,6 +299,7 @@ def _training_options(command, outputs: bool = True):
         click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint every N steps. Default: at evaluations."),
         click.option("--early-stopping", "early_stopping_patience", type=click.IntRange(min=0),
                      help="Stop after N evaluations without improvement (0: never). Default 3."),
+        *_task_metric_options(),
         *_data_shaping_options(),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code."),
         click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle (.bin) weights, which can run code."),
@@ -283,6 +307,23 @@ def _training_options(command, outputs: bool = True):
     if outputs:
         options += _output_options()
     return _with(options)(command)
+
+
+def _task_metric_options() -> list:
+    """Scoring what a causal-LM run generates (see `autopeft metrics`)."""
+    return [
+        click.option("--metric", "metrics", multiple=True, metavar="NAME",
+                     help="Score greedy answers to the validation and test prompts against their references with "
+                          "this task metric (causal LM; repeatable or comma-separated; `autopeft metrics` lists them). "
+                          "The first one scores the run in profiles and bench."),
+        click.option("--metrics-before", is_flag=True, default=None,
+                     help="With --metric: also score the model before training, on the same examples."),
+        click.option("--generate-max-new-tokens", type=click.IntRange(min=1),
+                     help="With --metric: tokens generated per answer. Default 96."),
+        click.option("--generate-max-examples", type=click.IntRange(min=1),
+                     help="With --metric: validation examples generated (the first N). Default 200; the test set "
+                          "is generated whole."),
+    ]
 
 
 def _data_shaping_options() -> list:
@@ -325,7 +366,9 @@ _RENAMED = {"gradient_accumulation": "gradient_accumulation_steps"}
 
 def _train_kwargs(given: dict) -> dict:
     """The options the user set (None means: not given, so the library's default applies)."""
-    return {_RENAMED.get(k, k): v for k, v in given.items() if v is not None}
+    # a repeatable option not given is an empty tuple: not given either
+    return {_RENAMED.get(k, k): list(v) if isinstance(v, tuple) else v for k, v in given.items()
+            if v is not None and v != ()}
 
 
 def _default_output(data: str | None, method: str) -> str:

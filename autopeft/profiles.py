@@ -208,13 +208,18 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
     metric, higher = ("accuracy", True) if task == "seq-cls" else ("eval_loss", False)
     if run.options.get("test"):  # scored on a test file: the validation set guided the run
         metric, higher = ("test_accuracy", True) if task == "seq-cls" else ("test_loss", False)
+    task_metric = task_metric_of(run)
+    if task_metric is not None:  # the first --metric asked for scores the run
+        metric, higher = task_metric
     data = run.data or {}
     fingerprint = data.get("fingerprint") or "unknown"
     method = get_methods().get(run.method)
     curve = [CurvePoint(step=p.step, train_loss=p.loss, eval_loss=p.eval_loss, eval_score=p.eval_accuracy)
              for p in run.history if p.loss is not None or p.eval_loss is not None]
     return ProfileRecord(
-        benchmark=benchmark or f"local/{run.model}/{fingerprint[:12]}/bs{run.batch_size}-steps{run.steps}",
+        benchmark=benchmark or (f"local/{run.model}/{fingerprint[:12]}/bs{run.batch_size}-steps{run.steps}"
+                                # runs compare only by one metric: a task metric makes a benchmark of its own
+                                + (f"/{metric}" if task_metric is not None else "")),
         experiment=f"{run.method}-lr{run.learning_rate:g}-{Path(run.output_dir).name}", task=task,
         model=run.model, dataset=str(run.options.get("data")), method=run.method,
         family=method.family if method else None, settings=run.settings, learning_rate=run.learning_rate,
@@ -223,6 +228,17 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
         estimated_peak_memory_bytes=run.estimated_peak_memory_bytes, train_seconds=run.train_seconds,
         device=run.hardware.device_name, curve=curve, metric=metric,
         higher_is_better=higher, score=run.metrics.get(metric), source="autopeft run on this machine")
+
+
+def task_metric_of(run) -> tuple[str, bool] | None:
+    """The task metric that scores ``run`` (a RunRecord): the first ``--metric`` it was asked for, on the
+    test file where it has one, and whether higher is better; None for a run without task metrics."""
+    generation = getattr(run, "generation", None)
+    if generation is None or not generation.metrics:
+        return None
+    name, direction = next(iter(generation.metrics.items()))
+    key = f"test_{name}" if generation.test_examples else name
+    return key, direction == "higher"
 
 
 # -- the PEFT method-comparison layout -----------------------------------------------------------
@@ -235,7 +251,8 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
 #: lower-casing it and turning spaces and punctuation into ``_``); an entry ending in ``*`` matches
 #: any name that starts with the rest (``rouge*``: rouge1, rougeL).
 METRIC_DIRECTIONS: tuple[tuple[str, bool], ...] = (
-    ("accuracy", True), ("exact_match", True), ("pass_*", True), ("f1", True), ("rouge*", True), ("bleu", True),
+    ("accuracy", True), ("exact_match", True), ("final_number", True), ("json_equal", True), ("json_valid", True),
+    ("pass_*", True), ("f1", True), ("rouge*", True), ("bleu", True),
     ("chrf", True), ("meteor", True), ("dino_similarity", True), ("similarity", True), ("reward", True),
     ("loss", False), ("perplexity", False), ("ppl", False), ("nll", False), ("error", False), ("wer", False),
     ("cer", False), ("drift", False), ("mse", False), ("mae", False), ("rmse", False),

@@ -6,7 +6,8 @@ bench starts), ``records.jsonl`` (one record per finished run, failures included
 run ends) and ``runs/<experiment>.json`` (each run's ``run.json``). Starting the same bench again
 continues it: finished runs are never repeated, so it can run in the background for hours, be
 stopped at any point and be resumed. Each run is a full ``autopeft train`` in its own process, so a
-crash or an out-of-memory marks that run only.
+crash or an out-of-memory marks that run only. Each run is scored by its validation (or ``--test``)
+loss, or, with ``metrics`` (``--metric``), by the first task metric on what it generates.
 
 The sweep is fair: every method gets the same number of learning rates, its default first and then
 its nearest neighbours in its own search space, since untuned learning rates are the main reason
@@ -129,6 +130,10 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
 
     out = Path(output_dir).expanduser()
     task = options.get("task") or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
+    if options.get("metrics"):  # every run is then scored by the first metric: check them once, up front
+        from ..training.generation import check_request
+
+        check_request(data, options["metrics"], task)
     spec = BenchSpec(benchmark=benchmark, data=str(data), task=task, options=options, learning_rates=learning_rates,
                      edge_rates=edge_rates)
     _start_or_continue(out, spec)

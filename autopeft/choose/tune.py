@@ -40,6 +40,10 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
     if resume:
         return _resume_tune(out, progress)
     check_output_dir(out, resume=False, overwrite=overwrite)
+    if options.get("metrics"):  # before the pilots, not after them
+        from ..training.generation import check_request
+
+        check_request(data, options["metrics"], options.get("task"))
     # every training option recommend takes is handed on, so a new one needs no second list to reach the pilots
     passed = set(inspect.signature(recommend).parameters) & set(TrainOptions.model_fields) - {"data"}
     rec = recommend(data, constraints=constraints, objective=objective, target_gpu=target_gpu, pilot=pilot,
