@@ -4,8 +4,9 @@ keep what happened as profile records (:mod:`autopeft.profiles`) the recommender
 A bench is a directory: ``bench.json`` (the task: data, model and training options, fixed when the
 bench starts), ``records.jsonl`` (one record per finished run, failures included, appended as each
 run ends, as the profile store is: a torn line is skipped with a warning) and
-``runs/<experiment>.json`` (each run's ``run.json``). Starting the same bench again continues it: finished runs are never repeated, so it can run in the background for hours, be
-stopped at any point and be resumed. Each run is a full ``autopeft train`` in its own process, so a
+``runs/<experiment>.json`` (each run's ``run.json``). Starting the same bench again continues it:
+finished runs are never repeated, so it can run in the background for hours, be stopped at any
+point and be resumed. Each run is a full ``autopeft train`` in its own process, so a
 crash or an out-of-memory marks that run only.
 
 The sweep is fair: every method gets the same number of learning rates, its default first and then
