@@ -588,6 +588,7 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
 @click.option("--json", "as_json", is_flag=True)
 def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
     """Judge the recommender on published results (PEFT method-comparison layout) it did not learn from."""
+    log_to_stderr()
     from .profiles import load_records
     from .choose.replay import replay as run_replay
     from .sizes import parse_size
@@ -648,6 +649,7 @@ def bench(data, benchmark, output_dir, only, learning_rates, edge_rates, run_tim
 @main.group(cls=_Group)
 def profiles():
     """The profile records the recommender learns from."""
+    log_to_stderr()  # a damaged line of the store is said, once
 
 
 @profiles.command("list")
@@ -692,3 +694,45 @@ def profiles_import(results_dir):
     records = import_peft_results(results_dir)
     path = append(records)
     click.echo(f"{len(records)} records from {results_dir} added to {path}")
+
+
+@profiles.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--repair", is_flag=True, help="Rewrite it without its damaged lines, keeping every whole record "
+                                              "(and a copy of the damaged file beside it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON on stdout.")
+def profiles_check(file, repair, as_json):
+    """Check this machine's profile store (or FILE, e.g. a bench's records.jsonl) line by line.
+    Exit status 1 while it holds a damaged line."""
+    from pathlib import Path
+
+    from .profiles import check_store, repair_store, store_path
+
+    path = Path(file) if file else store_path()
+    if file and not path.is_file():
+        raise BadInputError("no such file", source=file)
+    scan, backup = repair_store(path) if repair else (check_store(path), None)
+    damaged = scan.damaged if scan else []
+    report = {"path": str(path), "exists": scan is not None, "records": len(scan.records) if scan else 0,
+              "damaged": [{"line": d.line, "reason": d.reason} for d in damaged],
+              "newer_schema_lines": scan.newer if scan else [], "repaired": backup is not None,
+              "backup": str(backup) if backup else None}
+    if as_json:
+        _emit_json(report)
+    elif scan is None:
+        click.echo(f"{path}: no profile store yet (no run has finished here)")
+    else:
+        n = len(damaged)
+        click.echo(f"{path}: {report['records']} records, {n or 'no'} damaged line{'' if n == 1 else 's'}"
+                   + (f", {len(scan.newer)} of a newer autopeft (kept)" if scan.newer else ""))
+        for d in damaged:
+            click.echo(f"  line {d.line}: {d.reason}")
+        if backup:
+            click.echo(f"repaired: kept the {report['records']} whole records"
+                       f"{' and the newer ones' if scan.newer else ''}, removed the damaged line{'s' if n > 1 else ''}; "
+                       f"the damaged file is kept as {backup}")
+        elif damaged:
+            command = "autopeft profiles check --repair" + (f" {file}" if file else "")
+            click.echo(f"`{command}` removes {'them' if n > 1 else 'it'} (keeping a copy of the file)")
+    if damaged and not backup:
+        sys.exit(1)

@@ -16,11 +16,14 @@
                                                           that a resumed fine-tune still reports it
 
 Every file is written under a temporary name and renamed into place; run.json comes last, so a
-directory with a run.json holds a finished run.
+directory with a run.json holds a finished run. While a run writes into OUT, it holds the lock file
+``.OUT.autopeft-lock`` beside it (:func:`claim_output_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -200,6 +203,56 @@ def check_output_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
     raise BadInputError(f"the output directory already holds {'a finished' if finished else 'an unfinished'} run; "
                         f"pass {'--overwrite' if finished else '--resume to continue it, or --overwrite'}",
                         source=str(path))
+
+
+def lock_file(path: Path) -> Path:
+    """The lock file of an output directory: ``.NAME.autopeft-lock`` beside it (not inside, so that the
+    directory holds only the run; resolved, so that every spelling of the path shares one)."""
+    real = Path(path).expanduser().resolve()
+    return real.with_name(f".{real.name}.autopeft-lock")
+
+
+@contextlib.contextmanager
+def claim_output_dir(path: Path, command: str):
+    """Hold ``path`` for this process while the block runs: a second ``train``, ``tune`` or
+    ``bench`` given the same directory refuses at once, naming the process that holds it. The lock
+    is the kernel's (:mod:`autopeft.locks`): a holder killed with ``kill -9`` leaves it free."""
+    from ..locks import Busy, claim, describe, info
+
+    lock = lock_file(path)
+    made = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # to remove if left empty
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        held = claim(lock, info(command, output_dir=str(lock.parent / Path(path).expanduser().resolve().name)))
+    except Busy as exc:
+        raise BadInputError(f"in use by {describe(exc.holder)}; wait for it to end, or choose another output "
+                            f"directory (its lock: {lock})", source=str(path)) from None
+    except OSError as exc:
+        raise BadInputError(f"cannot lock it: {lock}: {exc.strerror or exc}", source=str(path)) from None
+    try:
+        yield held
+    finally:
+        held.release()
+        for directory in made:  # a run refused before it wrote anything leaves no empty parents behind
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+
+
+def holding_output_dir(command: str):
+    """Decorate a function taking ``output_dir`` so that it runs holding that directory
+    (:func:`claim_output_dir`)."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def holding(*args, **kwargs):
+            with claim_output_dir(Path(kwargs["output_dir"]), command):
+                return function(*args, **kwargs)
+
+        return holding
+
+    return decorate
 
 
 def write_text(path: Path, text: str) -> None:

@@ -33,17 +33,27 @@ def pilot(data: str, *, output_dir: str, steps: int, **options) -> PilotResult:
 
 
 def train(data: str | None = None, *, output_dir: str, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, recommendation: dict | None = None, **options) -> RunRecord:
+          progress: bool = True, recommendation: dict | None = None, lock_output: bool = True,
+          **options) -> RunRecord:
     """Fine-tune and write the outputs (see :mod:`autopeft.outputs`); return the run's record.
 
     :param data: the training file (JSONL, JSON, CSV, TSV or Parquet).
     :param output_dir: where the adapter, report and run.json go; must be new, or autopeft's own
         with ``resume`` (continue from the last checkpoint, with the stored options) or ``overwrite``.
+    :param lock_output: hold ``output_dir`` for this run, so that another one into it refuses at once
+        (False only where the caller holds it already, as ``tune`` does for its fine-tune's process).
     :param options: any field of :class:`TrainOptions`.
     """
-    from .outputs import check_output_dir
+    from .outputs import claim_output_dir
 
     out = Path(output_dir).expanduser()
+    with claim_output_dir(out, "train") if lock_output else contextlib.nullcontext():
+        return _train(data, out, resume, overwrite, progress, recommendation, options)
+
+
+def _train(data, out: Path, resume: bool, overwrite: bool, progress: bool, recommendation, options) -> RunRecord:
+    from .outputs import check_output_dir
+
     check_output_dir(out, resume=resume, overwrite=overwrite)
     if resume:
         opts = _stored_options(out)
