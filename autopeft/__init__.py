@@ -15,22 +15,27 @@ needs them runs.
 from __future__ import annotations
 
 from .errors import (AutopeftError, BadInputError, MethodUnavailableError, PluginError,
-                     UnknownMethodError)
+                     UnknownMethodError, UnknownMetricError)
 from .hookspecs import hookimpl
 from .methods.base import (TASKS, Capabilities, Method, MethodInfo, MethodSettings, PeftMethod, SearchSpace,
                            divisor_of_layer_sizes, on_meta_device, peft_task_type)
+from .methods.metrics import Metric, MetricInfo
 from .methods.settings import LowRank, PromptSettings, Targeted
 from .version import __version__
 
 __all__ = [
     # running it
-    "estimate", "export_lora", "export_merged", "get_method", "list_methods", "plugin_failures", "recommend",
+    "estimate", "export_lora", "export_merged", "get_method", "list_methods", "list_metrics", "plugin_failures",
+    "recommend",
     "replay", "train", "tune", "Estimate",
     # errors
     "AutopeftError", "BadInputError", "MethodUnavailableError", "PluginError", "UnknownMethodError",
+    "UnknownMetricError",
     # the plugin kit: what a method plugin imports (see autopeft.testing to check one)
     "TASKS", "Capabilities", "LowRank", "Method", "MethodInfo", "MethodSettings", "PeftMethod", "PromptSettings",
     "SearchSpace", "Targeted", "divisor_of_layer_sizes", "hookimpl", "on_meta_device", "peft_task_type",
+    # ... and what a task-metric plugin imports
+    "Metric", "MetricInfo",
 ]
 
 _CONSTRAINTS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_params", "time_budget", "methods",
@@ -50,6 +55,13 @@ def list_methods(task: str | None = None, probe: bool = True) -> list[MethodInfo
     from .methods.probes import capabilities_of
 
     return [m.info().model_copy(update={"probed": capabilities_of(m)}) for m in chosen]
+
+
+def list_metrics() -> list[MetricInfo]:
+    """Every installed task metric (``--metric NAME``): the built-ins and those of plugins."""
+    from .methods.metrics import list_metrics as _list
+
+    return _list()
 
 
 def get_method(name: str) -> Method:

@@ -137,14 +137,37 @@ def _capability_label(info, key: str, label: str) -> str:
 
 @main.command()
 def plugins():
-    """Show loaded plugins, the methods each provides, and any that were skipped (JSON)."""
+    """Show loaded plugins, the methods and task metrics each provides, and any that were skipped (JSON)."""
+    from .methods.metrics import get_metrics, metric_failures
     from .methods.registry import get_methods, plugin_failures
 
-    by_source: dict[str, list[str]] = {}
+    by_source: dict[str, dict[str, list[str]]] = {}
     for method in get_methods().values():
-        by_source.setdefault(method.source, []).append(method.name)
-    _emit_json({"plugins": [{"source": s, "methods": m} for s, m in sorted(by_source.items())],
-                "skipped": [f.__dict__ for f in plugin_failures()]})
+        by_source.setdefault(method.source, {"methods": [], "metrics": []})["methods"].append(method.name)
+    for metric in get_metrics().values():
+        by_source.setdefault(metric.source, {"methods": [], "metrics": []})["metrics"].append(metric.name)
+    _emit_json({"plugins": [{"source": s, **provided} for s, provided in sorted(by_source.items())],
+                "skipped": [f.__dict__ for f in [*plugin_failures(), *metric_failures()]]})
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout.")
+def metrics(as_json):
+    """List the task metrics `--metric` takes: scores of a causal-LM run's greedy answers against the
+    references, built in or from plugins (the `register_metrics` hook)."""
+    from .methods.metrics import list_metrics, metric_failures
+
+    infos = list_metrics()
+    for failure in metric_failures():
+        click.echo(f"autopeft: warning: plugin {failure.plugin} ({failure.source}) skipped: {failure.error}", err=True)
+    if as_json:
+        _emit_json([i.model_dump(mode="json") for i in infos])
+        return
+    rows = [("name", "better", "source", "description")] + [(i.name, i.direction, i.source, i.description)
+                                                            for i in infos]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    for r in rows:
+        click.echo("  ".join(r[c].ljust(widths[c]) for c in range(3)) + "  " + r[3])
 
 
 def _parse_setting(text: str) -> tuple[str, object]:
@@ -300,6 +323,7 @@ def _training_options(command, outputs: bool = True):
         click.option("--report-to", metavar="NAMES", callback=_check_report_to,
                      help="Log to these experiment trackers (comma-separated: tensorboard, mlflow, wandb, trackio, "
                           "or any the Trainer supports; all: every one installed). Default: none."),
+        *_task_metric_options(),
         *_data_shaping_options(),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code."),
         click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle (.bin) weights, which can run code."),
@@ -316,6 +340,21 @@ def _check_report_to(ctx, param, value):
     from .training.tracking import check_trackers, split_trackers
 
     return ",".join(check_trackers(split_trackers(value))) or None
+def _task_metric_options() -> list:
+    """Scoring what a causal-LM run generates (see `autopeft metrics`)."""
+    return [
+        click.option("--metric", "metrics", multiple=True, metavar="NAME",
+                     help="Score greedy answers to the validation and test prompts against their references with "
+                          "this task metric (causal LM; repeatable or comma-separated; `autopeft metrics` lists them). "
+                          "The first one scores the run in profiles and bench."),
+        click.option("--metrics-before", is_flag=True, default=None,
+                     help="With --metric: also score the model before training, on the same examples."),
+        click.option("--generate-max-new-tokens", type=click.IntRange(min=1),
+                     help="With --metric: tokens generated per answer. Default 96."),
+        click.option("--generate-max-examples", type=click.IntRange(min=1),
+                     help="With --metric: validation examples generated (the first N). Default 200; the test set "
+                          "is generated whole."),
+    ]
 
 
 def _data_shaping_options() -> list:
@@ -543,7 +582,9 @@ _RENAMED = {"gradient_accumulation": "gradient_accumulation_steps"}
 
 def _train_kwargs(given: dict) -> dict:
     """The options the user set (None means: not given, so the library's default applies)."""
-    return {_RENAMED.get(k, k): v for k, v in given.items() if v is not None}
+    # a repeatable option not given is an empty tuple: not given either
+    return {_RENAMED.get(k, k): list(v) if isinstance(v, tuple) else v for k, v in given.items()
+            if v is not None and v != ()}
 
 
 def _default_output(data: str | None, method: str) -> str:
@@ -766,6 +807,7 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
 @click.option("--json", "as_json", is_flag=True)
 def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
     """Judge the recommender on published results (PEFT method-comparison layout) it did not learn from."""
+    log_to_stderr()
     from .profiles import load_records
     from .choose.replay import replay as run_replay
     from .sizes import parse_size
@@ -827,6 +869,7 @@ def bench(data, benchmark, output_dir, only, learning_rates, edge_rates, run_tim
 @main.group(cls=_Group)
 def profiles():
     """The profile records the recommender learns from."""
+    log_to_stderr()  # a damaged line of the store is said, once
 
 
 @profiles.command("list")
@@ -871,3 +914,45 @@ def profiles_import(results_dir):
     records = import_peft_results(results_dir)
     path = append(records)
     click.echo(f"{len(records)} records from {results_dir} added to {path}")
+
+
+@profiles.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--repair", is_flag=True, help="Rewrite it without its damaged lines, keeping every whole record "
+                                              "(and a copy of the damaged file beside it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON on stdout.")
+def profiles_check(file, repair, as_json):
+    """Check this machine's profile store (or FILE, e.g. a bench's records.jsonl) line by line.
+    Exit status 1 while it holds a damaged line."""
+    from pathlib import Path
+
+    from .profiles import check_store, repair_store, store_path
+
+    path = Path(file) if file else store_path()
+    if file and not path.is_file():
+        raise BadInputError("no such file", source=file)
+    scan, backup = repair_store(path) if repair else (check_store(path), None)
+    damaged = scan.damaged if scan else []
+    report = {"path": str(path), "exists": scan is not None, "records": len(scan.records) if scan else 0,
+              "damaged": [{"line": d.line, "reason": d.reason} for d in damaged],
+              "newer_schema_lines": scan.newer if scan else [], "repaired": backup is not None,
+              "backup": str(backup) if backup else None}
+    if as_json:
+        _emit_json(report)
+    elif scan is None:
+        click.echo(f"{path}: no profile store yet (no run has finished here)")
+    else:
+        n = len(damaged)
+        click.echo(f"{path}: {report['records']} records, {n or 'no'} damaged line{'' if n == 1 else 's'}"
+                   + (f", {len(scan.newer)} of a newer autopeft (kept)" if scan.newer else ""))
+        for d in damaged:
+            click.echo(f"  line {d.line}: {d.reason}")
+        if backup:
+            click.echo(f"repaired: kept the {report['records']} whole records"
+                       f"{' and the newer ones' if scan.newer else ''}, removed the damaged line{'s' if n > 1 else ''}; "
+                       f"the damaged file is kept as {backup}")
+        elif damaged:
+            command = "autopeft profiles check --repair" + (f" {file}" if file else "")
+            click.echo(f"`{command}` removes {'them' if n > 1 else 'it'} (keeping a copy of the file)")
+    if damaged and not backup:
+        sys.exit(1)

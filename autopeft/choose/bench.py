@@ -3,10 +3,12 @@ keep what happened as profile records (:mod:`autopeft.profiles`) the recommender
 
 A bench is a directory: ``bench.json`` (the task: data, model and training options, fixed when the
 bench starts), ``records.jsonl`` (one record per finished run, failures included, appended as each
-run ends) and ``runs/<experiment>.json`` (each run's ``run.json``). Starting the same bench again
-continues it: finished runs are never repeated, so it can run in the background for hours, be
-stopped at any point and be resumed. Each run is a full ``autopeft train`` in its own process, so a
-crash or an out-of-memory marks that run only.
+run ends, as the profile store is: a torn line is skipped with a warning) and
+``runs/<experiment>.json`` (each run's ``run.json``). Starting the same bench again continues it:
+finished runs are never repeated, so it can run in the background for hours, be stopped at any
+point and be resumed. Each run is a full ``autopeft train`` in its own process, so a
+crash or an out-of-memory marks that run only. Each run is scored by its validation (or ``--test``)
+loss, or, with ``metrics`` (``--metric``), by the first task metric on what it generates.
 
 The sweep is fair: every method gets the same number of learning rates, its default first and then
 its nearest neighbours in its own search space, since untuned learning rates are the main reason
@@ -27,7 +29,8 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from ..errors import BadInputError, first_line
-from ..profiles import ProfileRecord, append, read_jsonl, record_from_run
+from ..profiles import ProfileRecord, append, read_store, record_from_run
+from ..training.outputs import holding_output_dir
 
 BENCH_FILE = "bench.json"
 RECORDS_FILE = "records.jsonl"
@@ -114,6 +117,7 @@ def edge_runs(records: list[ProfileRecord], planned: dict[str, list[float]], lim
     return runs
 
 
+@holding_output_dir("bench")  # one bench at a time in a directory: two would run the same runs
 def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | None = None, learning_rates: int = 3,
           edge_rates: int = 2, timeout: float | None = None, say: Callable[[str], None] = print,
           **options) -> list[ProfileRecord]:
@@ -129,6 +133,10 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
 
     out = Path(output_dir).expanduser()
     task = options.get("task") or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
+    if options.get("metrics"):  # every run is then scored by the first metric: check them once, up front
+        from ..training.generation import check_request
+
+        check_request(data, options["metrics"], task)
     spec = BenchSpec(benchmark=benchmark, data=str(data), task=task, options=options, learning_rates=learning_rates,
                      edge_rates=edge_rates)
     _start_or_continue(out, spec)
@@ -138,7 +146,7 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
         require_here(options["quantize"])
     runs = plan(task, methods, learning_rates, quantize=options.get("quantize"))
     records_path = out / RECORDS_FILE
-    done = {r.experiment for r in read_jsonl(records_path)} if records_path.is_file() else set()
+    done = {r.experiment for r in read_store(records_path)} if records_path.is_file() else set()
     todo = [r for r in runs if r.experiment not in done]
     say(f"bench {benchmark}: {len(runs)} runs ({len({r.method for r in runs})} methods x up to {learning_rates} "
         f"learning rates), {len(runs) - len(todo)} already finished, {len(todo)} to go")
@@ -147,14 +155,14 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     for run in runs:
         planned.setdefault(run.method, []).append(run.learning_rate)
     while edge_rates:
-        past = [r for r in edge_runs(read_jsonl(records_path), planned, edge_rates) if r.experiment not in done]
+        past = [r for r in edge_runs(read_store(records_path), planned, edge_rates) if r.experiment not in done]
         if not past:
             break
         say(f"bench {benchmark}: {_methods_at_the_edge(len(past))}; one rate further for "
             f"{'each' if len(past) > 1 else 'it'}: {', '.join(r.experiment for r in past)}")
         _run_each(spec, past, out, timeout, say)
         done.update(r.experiment for r in past)
-    return read_jsonl(records_path)
+    return read_store(records_path)
 
 
 def _methods_at_the_edge(count: int) -> str:

@@ -8,12 +8,14 @@ import logging
 from typing import Callable
 
 from ..errors import AutopeftError, BadInputError
+from ..training.outputs import holding_output_dir
 from .constraints import Constraints
 from .recommend import DEFAULT_PILOT_FRACTION, Recommendation, recommend
 
 log = logging.getLogger("autopeft")
 
 
+@holding_output_dir("tune")  # from the first pilot to the last file: a second command into it refuses at once
 def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: bool = False,
          constraints: Constraints | None = None,
          objective: str | None = None, target_gpu: str | None = None, pilot: bool = True,
@@ -38,6 +40,10 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
     if resume:
         return _resume_tune(out, progress)
     check_output_dir(out, resume=False, overwrite=overwrite)
+    if options.get("metrics"):  # before the pilots, not after them
+        from ..training.generation import check_request
+
+        check_request(data, options["metrics"], options.get("task"))
     from ..training.tracking import check_trackers, split_trackers, tracked_tune
 
     trackers = check_trackers(split_trackers(options.get("report_to")), source="report_to")
@@ -153,8 +159,9 @@ def _train_child(data, output_dir, overwrite, progress, recommendation, options,
     quiet_libraries()
     log_to_stderr()
     try:
+        # the tune process holds the output directory for the whole command, this one included
         train(data, output_dir=output_dir, overwrite=overwrite, resume=resume, progress=progress,
-              recommendation=recommendation, **options)
+              recommendation=recommendation, lock_output=False, **options)
     except BadInputError as exc:
         Path(error_path).write_text(f"bad-input\n{exc}")
     except Exception as exc:  # reported by the parent as one line
