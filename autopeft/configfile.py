@@ -189,7 +189,8 @@ def pilot_budget(text: Any) -> dict[str, float]:
 
 #: command-line spellings of SDK keywords
 _ALIASES = {"lr": "learning_rate", "gradient_accumulation": "gradient_accumulation_steps",
-            "early_stopping": "early_stopping_patience", "output": "output_dir", "set": "settings"}
+            "early_stopping": "early_stopping_patience", "output": "output_dir", "set": "settings",
+            "metric": "metrics"}
 #: what only the command line uses (its output format), accepted in a config and left out by the SDK
 _CLI_ONLY = ("json",)
 _CHOICE = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_params", "time_budget", "methods", "exclude",
