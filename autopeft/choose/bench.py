@@ -218,9 +218,8 @@ def run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None = N
 
     with tempfile.TemporaryDirectory(prefix="autopeft-bench-") as tmp:
         result_path = Path(tmp) / "record.json"
+        name = run_file(out, run.experiment).stem  # trackers name each run after its output dir
         # a bench measures training: the forgetting check and sample generations only cost time here
-        # named after the experiment: trackers name each run after its output dir
-        name = run_file(out, run.experiment).stem
         options = {"forgetting": False, "samples": 0, **spec.options, "data": spec.data,
                    "output_dir": str(Path(tmp) / name), "method": run.method, "learning_rate": run.learning_rate,
                    "profile_store": False}

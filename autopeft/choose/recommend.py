@@ -351,8 +351,9 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 name=f"{row.method} lr={lr:g}", method=row.method, settings=row._given, learning_rate=lr,
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
                 gradient_checkpointing=row.estimated.gradient_checkpointing))
+    # (pilots report to no tracker: tune logs them itself, from their results)
     base = options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",
-                                       "gradient_accumulation_steps", "gradient_checkpointing"})
+                                       "gradient_accumulation_steps", "gradient_checkpointing", "report_to"})
 
     def budget(overhead: float, per_step: float) -> float:
         if seconds is not None:
