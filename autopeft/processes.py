@@ -76,11 +76,6 @@ def stop_requested() -> bool:
     return _stop.signum is not None
 
 
-def stop_signal() -> int | None:
-    """The first stop signal received while they were handled, or None."""
-    return _stop.signum
-
-
 def stop_exit_status() -> int:
     """The conventional exit status of a command stopped by a signal: 128 + its number."""
     return 128 + (_stop.signum or signal.SIGINT)
@@ -291,8 +286,9 @@ def run_watched(target: Callable, args: tuple, *, max_memory: int | None = None,
 
     On a stop signal the child gets SIGTERM (in it, KeyboardInterrupt, or a stop request where it
     defers one: see :func:`deferring_stop`) and ``grace`` seconds to end; then it is killed with its
-    own children, and KeyboardInterrupt is raised here. A child that finished its work is not lost
-    to a stop that came as it ended: its result is returned."""
+    own children, and KeyboardInterrupt is raised here. A child that finished its work as the stop
+    came is not lost: inside a :func:`deferring_stop` region its result is returned, for the region
+    to keep before it stops."""
     import psutil
 
     check_stop()

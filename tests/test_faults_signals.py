@@ -72,6 +72,10 @@ class Command:
         """A scheduler's stop: SIGTERM to the command's process only."""
         os.kill(self.proc.pid, signal.SIGTERM)
 
+    def kill(self) -> None:
+        """No chance to clean up: SIGKILL to the command's process."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+
     def finish(self, timeout: float = 60) -> int:
         """Wait for the command's exit; then no process of its session may be left (each one found is
         killed so that it cannot outlive the test, and reported)."""
@@ -161,10 +165,16 @@ def test_ctrl_c_among_the_pilots_and_sigterm_in_the_fine_tune_stop_tune_and_lose
 
 
 @pytest.mark.slow
-def test_sigterm_among_the_pilots_stops_tune_and_ends_the_pilot(trainable_llama, tmp_path):
+@pytest.mark.parametrize("command", ["tune", "recommend"])
+def test_sigterm_among_the_pilots_stops_the_command_and_ends_the_pilot(command, trainable_llama, tmp_path):
     """SIGTERM reaches only the main process: it must end the pilot process itself."""
     out = tmp_path / "tuned"
-    tune = Command(_tune(trainable_llama, out, "--pilot-budget", "15s"))
+    args = _tune(trainable_llama, out, "--pilot-budget", "15s")
+    if command == "recommend":
+        args = ["recommend", str(EXAMPLES / "instructions.jsonl"), "-m", str(trainable_llama), "--max-length", "64",
+                "--max-examples", "40", "-b", "4", "--max-steps", "200", "--methods", "lora,ia3",
+                "--pilot-budget", "15s"]
+    tune = Command(args)
     tune.wait_for("pilots will take about")  # the calibration is done; the next pilot is starting
     time.sleep(1.0)
     tune.terminate()
@@ -218,7 +228,7 @@ def test_a_tune_killed_outright_leaves_no_process(trainable_llama, tmp_path):
     tune = Command(_tune(trainable_llama, out, "--no-pilot"))
     tune.wait_for("autopeft: step ")
     assert len(session_processes(tune.proc.pid, within=0)) >= 3  # the command, its fork server, the fine-tune
-    os.kill(tune.proc.pid, signal.SIGKILL)
+    tune.kill()
     assert tune.finish() == -signal.SIGKILL
 
 
@@ -245,6 +255,25 @@ def test_sigterm_to_train_checkpoints_like_ctrl_c_and_resume_finishes_the_run(tr
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert RunRecord.model_validate_json((out / "run.json").read_text()).steps == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", ["interrupt", "terminate", "kill"])
+def test_a_stopped_run_on_several_processes_leaves_none_of_them(stop, trainable_llama, tmp_path):
+    """The launcher and its workers end too, even when the command is killed outright; the run
+    resumes from its last checkpoint."""
+    out = tmp_path / "run"
+    train = Command(_train_args(trainable_llama, out, "--num-processes", "2", "--save-steps", "5"))
+    train.wait_for(lambda: _checkpoints(out) if (out / "checkpoints").is_dir() else False)
+    getattr(train, stop)()
+    status = train.finish()
+    assert _checkpoints(out) and not (out / "run.json").exists()
+    if stop == "kill":
+        assert status == -signal.SIGKILL
+        return
+    assert status == (130 if stop == "interrupt" else 143)
+    assert train.lines[-1] == f"autopeft: {'interrupted' if stop == 'interrupt' else 'terminated'}", \
+        train.stderr[-3000:]
 
 
 @pytest.mark.slow

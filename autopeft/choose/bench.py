@@ -167,14 +167,13 @@ def _run_each(spec: BenchSpec, runs: list[BenchRun], out: Path, timeout: float |
               say: Callable[[str], None]) -> None:
     """Train each run in turn, appending its record as it ends and saying how long is left. On Ctrl-C
     or SIGTERM the run in progress is dropped and the finished ones are kept."""
-    from ..processes import deferring_stop, stop_note
+    from ..processes import deferring_stop
 
     spent: list[float] = []
     for i, run in enumerate(runs, 1):
         started = time.perf_counter()
         # a run that finished is recorded before a stop takes effect
-        with stop_note("stopping the bench; its finished runs are kept (the same command again continues it)"), \
-                deferring_stop():
+        with deferring_stop("stopping the bench; its finished runs are kept (the same command again continues it)"):
             record = run_one(spec, run, out, timeout)
             append([record], out / RECORDS_FILE)
         spent.append(time.perf_counter() - started)

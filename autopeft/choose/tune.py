@@ -98,10 +98,9 @@ def _fine_tune(rec: Recommendation, out, *, data, overwrite: bool, progress: boo
                max_memory: int | None, resume: bool = False):
     """Train (or resume) the chosen method in a watched process, held to ``max_memory`` like the pilots."""
     import json
+    import shlex
     import tempfile
     from pathlib import Path
-
-    import shlex
 
     from ..training.outputs import RECORD_FILE, RunRecord
     from ..processes import FINE_TUNE_GRACE_SECONDS, run_watched, stop_note
