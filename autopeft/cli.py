@@ -17,22 +17,26 @@ class _Group(click.Group):
     """Turns autopeft's typed errors into one line on stderr and the documented exit status."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except AutopeftError as exc:
-            click.echo(f"autopeft: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("autopeft: interrupted", err=True)
-            sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except Exception as exc:
-            if os.environ.get("AUTOPEFT_DEBUG"):
+        from .processes import handling_stop_signals, stop_exit_status, stop_word
+
+        # SIGTERM (a scheduler stopping the job) stops a command as Ctrl-C does: 128 + the signal's number
+        with handling_stop_signals():
+            try:
+                return super().invoke(ctx)
+            except AutopeftError as exc:
+                click.echo(f"autopeft: error: {exc}", err=True)
+                sys.exit(exc.exit_code)
+            except KeyboardInterrupt:
+                click.echo(f"autopeft: {stop_word()}", err=True)
+                sys.exit(stop_exit_status())
+            except (click.exceptions.Exit, click.ClickException, click.Abort):
                 raise
-            click.echo(f"autopeft: error: unexpected {type(exc).__name__}: {first_line(exc)} "
-                       f"(AUTOPEFT_DEBUG=1 shows the traceback)", err=True)
-            sys.exit(1)
+            except Exception as exc:
+                if os.environ.get("AUTOPEFT_DEBUG"):
+                    raise
+                click.echo(f"autopeft: error: unexpected {type(exc).__name__}: {first_line(exc)} "
+                           f"(AUTOPEFT_DEBUG=1 shows the traceback)", err=True)
+                sys.exit(1)
 
 
 def run() -> None:
@@ -61,7 +65,8 @@ def run() -> None:
 def main(no_plugins, allowed):
     """Choose the parameter-efficient fine-tuning method that suits your data, model and hardware.
 
-    Exit status: 0 ok, 2 bad input or usage, 3 no method satisfies the constraints, 1 anything else.
+    Exit status: 0 ok, 2 bad input or usage, 3 no method satisfies the constraints, 130 stopped by Ctrl-C
+    and 143 by SIGTERM (what was finished is kept), 1 anything else.
     """
     if no_plugins and allowed:
         raise click.UsageError("--no-plugins and --plugins exclude each other")

@@ -173,12 +173,17 @@ def _methods_at_the_edge(count: int) -> str:
 
 def _run_each(spec: BenchSpec, runs: list[BenchRun], out: Path, timeout: float | None,
               say: Callable[[str], None]) -> None:
-    """Train each run in turn, appending its record as it ends and saying how long is left."""
+    """Train each run in turn, appending its record as it ends and saying how long is left. On Ctrl-C
+    or SIGTERM the run in progress is dropped and the finished ones are kept."""
+    from ..processes import deferring_stop
+
     spent: list[float] = []
     for i, run in enumerate(runs, 1):
         started = time.perf_counter()
-        record = run_one(spec, run, out, timeout)
-        append([record], out / RECORDS_FILE)
+        # a run that finished is recorded before a stop takes effect
+        with deferring_stop("stopping the bench; its finished runs are kept (the same command again continues it)"):
+            record = run_one(spec, run, out, timeout)
+            append([record], out / RECORDS_FILE)
         spent.append(time.perf_counter() - started)
         left = (len(runs) - i) * sum(spent) / len(spent)
         outcome = f"{record.metric} {record.score:.4f}" if record.score is not None else f"failed: {record.error}"

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 from pydantic import BaseModel, Field
 
 from .halving import MAX_FRACTION, best_of_each, next_length, plan_cost, survivors
-from ..processes import on_accelerator, run_watched
+from ..processes import deferring_stop, handling_stop_signals, on_accelerator, run_watched
 from ..training.outputs import PilotResult
 
 MIN_STEPS = 3
@@ -109,7 +109,8 @@ def run_rung(configs: Sequence[PilotConfig], base_options: dict[str, Any], steps
             on_pilot(config, steps, result)
         return result
 
-    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+    # held here, in the caller's thread, so that a stop signal reaches the pilots' watchers
+    with handling_stop_signals(), ThreadPoolExecutor(max_workers=len(slots)) as pool:
         return dict(zip((c.name for c in configs), pool.map(one, configs)))
 
 
@@ -132,6 +133,14 @@ def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, 
                 update={"reused": True})
         except ValueError:
             pass  # a damaged entry is run again and rewritten
+    # a pilot that finished is cached before a stop signal takes effect (the next run reuses it);
+    # one still running is killed and discarded
+    with deferring_stop():
+        return _run_and_cache(config, base_options, steps, max_memory, timeout, gpu, cache, key)
+
+
+def _run_and_cache(config: PilotConfig, base_options: dict[str, Any], steps: int, max_memory: int | None,
+                   timeout: float | None, gpu: str | None, cache: Path | None, key: str | None) -> PilotResult:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="autopeft-pilot-") as tmp:
         result_path = Path(tmp) / "result.json"

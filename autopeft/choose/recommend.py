@@ -383,10 +383,12 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     say(f"pilots: {len(configs)} configurations of {len(feasible)} methods, with successive halving; "
         f"budget {'%.0f s' % seconds if seconds else f'{fraction:.0%} of the estimated full fine-tune'}")
     from ..models import autopeft_home
+    from ..processes import stop_note
 
-    rungs = successive_halving(configs, base, budget=budget, total_steps=total_steps, rank=rank,
-                               max_memory=max_memory, on_pilot=on_pilot, announce=say,
-                               cache=autopeft_home() / "pilots")
+    with stop_note("stopping the pilots; the finished ones are kept (the same command again reuses them)"):
+        rungs = successive_halving(configs, base, budget=budget, total_steps=total_steps, rank=rank,
+                                   max_memory=max_memory, on_pilot=on_pilot, announce=say,
+                                   cache=autopeft_home() / "pilots")
     best: dict[str, Any] = {}
     from ..profiles import end_loss
 

@@ -130,17 +130,22 @@ def _fine_tune(rec: Recommendation, out, *, data, overwrite: bool, progress: boo
                max_memory: int | None, resume: bool = False, env: dict[str, str] | None = None):
     """Train (or resume) the chosen method in a watched process, held to ``max_memory`` like the pilots."""
     import json
+    import shlex
     import tempfile
     from pathlib import Path
 
     from ..training.outputs import RECORD_FILE, RunRecord
-    from ..processes import run_watched
+    from ..processes import FINE_TUNE_GRACE_SECONDS, run_watched, stop_note
 
-    with tempfile.TemporaryDirectory(prefix="autopeft-tune-") as tmp:
+    # on Ctrl-C or SIGTERM the child finishes its step and checkpoints (see run.STOP_NOTE), as train does
+    note = (f"stopping the fine-tune after this step with a checkpoint (`autopeft tune --resume -o "
+            f"{shlex.quote(str(out))}` continues it; {{again}} to stop at once)")
+    with tempfile.TemporaryDirectory(prefix="autopeft-tune-") as tmp, stop_note(note):
         error_path = Path(tmp) / "error.txt"
         peak, failure = run_watched(_train_child, (data, str(out), overwrite, progress, rec.model_dump(mode="json"),
                                                    options, str(error_path), resume),
-                                    max_memory=max_memory if not rec.device.planned else None, env=env)
+                                    max_memory=max_memory if not rec.device.planned else None, env=env,
+                                    grace=FINE_TUNE_GRACE_SECONDS)
         if error_path.is_file():
             kind, _, message = error_path.read_text().partition("\n")
             raise (BadInputError(message) if kind == "bad-input" else AutopeftError(message))

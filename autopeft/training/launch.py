@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -89,12 +88,15 @@ def launch(opts, out: Path, *, resume: bool, recommendation: dict | None):
     if plan.num_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         # torchrun would set 1 thread per process; share the cores out instead
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // plan.num_processes))
+    from ..processes import run_command, stop_note
+
     try:
-        proc = subprocess.run(_command(opts, out, plan), env=env)
+        with stop_note("stopping the training processes (`--resume` continues from the last checkpoint)"):
+            status = run_command(_command(opts, out, plan), env=env)
     finally:
         (out / LAUNCH_FILE).unlink(missing_ok=True)
-    if proc.returncode != 0:
-        raise AutopeftError(f"the {plan.num_processes} training processes failed (exit status {proc.returncode}); "
+    if status != 0:
+        raise AutopeftError(f"the {plan.num_processes} training processes failed (exit status {status}); "
                             f"their messages are above")
     return RunRecord.model_validate_json((out / RECORD_FILE).read_text(encoding="utf-8"))
 

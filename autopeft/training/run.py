@@ -164,12 +164,11 @@ class Run:
             trainer._load_from_checkpoint(last)
             trainer.state = TrainerState.load_from_json(str(Path(last) / "trainer_state.json"))
         else:
-            # (not with several processes: the launcher hands Ctrl-C to each, and one that stops alone
-            # would leave the others waiting in a collective)
-            with _stop_gracefully_on_ctrl_c(trainer, enabled=not opts.pilot_steps and not launched()) as stop:
+            # (not in a pilot, which is discarded; nor in one of several processes: one that stopped
+            # alone would leave the others waiting in a collective, so the launching process ends
+            # them all and they resume from the last checkpoint)
+            with _stop_gracefully(trainer, enabled=not opts.pilot_steps and not launched()):
                 trainer.train(resume_from_checkpoint=last)
-            if stop.requested:
-                raise KeyboardInterrupt
         self.train_seconds = time.perf_counter() - train_started
         return trainer
 
@@ -529,45 +528,37 @@ def _method(name: str, settings: dict):
     return method, method.settings(settings)
 
 
-class _StopRequest:
-    requested = False
+#: what the first Ctrl-C (or SIGTERM) during training says
+STOP_NOTE = ("stopping after this step with a checkpoint (`--resume` continues the run; {again} to stop "
+             "at once)")
 
 
 @contextlib.contextmanager
-def _stop_gracefully_on_ctrl_c(trainer, *, enabled: bool):
-    """The first Ctrl-C ends training after the current step, with a checkpoint to --resume from; a
-    second stops at once. (An interrupt that lands inside library code, e.g. a destructor, can be
-    swallowed there, so the stop is asked of the Trainer rather than raised into it.)"""
-    import signal
-    import threading
-
+def _stop_gracefully(trainer, *, enabled: bool):
+    """The first Ctrl-C or SIGTERM ends training after the current step, with a checkpoint to --resume
+    from (KeyboardInterrupt is raised when training has stopped); a second stops at once. (An
+    interrupt that lands inside library code, e.g. a destructor, can be swallowed there, so the stop
+    is asked of the Trainer rather than raised into it.)"""
     from transformers import TrainerCallback
 
-    stop = _StopRequest()
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield stop
+    from ..processes import deferring_stop, stop_requested
+
+    if not enabled:
+        yield
         return
 
     class StopAfterThisStep(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if stop.requested:
+            if stop_requested():
                 control.should_save = True
                 control.should_training_stop = True
 
-    def on_interrupt(signum, frame):
-        if stop.requested:
-            raise KeyboardInterrupt
-        stop.requested = True
-        log.warning("interrupted: stopping after this step with a checkpoint (`--resume` continues the run; "
-                    "Ctrl-C again to stop at once)")
-
     callback = StopAfterThisStep()
     trainer.add_callback(callback)
-    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        yield stop
+        with deferring_stop(STOP_NOTE):
+            yield
     finally:
-        signal.signal(signal.SIGINT, previous)
         trainer.remove_callback(callback)
 
 

@@ -45,7 +45,9 @@ def _leave_the_group() -> None:
 
 def main() -> int:
     from ..logs import log_to_stderr, quiet_libraries
+    from ..processes import leave_interrupts_to_parent
 
+    leave_interrupts_to_parent()  # Ctrl-C reaches every worker; the launching process stops them all
     quiet_libraries()
     log_to_stderr()
     try:
