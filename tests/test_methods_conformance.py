@@ -33,7 +33,7 @@ def _model_dir(task, tiny_llama_dir, tiny_bert_dir):
 
 
 @pytest.mark.slow  # one real training step per method and task, and its capability probes: minutes for 61 methods
-@pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
+@pytest.mark.parametrize("task", autopeft.TASKS)
 @pytest.mark.parametrize("name", METHODS)
 def test_method_builds_trains_and_matches_its_meta_estimate(name, task):
     """The public conformance checks (autopeft.testing), which a plugin author runs on their own method."""
@@ -164,7 +164,7 @@ def _estimate_every_block(monkeypatch, *args, **kwargs):
         return autopeft.estimate(*args, **kwargs)
 
 
-@pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
+@pytest.mark.parametrize("task", autopeft.TASKS)
 @pytest.mark.parametrize("name", METHODS)
 def test_a_deep_models_trace_that_skips_repeated_blocks_estimates_as_if_it_ran_them_all(name, task, monkeypatch):
     from transformers import BertConfig, LlamaConfig
