@@ -775,7 +775,8 @@ class _Encoded:
     columns: dict[str, list]
     truncated: int = 0
     dropped: int = 0
-    lost_words: int = 0  # token classification: words with no token within max_length (neither learned nor scored)
+    lost_words: int = 0  # token classification: words cut off at max_length (neither learned nor scored)
+    vanished: list[str] = dataclasses.field(default_factory=list)  # words the tokenizer turns into no token
 
     def __len__(self) -> int:
         return len(self.columns["input_ids"])
@@ -899,7 +900,10 @@ def _encode_tokens(rows: list[tuple[int, dict]], tokenizer, label2id: dict[str, 
             else:
                 seen.add(word)
                 labels.append(label2id[record["tags"][word]])
-        out.lost_words += len(record["tokens"]) - len(seen)
+        # in a sentence cut short, the words after the last one with a token were cut off
+        end = max(seen, default=-1) + 1 if i in where else len(record["tokens"])
+        out.vanished += [record["tokens"][w] for w in range(end) if w not in seen]
+        out.lost_words += len(record["tokens"]) - end
         if not seen:  # no word left a token (all cut, or all empty after tokenisation): nothing to learn
             out.dropped += 1
             continue
@@ -1127,9 +1131,14 @@ def _warn_dropped(encoded: _Encoded, total: int, part: str, max_length: int) -> 
         logger.warning("dropped %d of %d %s examples with nothing to learn (empty, or the prompt fills "
                        "max_length=%d)", encoded.dropped, total, part, max_length)
     if encoded.lost_words:
-        logger.warning("%d words of the %s data have no token within max_length=%d (%d sentences were cut; a "
-                       "word can also vanish in tokenisation): they are neither learned nor scored",
-                       encoded.lost_words, part, max_length, encoded.truncated)
+        logger.warning("%d words of the %s data are cut off at max_length=%d (in %d sentences): they are neither "
+                       "learned nor scored; raise --max-length to keep them", encoded.lost_words, part, max_length,
+                       encoded.truncated)
+    if encoded.vanished:
+        shown = ", ".join(ascii(word) for word in encoded.vanished[:3])
+        logger.warning("%d words of the %s data become no token at all in this tokenizer (%s%s): they are neither "
+                       "learned nor scored", len(encoded.vanished), part, shown,
+                       ", ..." if len(encoded.vanished) > 3 else "")
 
 
 def _dataset(encoded: _Encoded) -> "datasets.Dataset":

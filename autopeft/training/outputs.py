@@ -337,14 +337,17 @@ def _report(r: RunRecord) -> str:
 
 
 def _model_card(r: RunRecord) -> str:
-    from ..tasks import AUTO_CLASSES, PIPELINE_TAGS
+    from ..tasks import AUTO_CLASSES, CLASSIFICATION_TASKS, PIPELINE_TAGS
 
     peft = (Path(r.output_dir) / "adapter_config.json").exists()
     auto = AUTO_CLASSES.get(r.task, "AutoModelForCausalLM")
     if peft:
         auto = auto.replace("AutoModel", "AutoPeftModel")
+    labels = r.data.get("labels") if r.task in CLASSIFICATION_TASKS and peft else None
+    # the base checkpoint has no head: the labels size the one the adapter fills (and name its outputs)
+    head = f", id2label={dict(enumerate(labels))!r}" if labels else ""
     load = (f"from {'peft' if peft else 'transformers'} import {auto}\n"
-            f"model = {auto}.from_pretrained(\"{r.output_dir}\")")
+            f"model = {auto}.from_pretrained(\"{r.output_dir}\"{head})")
     return "\n".join([
         "---", f"library_name: {'peft' if peft else 'transformers'}", "tags:", "- autopeft", f"- {r.method}",
         f"pipeline_tag: {PIPELINE_TAGS.get(r.task, 'text-generation')}", "---", "",
