@@ -11,6 +11,7 @@ import click
 
 from .errors import AutopeftError, BadInputError, first_line
 from .logs import log_to_stderr, quiet_libraries
+from .tasks import TASKS
 
 
 class _Group(click.Group):
@@ -106,7 +107,7 @@ def _warn_plugin_failures() -> None:
 
 
 @main.command()
-@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Only methods supporting this task.")
+@click.option("--task", type=click.Choice(TASKS), help="Only methods supporting this task.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout.")
 def methods(task, as_json):
     """List installed fine-tuning methods with their capabilities.
@@ -193,7 +194,7 @@ def _parse_setting(text: str) -> tuple[str, object]:
 @click.option("--set", "-s", "settings", multiple=True, metavar="KEY=VALUE", help="A method setting; repeatable.")
 @click.option("--peft-config", "peft_configs", multiple=True, type=click.Path(dir_okay=True),
               help="A PEFT adapter_config.json instead of --method; repeat for several (prints a JSON list).")
-@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]),
+@click.option("--task", type=click.Choice(TASKS),
               help="Default: from the adapter config, else what the model is for.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seq-len", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens per example.")
@@ -201,7 +202,7 @@ def _parse_setting(text: str) -> tuple[str, object]:
               "Default: bf16 on accelerators, fp32 on CPU.")
 @click.option("--device", type=click.Choice(["cuda", "cpu", "mps"]), default="cuda", show_default=True)
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True)
-@click.option("--num-labels", type=click.IntRange(min=1), default=2, show_default=True, help="Classes, for seq-cls.")
+@click.option("--num-labels", type=click.IntRange(min=1), default=2, show_default=True, help="Classes (seq-cls) or tags (token-cls).")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes (devices) training together; memory is then per device.")
 @click.option("--strategy", type=click.Choice(["ddp", "zero1", "zero2", "zero3", "fsdp"]),
@@ -306,7 +307,7 @@ def _training_options(command, outputs: bool = True):
         click.option("--validation", type=click.Path(dir_okay=True), help="Validation file. Default: split 10% off."),
         click.option("--test", type=click.Path(dir_okay=True),
                      help="Test file, scored once after training (never used to stop or choose)."),
-        click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Default: from the data format."),
+        click.option("--task", type=click.Choice(TASKS), help="Default: from the data format."),
         click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Default 3."),
         click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps."),
         click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Default 8."),
@@ -605,7 +606,7 @@ def _default_output(data: str | None, method: str) -> str:
 @_training_options
 @_config_options
 def train(method, settings, data, output_dir, resume, overwrite, as_json, **given):
-    """Fine-tune on DATA (JSONL, JSON, CSV, TSV or Parquet) with the method you choose."""
+    """Fine-tune on DATA (JSONL, JSON, CSV, TSV, Parquet or CoNLL) with the method you choose."""
     quiet_libraries()
     log_to_stderr()
     from .training.run import train as run_train
@@ -722,7 +723,7 @@ _CHOICE_KEYS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_param
 @click.argument("data", type=click.Path(dir_okay=True))
 @click.option("--model", "-m", help="Embedded name, local dir or Hub id. Default: the task's embedded model.")
 @click.option("--validation", type=click.Path(dir_okay=True), help="Validation file.")
-@click.option("--task", type=click.Choice(["causal-lm", "seq-cls"]), help="Default: from the data format.")
+@click.option("--task", type=click.Choice(TASKS), help="Default: from the data format.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1))

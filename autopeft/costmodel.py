@@ -342,7 +342,9 @@ def _fragmentation(device: str, trace: _Trace, activations: int, checkpointed: b
 def task_of(peft_config: dict | None) -> str | None:
     if not peft_config:
         return None
-    return {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "seq-cls"}.get(peft_config.get("task_type") or "")
+    from .tasks import task_of_peft_type
+
+    return task_of_peft_type(peft_config.get("task_type"))
 
 
 def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, quantize=None):
@@ -350,13 +352,14 @@ def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_set
     bitsandbytes would convert, and the settings as the method adapted them to the model (what a
     training run records)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    import transformers
 
     from .methods import adapter_config as ac
+    from .tasks import AUTO_CLASSES, CLASSIFICATION_TASKS
 
     _register_trace_attention()
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    kwargs = {"num_labels": num_labels} if task == "seq-cls" else {}
+    auto = getattr(transformers, AUTO_CLASSES[task])
+    kwargs = {"num_labels": num_labels} if task in CLASSIFICATION_TASKS else {}
     try:
         config = config.__class__.from_dict({**config.to_dict(), **kwargs})
         with torch.device("meta"):
@@ -508,7 +511,8 @@ def _trace(net, task: str, batch_size: int, seq_len: int, num_labels: int, *, ev
             kept.append(tensor)
 
     ids = torch.zeros(batch_size, seq_len, dtype=torch.long, device="meta")
-    labels = ids if task == "causal-lm" else torch.zeros(batch_size, dtype=torch.long, device="meta")
+    # one label per token (causal LM, token classification) or per sequence (sequence classification)
+    labels = torch.zeros(batch_size, dtype=torch.long, device="meta") if task == "seq-cls" else ids
     net.train()
     try:
         with _data_branches_not_taken(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \

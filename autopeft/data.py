@@ -1,5 +1,10 @@
 """Training data: read a file, detect its format, check every record, tokenise, split and pack.
 
+Token classification data (named entities and other word tags) is read from CoNLL files (a word and
+its tag per line, a blank line between sentences) or from records ``{"tokens": [...], "tags": [...]}``;
+each word's first sub-token carries its tag and the rest are ignored by the loss, as in Hugging Face's
+token-classification recipe.
+
 Every problem with the user's file is a BadInputError naming the file and the line, so the CLI prints one
 ``path:line: problem`` line and exits 2. For Parquet files, and items of a ``.json`` list, the "line" is the
 row number and the line the item starts on respectively.
@@ -29,21 +34,30 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from pydantic import BaseModel
 
 from .errors import BadInputError, first_line
+from .tasks import TASKS
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("text", "prompt-completion", "alpaca", "chat", "classification")
-TASKS = ("causal-lm", "seq-cls")
+FORMATS = ("text", "prompt-completion", "alpaca", "chat", "classification", "conll", "tagged-tokens")
+#: the formats of token classification: both hold records {tokens, tags}, so train and validation may mix them
+TOKEN_FORMATS = ("conll", "tagged-tokens")
+#: file suffixes always read as CoNLL; a file of another suffix (other than .jsonl, .json, .csv, .tsv and
+#: .parquet) is read as CoNLL when its first line is a word and a tag (WNUT-17's test file ends .annotated)
+CONLL_SUFFIXES = (".conll", ".iob", ".iob2", ".bio", ".ner")
 IGNORE_INDEX = -100  # the label value that PyTorch's cross-entropy (and transformers) skip
 MAX_SPLIT_VALIDATION = 2000  # evaluating more than this buys little precision and costs every epoch
 
 _ROLES = ("system", "user", "assistant")
 _TEXT_FIELDS = ("text", "sentence", "content")  # SST-2 calls its text "sentence" (train) and "content" (dev)
 _FORMAT_HELP = ("chat {messages}, alpaca {instruction, input, output}, prompt-completion {prompt, completion} "
-                "or {question, answer}, classification {text|sentence|content, label}, or text {text}")
+                "or {question, answer}, classification {text|sentence|content, label}, tagged tokens "
+                "{tokens, tags|ner_tags} (or a CoNLL file), or text {text}")
+#: a tag of the IOB/IOBES schemes seqeval scores: O, or a position (B, I, E, S) and a type
+_TAG = re.compile(r"O|[BIES]-\S+")
+_TAG_HELP = "O, or B-, I-, E- or S- and an entity type, such as B-person"
 # Lone surrogates can come from JSON escapes such as "\ud800"; tokenizers cannot encode them.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INT = re.compile(r"\s*-?\d+\s*")
@@ -71,12 +85,12 @@ class DataInfo(BaseModel):
 
     path: str
     format: str  # one of FORMATS
-    task: str  # "causal-lm" or "seq-cls"
+    task: str  # one of autopeft.tasks.TASKS
     num_examples: int  # records in the training file, before max_examples and the split
     num_train: int  # training examples (not packed blocks: len(PreparedData.train) counts those)
     num_validation: int
     validation_source: str  # "file", "split", or "none" when there is no validation set
-    labels: list[str] | None  # classification label names in label-id order, None for causal LM
+    labels: list[str] | None  # class names (seq-cls) or tags (token-cls) in label-id order, None for causal LM
     fingerprint: str  # sha256 hex of the training file's bytes
     chat_template: bool  # the tokenizer's chat template was used
     train_on_inputs: bool
@@ -105,11 +119,15 @@ class PreparedData:
     test_records: RecordSet | None = None
 
     def label_frequency_loss(self) -> float | None:
-        """Classification: the loss of answering every example with the training labels' frequencies,
-        which a classifier reaches without reading the text. None for other tasks."""
-        if self.info.task != "seq-cls" or not len(self.train):
+        """Classification: the loss of answering every example (token classification: every word) with
+        the training labels' frequencies, which a classifier reaches without reading the text. None for
+        causal LM."""
+        if self.info.task not in ("seq-cls", "token-cls") or not len(self.train):
             return None
-        counts = Counter(self.train["labels"])
+        if self.info.task == "token-cls":
+            counts = Counter(tag for row in self.train["labels"] for tag in row if tag != IGNORE_INDEX)
+        else:
+            counts = Counter(self.train["labels"])
         total = sum(counts.values())
         return -sum(n / total * math.log(n / total) for n in counts.values())
 
@@ -155,7 +173,8 @@ def read_records(path: str | os.PathLike) -> tuple[str, list[dict]]:
     """Read a data file and return (format, normalised records). Raises BadInputError naming file and line.
 
     Normalised shapes: text {text}; prompt-completion {prompt, completion}; alpaca {instruction, input,
-    output}; chat {messages: [{role, content}]}; classification {text, label}.
+    output}; chat {messages: [{role, content}]}; classification {text, label}; conll and tagged-tokens
+    {tokens: [...], tags: [...]}.
     """
     loaded = _load(path)
     return loaded.format, loaded.records
@@ -165,10 +184,26 @@ def _load(path: str | os.PathLike) -> _Loaded:
     source = str(path)
     data = _read_bytes(Path(path), source)
     with _collector_paused():
-        rows = _parse(data, Path(path), source)
-        fmt, records = _normalise_all(rows, source)
+        sentences = _conll_rows(data, Path(path), source)
+        if sentences is not None:
+            fmt, rows, records = "conll", sentences, [record for _, record in sentences]
+        else:
+            rows = _parse(data, Path(path), source)
+            fmt, records = _normalise_all(rows, source)
         lines = [line for line, _ in rows]
     return _Loaded(source, fmt, records, lines, hashlib.sha256(data).hexdigest())
+
+
+def served_task(fmt: str) -> str:
+    """The task data of format ``fmt`` trains."""
+    if fmt == "classification":
+        return "seq-cls"
+    return "token-cls" if fmt in TOKEN_FORMATS else "causal-lm"
+
+
+def data_task(path: str | os.PathLike) -> str:
+    """The task a data file's format serves (reads and checks the whole file)."""
+    return served_task(_load(path).format)
 
 
 @contextlib.contextmanager
@@ -190,7 +225,7 @@ def _collector_paused():
 
 def _read_bytes(path: Path, source: str) -> bytes:
     if path.is_dir():
-        raise BadInputError("is a directory; give a data file (.jsonl, .json, .csv, .tsv or .parquet)", source)
+        raise BadInputError("is a directory; give a data file (.jsonl, .json, .csv, .tsv, .parquet or .conll)", source)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -421,11 +456,79 @@ def _parse_parquet(path: Path, source: str) -> list[tuple[int, Any]]:
 
 
 # --------------------------------------------------------------------------------------------------------
+# CoNLL
+
+
+def _conll_rows(data: bytes, path: Path, source: str) -> list[tuple[int, dict]] | None:
+    """The sentences of a CoNLL file as (first line, {tokens, tags}), or None when the file is not CoNLL:
+    a suffix of :data:`CONLL_SUFFIXES`, or any suffix but those of the other formats and a first line
+    that is a word and a tag."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".csv", ".tsv", ".parquet"):
+        return None
+    text = _decode(data, source)
+    if suffix not in CONLL_SUFFIXES and not _looks_like_conll(text):
+        return None
+    return _parse_conll(text, source)
+
+
+def _conll_fields(line: str) -> list[str]:
+    """A CoNLL line's columns: split at tabs where it has any (a word may then hold spaces), else at
+    spaces. The word is the first column, the tag the last (CoNLL-2003 has POS and chunk tags between)."""
+    return [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
+
+
+def _looks_like_conll(text: str) -> bool:
+    for line in text.split("\n"):
+        if line.strip() and not line.startswith("-DOCSTART-"):
+            fields = _conll_fields(line.strip("\r"))
+            return len(fields) >= 2 and bool(_TAG.fullmatch(fields[-1]))
+    return False
+
+
+def _parse_conll(text: str, source: str) -> list[tuple[int, dict]]:
+    """Sentences: a word and its tag per line, sentences parted by lines of nothing but whitespace,
+    ``-DOCSTART-`` lines skipped. Every line is checked: one line with no tag, or a tag outside the
+    IOB/IOBES schemes, is an error naming the line."""
+    rows: list[tuple[int, dict]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    start = 0
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                rows.append((start, {"tokens": tokens, "tags": tags}))
+                tokens, tags = [], []
+            continue
+        fields = _conll_fields(line)
+        if len(fields) < 2 or not fields[0] or not fields[-1]:
+            what = "no word" if fields and not fields[0] else "no tag"
+            raise BadInputError(f"{what} on this line ({line.strip()[:60]!r}): each line is a word and its tag "
+                                f"(WORD<TAB>TAG), and a blank line parts sentences", source, number)
+        if not _TAG.fullmatch(fields[-1]):
+            raise BadInputError(f"tag {fields[-1][:40]!r} is not an entity tag ({_TAG_HELP})", source, number)
+        if _SURROGATE.search(fields[0]):
+            raise BadInputError("the word holds an invalid Unicode character (a lone surrogate)", source, number)
+        if not tokens:
+            start = number
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    if tokens:
+        rows.append((start, {"tokens": tokens, "tags": tags}))
+    if not rows:
+        raise BadInputError("the file holds no sentence (only -DOCSTART- lines or blank ones)", source)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------
 # Formats
 
 
 def _detect(record: dict) -> str | None:
     """The format a record's keys suggest; the first record decides the file's format."""
+    if "tokens" in record:
+        return "tagged-tokens"
     if "messages" in record:
         return "chat"
     if "instruction" in record:
@@ -548,9 +651,37 @@ def _classification_problem(record: dict) -> dict:
     return {"text": _string(record, key), "label": label}
 
 
+def _normalise_tagged_tokens(record: dict) -> dict:
+    """{tokens, tags}; Hugging Face datasets call the tags ``ner_tags`` (as names here: their class ids
+    mean nothing without the dataset's label names)."""
+    key = "tags" if "tags" in record else "ner_tags"
+    if key not in record:
+        raise _Problem("missing field 'tags' (or 'ner_tags')", missing=True)
+    tokens, tags = record["tokens"], record[key]
+    if not isinstance(tokens, list) or not tokens:
+        raise _Problem(f"field 'tokens' must be a non-empty list of words, found {_kind(tokens) if tokens != [] else 'an empty list'}")
+    if not isinstance(tags, list):
+        raise _Problem(f"field {key!r} must be a list of tags, found {_kind(tags)}")
+    if len(tags) != len(tokens):
+        raise _Problem(f"field 'tokens' holds {len(tokens)} words but {key!r} holds {len(tags)} tags; give one tag "
+                       f"per word")
+    for index, (token, tag) in enumerate(zip(tokens, tags)):
+        if not isinstance(token, str) or not token.strip():
+            raise _Problem(f"tokens[{index}] must be a non-empty word, found "
+                           f"{_kind(token) if not isinstance(token, str) else repr(token)}")
+        _checked_string(token, f"tokens[{index}]")
+        if isinstance(tag, int) and not isinstance(tag, bool):
+            raise _Problem(f"{key}[{index}] is a class id ({tag}); give the tag names ({_TAG_HELP}), which "
+                           f"entity-level scoring needs")
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+            raise _Problem(f"{key}[{index}] is {_kind(tag) if not isinstance(tag, str) else repr(tag[:40])}, not an "
+                           f"entity tag ({_TAG_HELP})")
+    return {"tokens": tokens, "tags": tags}
+
+
 _NORMALISERS: dict[str, Callable[[dict], dict]] = {
     "text": _normalise_text, "prompt-completion": _normalise_prompt_completion, "alpaca": _normalise_alpaca,
-    "chat": _normalise_chat, "classification": _normalise_classification,
+    "chat": _normalise_chat, "classification": _normalise_classification, "tagged-tokens": _normalise_tagged_tokens,
 }
 
 
@@ -656,6 +787,8 @@ class _Encoded:
     columns: dict[str, list]
     truncated: int = 0
     dropped: int = 0
+    lost_words: int = 0  # token classification: words cut off at max_length (neither learned nor scored)
+    vanished: list[str] = dataclasses.field(default_factory=list)  # words the tokenizer turns into no token
 
     def __len__(self) -> int:
         return len(self.columns["input_ids"])
@@ -747,6 +880,70 @@ def _label_names(records: list[dict]) -> list[str]:
     return [str(label) for label in sorted({record["label"] for record in records})]
 
 
+def _tag_names(records: Sequence[dict]) -> list[str]:
+    """The tags of token-classification records: O first, then by entity type, B before I (E, S)."""
+    tags = {tag for record in records for tag in record["tags"]}
+    return sorted(tags, key=lambda tag: ("", "") if tag == "O" else (tag[2:], tag[0]))
+
+
+def _encode_tokens(rows: list[tuple[int, dict]], tokenizer, label2id: dict[str, int], *, max_length: int,
+                   source: str) -> _Encoded:
+    """input_ids, attention_mask, labels (each word's tag on its first sub-token, -100 on the rest and on
+    special tokens) and length. Sentences longer than ``max_length`` tokens are cut; the words cut off
+    are counted in ``lost_words``."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise BadInputError(f"token classification needs a fast tokenizer (one that maps tokens to words); "
+                            f"{type(tokenizer).__name__} is not", source="--model")
+    words = [record["tokens"] for _, record in rows]
+    batch = tokenizer(words, is_split_into_words=True, verbose=False)
+    long = [i for i, ids in enumerate(batch["input_ids"]) if len(ids) > max_length]
+    cut = tokenizer([words[i] for i in long], is_split_into_words=True, truncation=True, max_length=max_length,
+                    verbose=False) if long else None
+    where = {i: k for k, i in enumerate(long)}
+    out = _Encoded({"input_ids": [], "attention_mask": [], "labels": [], "length": []}, truncated=len(long))
+    for i, (_, record) in enumerate(rows):
+        encoding = cut if i in where else batch
+        k = where.get(i, i)
+        word_ids = encoding.word_ids(k)
+        labels, seen = [], set()
+        for word in word_ids:
+            if word is None or word in seen:
+                labels.append(IGNORE_INDEX)
+            else:
+                seen.add(word)
+                labels.append(label2id[record["tags"][word]])
+        # in a sentence cut short, the words after the last one with a token were cut off
+        end = max(seen, default=-1) + 1 if i in where else len(record["tokens"])
+        out.vanished += [record["tokens"][w] for w in range(end) if w not in seen]
+        out.lost_words += len(record["tokens"]) - end
+        if not seen:  # no word left a token (all cut, or all empty after tokenisation): nothing to learn
+            out.dropped += 1
+            continue
+        _append(out.columns, list(encoding["input_ids"][k]), labels)
+    return out
+
+
+def _check_entities(records: Sequence[dict], part: str, source: str, hint: str) -> None:
+    """Refuse a part of the data in which no word carries an entity tag: a training set so teaches a
+    model to tag everything O, and a validation or test set so scores every model an F1 of 0."""
+    words = sum(len(record["tags"]) for record in records)
+    if all(tag == "O" for record in records for tag in record["tags"]):
+        raise BadInputError(f"the {part} holds no entity: all {words} words of its {len(records)} sentences are "
+                            f"tagged O; {hint}", source)
+
+
+def _warn_untrained_tags(train: Sequence[dict], others: dict[str, Sequence[dict]]) -> None:
+    """Tags of the validation or test data that the training data lacks: the model cannot learn them,
+    and their entities count as missed."""
+    known = {tag for record in train for tag in record["tags"]}
+    for part, records in others.items():
+        missing = Counter(tag for record in records for tag in record["tags"] if tag not in known)
+        if missing:
+            listed = ", ".join(f"{tag} ({n})" for tag, n in missing.most_common())
+            logger.warning("the %s data has tags the training data lacks, which the model cannot learn: %s",
+                           part, listed)
+
+
 def _pack(encoded: _Encoded, block: int, tokenizer) -> _Encoded:
     """Concatenate examples (each ending in EOS) and cut into blocks of ``block`` tokens.
 
@@ -803,7 +1000,8 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
                  test_path: str | os.PathLike | None = None) -> PreparedData:
     """Read, check, tokenise and split a training file (and optional validation and test files).
 
-    ``task`` defaults to what the format serves (classification -> "seq-cls", the rest -> "causal-lm").
+    ``task`` defaults to what the format serves (classification -> "seq-cls", CoNLL and tagged tokens ->
+    "token-cls", the rest -> "causal-lm").
     Without ``validation_path``, a seeded random ``validation_fraction`` of the training records (at least
     1, at most 2000) is held out. With fewer than 2 records, or ``validation_fraction=0``, nothing is held
     out: ``validation`` is None and the caller must not evaluate (no eval steps, no early stopping).
@@ -812,30 +1010,49 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
     validation is never packed.
     ``test_path``: a file in the training file's format, encoded alike, scored once after training.
     The datasets have the columns input_ids, attention_mask, labels and length.
+
+    Token classification: the tags are those of all the files given (so that every gold tag has an id);
+    tags the training split lacks are warned about, and a training split, validation set or test file
+    without any entity is refused.
     """
     _check_options(task, validation_fraction, max_length, max_examples)
     train = _load(train_path)
     task = _task_for(train, task)
     if pack and task != "causal-lm":
-        raise BadInputError("packing applies to causal-LM data only; this is classification data", source="pack")
+        raise BadInputError(f"packing applies to causal-LM data only; this is {task} data", source="pack")
     rows = [(train.lines[i], train.records[i]) for i in _sample(len(train.records), max_examples, seed)]
     if validation_path is not None:
         validation = _load(validation_path)
-        if validation.format != train.format:
-            raise BadInputError(f"the validation file is {validation.format} but the training file is "
-                                f"{train.format}; both must hold one format", validation.source,
-                                validation.lines[0])
+        _check_same_format(validation, train, "validation")
         train_rows, val_rows, val_source = rows, list(zip(validation.lines, validation.records)), "file"
         val_file = validation.source
     else:
         train_rows, val_rows = _split(rows, validation_fraction, seed)
         val_source, val_file = ("split" if val_rows else "none"), train.source
+    test = _load(test_path) if test_path is not None else None
+    if test is not None:
+        _check_same_format(test, train, "test")
 
     label2id = None
     if task == "seq-cls":
         names = _label_names([record for _, record in train_rows])
         label2id = {name: index for index, name in enumerate(names)}
         encode = lambda part, source: _encode_classification(  # noqa: E731
+            part, tokenizer, label2id, max_length=max_length, source=source)
+    elif task == "token-cls":
+        train_records, val_records = [r for _, r in train_rows], [r for _, r in val_rows]
+        _check_entities(train_records, "training data" if val_source != "split" else "training split", train.source,
+                        "tag the entities (B- and I- tags) so there is something to learn")
+        if val_records:
+            _check_entities(val_records, "validation file" if val_source == "file" else "validation split", val_file,
+                            "entity F1 cannot be measured on it; give a --validation file with entities")
+        if test is not None:
+            _check_entities(test.records, "test file", test.source, "entity F1 cannot be measured on it")
+        others = {"validation": val_records, "test": test.records if test is not None else []}
+        _warn_untrained_tags(train_records, others)
+        names = _tag_names([*train_records, *others["validation"], *others["test"]])
+        label2id = {name: index for index, name in enumerate(names)}
+        encode = lambda part, source: _encode_tokens(  # noqa: E731
             part, tokenizer, label2id, max_length=max_length, source=source)
     else:
         encode = lambda part, source, limit=max_length: _encode_causal(  # noqa: E731
@@ -855,11 +1072,7 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
                                 val_file)
 
     test_enc = None
-    if test_path is not None:
-        test = _load(test_path)
-        if test.format != train.format:
-            raise BadInputError(f"the test file is {test.format} but the training file is {train.format}; both "
-                                f"must hold one format", test.source, test.lines[0])
+    if test is not None:
         test_enc = encode(list(zip(test.lines, test.records)), test.source)
         _warn_dropped(test_enc, len(test.records), "test", max_length)
         if not len(test_enc):
@@ -896,12 +1109,20 @@ def _check_options(task, validation_fraction, max_length, max_examples) -> None:
 
 
 def _task_for(loaded: _Loaded, task: str | None) -> str:
-    served = "seq-cls" if loaded.format == "classification" else "causal-lm"
+    served = served_task(loaded.format)
     if task is not None and task != served:
-        raise BadInputError(f"task {task} needs {'classification' if task == 'seq-cls' else 'causal-LM'} data, "
-                            f"but the detected format is {loaded.format} (for {served})", loaded.source,
-                            loaded.lines[0])
+        needs = {"seq-cls": "classification", "token-cls": "token-tagged (CoNLL)"}.get(task, "causal-LM")
+        raise BadInputError(f"task {task} needs {needs} data, but the detected format is {loaded.format} (for "
+                            f"{served})", loaded.source, loaded.lines[0])
     return served
+
+
+def _check_same_format(other: _Loaded, train: _Loaded, part: str) -> None:
+    """A validation or test file holds the training file's format (CoNLL and tagged-token records mix:
+    both are a list of words and their tags)."""
+    if other.format != train.format and not {other.format, train.format} <= set(TOKEN_FORMATS):
+        raise BadInputError(f"the {part} file is {other.format} but the training file is {train.format}; both "
+                            f"must hold one format", other.source, other.lines[0])
 
 
 def _sample(total: int, max_examples: int | None, seed: int) -> list[int] | range:
@@ -924,6 +1145,15 @@ def _warn_dropped(encoded: _Encoded, total: int, part: str, max_length: int) -> 
     if encoded.dropped:
         logger.warning("dropped %d of %d %s examples with nothing to learn (empty, or the prompt fills "
                        "max_length=%d)", encoded.dropped, total, part, max_length)
+    if encoded.lost_words:
+        logger.warning("%d words of the %s data are cut off at max_length=%d (in %d sentences): they are neither "
+                       "learned nor scored; raise --max-length to keep them", encoded.lost_words, part, max_length,
+                       encoded.truncated)
+    if encoded.vanished:
+        shown = ", ".join(ascii(word) for word in encoded.vanished[:3])
+        logger.warning("%d words of the %s data become no token at all in this tokenizer (%s%s): they are neither "
+                       "learned nor scored", len(encoded.vanished), part, shown,
+                       ", ..." if len(encoded.vanished) > 3 else "")
 
 
 def _dataset(encoded: _Encoded) -> "datasets.Dataset":
@@ -952,7 +1182,7 @@ class _Collator:
                  for feature, x in zip(features, ids)]
         batch = {"input_ids": torch.tensor([_pad(x, width, self.pad_id) for x in ids], dtype=torch.long),
                  "attention_mask": torch.tensor([_pad(m, width, 0) for m in masks], dtype=torch.long)}
-        if self.task == "causal-lm":
+        if self.task in ("causal-lm", "token-cls"):
             labels = [_pad(_as_list(feature["labels"]), width, IGNORE_INDEX) for feature in features]
         else:
             labels = [int(feature["labels"]) for feature in features]
@@ -972,7 +1202,8 @@ def make_collator(task: str, tokenizer) -> Callable[[Sequence[dict]], dict]:
     """A collate function for a torch DataLoader or transformers Trainer (``data_collator=``).
 
     Pads input_ids with the pad token (EOS when the tokenizer has none: causal LMs often lack one),
-    attention_mask with 0 and causal-LM labels with -100, on the right; drops ``length``.
+    attention_mask with 0 and causal-LM and token-classification labels with -100, on the right; drops
+    ``length``.
     """
     if task not in TASKS:
         raise BadInputError(f"task must be one of {', '.join(TASKS)}, got {task!r}", source="task")
@@ -1020,7 +1251,7 @@ def sample_prompts(path_or_records: str | os.PathLike | Sequence[dict], n: int =
 
     Chat records give their messages before the last assistant turn (a list of {role, content}); alpaca and
     prompt-completion records give the user's text; text records give their first ~20 words.
-    Classification data gives []. With ``tokenizer``, every prompt is instead rendered as a string exactly
+    Classification and token-classification data give []. With ``tokenizer``, every prompt is instead rendered as a string exactly
     as in training (chat template or plain headers), ready to feed to ``generate``.
     """
     if isinstance(path_or_records, (str, os.PathLike)):
@@ -1035,7 +1266,7 @@ def sample_prompts(path_or_records: str | os.PathLike | Sequence[dict], n: int =
                 raise BadInputError(f"expected each record to be a dict, found {_kind(record)}", "records", line)
         fmt, records = _normalise_all(raw, "records")
         rows = [(line, record) for (line, _), record in zip(raw, records)]
-    if fmt == "classification":
+    if fmt == "classification" or fmt in TOKEN_FORMATS:
         return []
     source = str(path_or_records) if isinstance(path_or_records, (str, os.PathLike)) else "records"
     use_template = tokenizer is not None and _uses_template(fmt, tokenizer)

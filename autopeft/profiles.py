@@ -462,16 +462,18 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
     from .methods.registry import get_methods
 
     task = run.task
-    metric, higher = ("accuracy", True) if task == "seq-cls" else ("eval_loss", False)
+    # classification by its accuracy, token classification by its entity F1, causal LM by its loss
+    metric, higher = {"seq-cls": ("accuracy", True), "token-cls": ("f1", True)}.get(task, ("eval_loss", False))
     if run.options.get("test"):  # scored on a test file: the validation set guided the run
-        metric, higher = ("test_accuracy", True) if task == "seq-cls" else ("test_loss", False)
+        metric = f"test_{metric.removeprefix('eval_')}"
     task_metric = task_metric_of(run)
     if task_metric is not None:  # the first --metric asked for scores the run
         metric, higher = task_metric
     data = run.data or {}
     fingerprint = data.get("fingerprint") or "unknown"
     method = get_methods().get(run.method)
-    curve = [CurvePoint(step=p.step, train_loss=p.loss, eval_loss=p.eval_loss, eval_score=p.eval_accuracy)
+    curve = [CurvePoint(step=p.step, train_loss=p.loss, eval_loss=p.eval_loss,
+                        eval_score=p.eval_f1 if task == "token-cls" else p.eval_accuracy)
              for p in run.history if p.loss is not None or p.eval_loss is not None]
     return ProfileRecord(
         benchmark=benchmark or (f"local/{run.model}/{fingerprint[:12]}/bs{run.batch_size}-steps{run.steps}"

@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from .tasks import CLASSIFICATION_TASKS
+
 Quantization = Literal["4bit", "8bit"]
 QUANTIZATIONS: tuple[str, ...] = ("4bit", "8bit")
 
@@ -90,7 +92,7 @@ def modules_to_keep(net, task: str) -> list[str]:
     from transformers.quantizers.base import get_keys_to_not_convert
 
     kept = {key.removesuffix(".bias") for key in get_keys_to_not_convert(net)}
-    if task == "seq-cls":
+    if task in CLASSIFICATION_TASKS:  # PEFT's SEQ_CLS and TOKEN_CLS train the same heads in full
         kept |= set(SEQ_CLS_HEADS)
     return sorted(kept)
 

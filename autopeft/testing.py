@@ -124,8 +124,8 @@ def _check_on(method: Method, settings, task: str, arch: str, label: str) -> str
         step = batches[0]
     else:
         ids = torch.randint(3, 256, (2, 16))
-        step = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                "labels": ids if task == "causal-lm" else torch.tensor([0, 1])}
+        labels = {"causal-lm": ids, "token-cls": ids % 2}.get(task, torch.tensor([0, 1]))
+        step = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     model.train()
     loss = model(**step).loss
     assert loss is not None and torch.isfinite(loss), f"{label}: the training loss is {loss}"

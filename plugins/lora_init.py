@@ -30,15 +30,17 @@ def target_layers(model) -> list[tuple[int, int, int]]:
 
 
 def logits_bytes(model, batch_size: int, seq_len: int) -> int:
-    """Bytes of one forward pass's float32 logits over the vocabulary (causal LM) or the labels."""
-    causal = _is_causal(model)
+    """Bytes of one forward pass's float32 logits over the vocabulary (causal LM) or the labels (of each
+    sequence, or of each token in token classification)."""
+    task = _task_type(model)
+    causal = task.endswith("CAUSAL_LM")
     width = getattr(model.config, "vocab_size", 2) if causal else getattr(model.config, "num_labels", 2)
-    return 4 * batch_size * (seq_len if causal else 1) * width
+    per_token = causal or task.endswith("TOKEN_CLS")
+    return 4 * batch_size * (seq_len if per_token else 1) * width
 
 
-def _is_causal(model) -> bool:
-    task = getattr(getattr(model, "peft_config", {}).get("default"), "task_type", None)
-    return str(task).endswith("CAUSAL_LM")
+def _task_type(model) -> str:
+    return str(getattr(getattr(model, "peft_config", {}).get("default"), "task_type", None))
 
 
 def with_default_targets(model, config):

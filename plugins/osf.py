@@ -27,8 +27,12 @@ class OSF(PeftMethod):
     Settings = OsfSettings
 
     def build(self, model, settings, task):
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_OSF_TARGET_MODULES_MAPPING as DEFAULTS
+
         config = self.peft_config(settings, task)
         config.rank_pattern = frozen_ranks(model, settings.r)
+        if config.target_modules is None and model.config.model_type not in DEFAULTS:
+            config.target_modules = "all-linear"  # what PEFT falls back to, said here so the head stays out of it
         return self.build_from_peft_config(model, config)
 
     def peft_config(self, settings, task):

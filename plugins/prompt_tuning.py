@@ -11,6 +11,9 @@ class PromptTuning(PeftMethod):
     family = "prompt"
     description = "Learned virtual-token embeddings prepended to every input; the model itself is untouched."
     peft_type = "PROMPT_TUNING"
+    # PEFT prepends the virtual tokens to a token classifier's input too, so its tags no longer line up
+    # with the words (a shape error in the loss): not for token classification
+    tasks = ("causal-lm", "seq-cls")
     layer_types = ("embedding",)
     capabilities = Capabilities(merge=False, quantized=True, multi_adapter=True, lora_convertible=False)
     search_space = SearchSpace(learning_rate=(1e-3, 1e-2, 3e-2), settings={"num_virtual_tokens": (20, 50)})

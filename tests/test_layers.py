@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "autopeft"
 
 #: lowest first; a module may import from its own layer (without a circle) and from those below
 LAYERS = [
-    ("errors", "logs", "sizes", "version", "hookspecs", "processes", "locks", "dtypes", "lifeline"),
+    ("errors", "logs", "sizes", "version", "hookspecs", "processes", "locks", "dtypes", "lifeline", "tasks"),
     ("methods",),
     ("data", "models", "devices", "profiles", "costmodel", "estimates", "sharding", "quantization"),
     ("training",),

@@ -33,7 +33,7 @@ def _model_dir(task, tiny_llama_dir, tiny_bert_dir):
 
 
 @pytest.mark.slow  # one real training step per method and task, and its capability probes: minutes for 61 methods
-@pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
+@pytest.mark.parametrize("task", autopeft.TASKS)
 @pytest.mark.parametrize("name", METHODS)
 def test_method_builds_trains_and_matches_its_meta_estimate(name, task):
     """The public conformance checks (autopeft.testing), which a plugin author runs on their own method."""
@@ -61,6 +61,29 @@ def test_validation_loss_is_the_task_loss_alone(name):
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
     assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits, labels).item(), rel=1e-5)
+
+
+TOKEN_CLS_METHODS = [m for m in METHODS if "token-cls" in autopeft.get_method(m).tasks]
+
+
+@pytest.mark.parametrize("name", TOKEN_CLS_METHODS)
+def test_a_taggers_validation_loss_is_the_task_loss_alone(name):
+    """As for classification: the loss over the tagged tokens (-100 elsewhere), nothing added."""
+    from autopeft.testing import tiny_model
+
+    method = autopeft.get_method(name)
+    try:
+        model = build_with_sample_data(method, tiny_model("token-cls", "bert"), method.settings(method.probe_settings),
+                                       "token-cls")
+    except (ValueError, autopeft.BadInputError):
+        pytest.skip(f"{name} refuses the tiny model")
+    ids = torch.randint(3, 256, (4, 16))
+    labels = torch.randint(0, 2, (4, 16)).masked_fill(torch.rand(4, 16) < 0.3, -100)
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    expected = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 PEFT_METHODS = [m for m in METHODS if isinstance(autopeft.get_method(m), autopeft.PeftMethod)]
@@ -164,7 +187,8 @@ def _estimate_every_block(monkeypatch, *args, **kwargs):
         return autopeft.estimate(*args, **kwargs)
 
 
-@pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
+# token classification traces as sequence classification does on the same BERT, but for its labels' shape
+@pytest.mark.parametrize("task", ["causal-lm", "seq-cls", pytest.param("token-cls", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", METHODS)
 def test_a_deep_models_trace_that_skips_repeated_blocks_estimates_as_if_it_ran_them_all(name, task, monkeypatch):
     from transformers import BertConfig, LlamaConfig

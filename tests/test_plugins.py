@@ -101,7 +101,7 @@ def test_every_builtin_method_is_registered_through_the_entry_point_group():
 def test_every_method_describes_itself_completely():
     for info in autopeft.list_methods():
         assert info.description and info.family
-        assert set(info.tasks) <= {"causal-lm", "seq-cls"} and info.tasks
+        assert set(info.tasks) <= set(autopeft.TASKS) and info.tasks
         assert info.search_space.learning_rate, f"{info.name} has no learning rates to search"
         assert all(0 < lr < 1 for lr in info.search_space.learning_rate)
         for task, rates in info.search_space.task_learning_rate.items():

@@ -129,10 +129,10 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     :param options: training options shared by every run (any field of ``TrainOptions``).
     :param timeout: seconds after which one run is stopped and recorded as failed.
     """
-    from ..data import read_records
+    from ..data import data_task
 
     out = Path(output_dir).expanduser()
-    task = options.get("task") or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
+    task = options.get("task") or data_task(data)
     if options.get("metrics"):  # every run is then scored by the first metric: check them once, up front
         from ..training.generation import check_request
 

@@ -33,8 +33,10 @@ from pydantic import BaseModel, Field
 
 from ..profiles import CurvePoint, ProfileRecord, end_loss
 
-#: the kinds of task whose learning-rate offsets get a weight of their own
+#: the kinds of task whose learning-rate offsets get a weight of their own; token classification is of
+#: the kind of sequence classification (a fresh head over an encoder, the same learning rates)
 TASK_KINDS = ("causal-lm", "seq-cls")
+_KIND_OF = {"token-cls": "seq-cls"}
 PILOT_FEATURES = ("loss_gap", "loss_rank", *(f"lr_offset[{kind}]" for kind in TASK_KINDS),
                   *(f"lr_above_middle[{kind}]" for kind in TASK_KINDS))
 STATIC_FEATURES = ("log_trainable_fraction", "prior")
@@ -48,8 +50,8 @@ class Candidate(BaseModel):
 
     name: str = Field(description="unique among the candidates, e.g. 'lora lr=2e-4'")
     method: str
-    task: str | None = Field(default=None, description="causal-lm or seq-cls; what a larger learning rate's "
-                                                       "early lead predicts is learned per kind of task")
+    task: str | None = Field(default=None, description="causal-lm, seq-cls or token-cls; what a larger learning "
+                                                       "rate's early lead predicts is learned per kind of task")
     family: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     learning_rate: float | None = None
@@ -213,7 +215,7 @@ def _features(candidates: Sequence[Candidate], priors: dict[str, float], names: 
         columns["loss_rank"] = _percentile(-last)
         offsets = _learning_rate_offsets(candidates)
         for kind in TASK_KINDS:
-            of_kind = np.array([c.task == kind for c in candidates])
+            of_kind = np.array([_KIND_OF.get(c.task, c.task) == kind for c in candidates])
             columns[f"lr_offset[{kind}]"] = np.where(of_kind, offsets, 0.0)
             # a second slope above the middle of the method's rates: "larger is better, up to a point"
             columns[f"lr_above_middle[{kind}]"] = np.where(of_kind, np.maximum(offsets, 0.0), 0.0)

@@ -150,9 +150,9 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         constraints = _quantized_only(constraints, quantize, local=pilot or not device.planned)
 
     if model is None:
-        from ..data import read_records
+        from ..data import data_task
 
-        task = task or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
+        task = task or data_task(data)
         model = DEFAULT_MODEL[task]
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     # choosing starts here: loading the model (converting the embedded GGUF, the first time on a

@@ -16,13 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import BadInputError
+from ..tasks import CLASSIFICATION_TASKS, PEFT_TASK_TYPES, TASKS, Task  # noqa: F401  (plugins import them from here)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-Task = Literal["causal-lm", "seq-cls"]
-TASKS: tuple[str, ...] = ("causal-lm", "seq-cls")
-PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq-cls": "SEQ_CLS"}
 
 
 class Capabilities(BaseModel):
@@ -45,17 +42,20 @@ class SearchSpace(BaseModel):
     settings: dict[str, tuple[Any, ...]] = Field(default_factory=dict)
     #: learning rates for one task where they differ, e.g. ``{"seq-cls": (...)}``: a freshly initialised
     #: classification head over a small encoder, trained for a few hundred steps, wants larger ones
+    #: (token classification takes the ``seq-cls`` rates unless it has its own: the same kind of head)
     task_learning_rate: dict[str, tuple[float, ...]] = Field(default_factory=dict)
 
     def learning_rates(self, task: str) -> tuple[float, ...]:
         """The learning rates to try for ``task``."""
+        if task == "token-cls" and task not in self.task_learning_rate:
+            task = "seq-cls"
         return self.task_learning_rate.get(task, self.learning_rate)
 
     def default_learning_rate(self, task: str) -> float:
         """The middle of the task's range; its top for classification, where a freshly initialised
         head on a small encoder wants a larger step."""
         rates = sorted(self.learning_rates(task))
-        return rates[-1] if task == "seq-cls" else rates[len(rates) // 2]
+        return rates[-1] if task in CLASSIFICATION_TASKS else rates[len(rates) // 2]
 
     def learning_rate_grid(self, task: str, n: int) -> list[float]:
         """``n`` learning rates of the task's range: the default first, then the nearest to it."""
@@ -264,6 +264,7 @@ class PeftMethod(Method):
         """Wrap ``model`` with an already-made PEFT config (used for ``--peft-config FILE``)."""
         from peft import get_peft_model
 
+        peft_config = without_head_targets(model, peft_config)
         if not _on_meta(model):
             return get_peft_model(model, peft_config)
         with _no_weight_decompositions():
@@ -277,6 +278,27 @@ def build_method(method: Method, model, settings: MethodSettings, task: str, bat
     if method.data_batches > 0:
         return method.build(model, settings, task, batches=batches)
     return method.build(model, settings, task)
+
+
+#: the module names of the classification heads PEFT trains in full for SEQ_CLS and TOKEN_CLS
+CLASSIFIER_HEADS = ("classifier", "score")
+
+
+def without_head_targets(model, peft_config):
+    """``peft_config`` with ``target_modules="all-linear"`` spelt out as every linear layer but the
+    classification head, for token classification. PEFT leaves the head out of "all-linear" for SEQ_CLS
+    only; for TOKEN_CLS it wraps the head and then refuses to train it in full (modules_to_save)."""
+    import dataclasses
+
+    import torch
+
+    targets = getattr(peft_config, "target_modules", None)
+    if str(getattr(peft_config, "task_type", "")).split(".")[-1] != "TOKEN_CLS" or not (
+            isinstance(targets, str) and targets.lower() == "all-linear"):
+        return peft_config
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and name.split(".")[-1] not in CLASSIFIER_HEADS]
+    return dataclasses.replace(peft_config, target_modules=names)
 
 
 def on_meta_device(model) -> bool:

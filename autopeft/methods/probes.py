@@ -39,7 +39,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 #: which tiny models each task is checked on
-TASK_MODELS = {"causal-lm": ("llama",), "seq-cls": ("bert", "llama")}
+TASK_MODELS = {"causal-lm": ("llama",), "seq-cls": ("bert", "llama"), "token-cls": ("bert", "llama")}
 #: the tokens every prompt of :func:`sample_batches` ends with (no random token is below 3)
 ANSWER_HEADER = (2, 1, 2)
 #: the capability flags of :class:`autopeft.Capabilities`, in the order ``autopeft methods`` shows them
@@ -50,19 +50,23 @@ LAYER_TYPES = ("linear", "embedding", "conv1d", "conv2d", "gpt2-conv1d", "layern
 def tiny_model(task: str, arch: str | None = None, seed: int = 0):
     """A tiny random-weight model for ``task`` (``arch``: a key of TINY_CONFIGS)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    import transformers
+    from transformers import AutoConfig
+
+    from ..tasks import AUTO_CLASSES
 
     torch.manual_seed(seed)
     values = dict(TINY_CONFIGS[arch or TASK_MODELS[task][0]])
     config = AutoConfig.for_model(values.pop("model_type"), **values, num_labels=2)
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
-    return auto.from_config(config)
+    return getattr(transformers, AUTO_CLASSES[task]).from_config(config)
 
 
 def sample_batches(task: str, n: int = 1, *, batch_size: int = 4, seq_len: int = 24, seed: int = 0) -> list[dict]:
     """``n`` training batches for the tiny models, as the training collator makes them: random token
     ids (3 to 255) whose first third is a prompt ending in :data:`ANSWER_HEADER` (its labels -100 for a
-    causal LM), the last row padded by two tokens on the right; classification labels alternate 0, 1."""
+    causal LM), the last row padded by two tokens on the right; classification labels alternate 0, 1
+    (per row, or per word for token classification, where every third token is a word's second
+    sub-token and padding, both labelled -100)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -77,6 +81,10 @@ def sample_batches(task: str, n: int = 1, *, batch_size: int = 4, seq_len: int =
         if task == "causal-lm":
             labels = ids.masked_fill(mask == 0, -100)
             labels[:, :prompt] = -100
+        elif task == "token-cls":
+            labels = (torch.arange(seq_len) % 2).repeat(batch_size, 1)
+            labels[:, 2::3] = -100
+            labels = labels.masked_fill(mask == 0, -100)
         else:
             labels = torch.arange(batch_size) % 2
         batches.append({"input_ids": ids, "attention_mask": mask, "labels": labels})

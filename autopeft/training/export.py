@@ -25,13 +25,12 @@ from pydantic import BaseModel
 
 from ..errors import AutopeftError, BadInputError, first_line
 from ..methods.base import DATA_DEPENDENT_LORA_INITS
+from ..tasks import AUTO_CLASSES, CLASSIFICATION_TASKS, PIPELINE_TAGS, TASKS
 from .outputs import RECORD_FILE
 
 log = logging.getLogger("autopeft")
 
 ADAPTER_CONFIG = "adapter_config.json"
-TASKS = ("causal-lm", "seq-cls")
-_AUTO_CLASS = {"causal-lm": "AutoModelForCausalLM", "seq-cls": "AutoModelForSequenceClassification"}
 _PROBE_SEED = 1234
 _PROBE_SHAPE = (2, 16)  # rows x tokens
 
@@ -69,7 +68,7 @@ def merge(run_dir, output_dir, *, allow_pickle: bool = False, trust_remote_code:
     _check_exportable(
         run, record, "merge", allow_pickle,
         full_model=f"the run holds no adapter: it is already a full model; load it with "
-                   f"transformers.{_AUTO_CLASS[record['task']]}.from_pretrained({str(run)!r})",
+                   f"transformers.{AUTO_CLASSES[record['task']]}.from_pretrained({str(run)!r})",
         incapable="cannot be merged into the base weights (its adapter is not a weight update); "
                   "use the adapter as it is")
 
@@ -97,7 +96,7 @@ def merge(run_dir, output_dir, *, allow_pickle: bool = False, trust_remote_code:
         (staging / "README.md").write_text(_merged_card(record, out), encoding="utf-8")
         import transformers
 
-        auto = getattr(transformers, _AUTO_CLASS[record["task"]])
+        auto = getattr(transformers, AUTO_CLASSES[record["task"]])
         reloaded = auto.from_pretrained(str(staging), dtype=torch.float32, use_safetensors=True,
                                         trust_remote_code=trust_remote_code)
         return _compare(expected, _logits(reloaded, probe))
@@ -247,7 +246,7 @@ def _run_tokenizer(run: Path, record: dict, trust_remote_code: bool):
 
 def _label2id(record: dict) -> dict[str, int] | None:
     labels = (record.get("data") or {}).get("labels")
-    if record["task"] != "seq-cls" or not labels:
+    if record["task"] not in CLASSIFICATION_TASKS or not labels:
         return None
     return {str(name): i for i, name in enumerate(labels)}
 
@@ -375,8 +374,8 @@ def _files(out: Path) -> list[str]:
 
 
 def _merged_card(record: dict, out: Path) -> str:
-    auto = _AUTO_CLASS[record["task"]]
-    tag = "text-generation" if record["task"] == "causal-lm" else "text-classification"
+    auto = AUTO_CLASSES[record["task"]]
+    tag = PIPELINE_TAGS[record["task"]]
     return "\n".join([
         "---", "library_name: transformers", "tags:", "- autopeft", f"- {record['method']}", "- merged",
         f"pipeline_tag: {tag}", "---", "",

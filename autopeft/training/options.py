@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..tasks import Task
+
 
 class TrainOptions(BaseModel):
     """Everything that decides a training run. Stored in the output dir so ``--resume`` repeats it."""
@@ -22,7 +24,7 @@ class TrainOptions(BaseModel):
     validation: str | None = None
     test: str | None = Field(default=None, description="a labelled file scored once after training; never used to "
                                                        "stop early or to choose a checkpoint")
-    task: Literal["causal-lm", "seq-cls"] | None = None
+    task: Task | None = None
     epochs: float = Field(default=3.0, gt=0)
     max_steps: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=8, ge=1)
@@ -35,7 +37,8 @@ class TrainOptions(BaseModel):
                                                      "(QLoRA-style; CUDA and bitsandbytes; methods that support it)")
     eval_steps: int | None = Field(default=None, ge=1, description="default: about 5 evaluations per run")
     save_steps: int | None = Field(default=None, ge=1, description="default: at every evaluation")
-    early_stopping_patience: int = Field(default=3, ge=0, description="evaluations without improvement; 0: off")
+    early_stopping_patience: int = Field(default=3, ge=0, description="evaluations without improvement (token "
+                                         "classification: neither a higher F1 nor a lower loss); 0: off")
     train_on_inputs: bool = False
     pack: bool = False
     group_by_length: bool = True

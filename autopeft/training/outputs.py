@@ -48,6 +48,7 @@ class HistoryPoint(BaseModel):
     loss: float | None = None
     eval_loss: float | None = None
     eval_accuracy: float | None = None
+    eval_f1: float | None = Field(default=None, description="token classification: the validation entity F1")
     learning_rate: float | None = None
 
 
@@ -491,16 +492,20 @@ def _task_metric_note(r: RunRecord) -> str:
 
 
 def _model_card(r: RunRecord) -> str:
+    from ..tasks import AUTO_CLASSES, CLASSIFICATION_TASKS, PIPELINE_TAGS
+
     peft = (Path(r.output_dir) / "adapter_config.json").exists()
-    load = (f"from peft import AutoPeftModelFor{'CausalLM' if r.task == 'causal-lm' else 'SequenceClassification'}\n"
-            f"model = AutoPeftModelFor{'CausalLM' if r.task == 'causal-lm' else 'SequenceClassification'}"
-            f".from_pretrained(\"{r.output_dir}\")" if peft else
-            f"from transformers import AutoModelFor{'CausalLM' if r.task == 'causal-lm' else 'SequenceClassification'}\n"
-            f"model = AutoModelFor{'CausalLM' if r.task == 'causal-lm' else 'SequenceClassification'}"
-            f".from_pretrained(\"{r.output_dir}\")")
+    auto = AUTO_CLASSES.get(r.task, "AutoModelForCausalLM")
+    if peft:
+        auto = auto.replace("AutoModel", "AutoPeftModel")
+    labels = r.data.get("labels") if r.task in CLASSIFICATION_TASKS and peft else None
+    # the base checkpoint has no head: the labels size the one the adapter fills (and name its outputs)
+    head = f", id2label={dict(enumerate(labels))!r}" if labels else ""
+    load = (f"from {'peft' if peft else 'transformers'} import {auto}\n"
+            f"model = {auto}.from_pretrained(\"{r.output_dir}\"{head})")
     return "\n".join([
         "---", f"library_name: {'peft' if peft else 'transformers'}", "tags:", "- autopeft", f"- {r.method}",
-        f"pipeline_tag: {'text-generation' if r.task == 'causal-lm' else 'text-classification'}", "---", "",
+        f"pipeline_tag: {PIPELINE_TAGS.get(r.task, 'text-generation')}", "---", "",
         f"# {r.method} fine-tune of {r.model}", "",
         f"Trained with autopeft {r.versions.get('autopeft', '')} using **{r.method}** "
         f"({r.trainable_params:,} trainable parameters) on `{Path(r.data.get('path', '')).name}` "

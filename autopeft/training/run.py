@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..errors import BadInputError, MethodUnavailableError, PluginError, first_line
+from ..tasks import CLASSIFICATION_TASKS, SELECTION_METRICS
 from .options import TrainOptions, total_steps
 from .outputs import CHECKPOINTS, OPTIONS_FILE, RECOMMENDATION_FILE, RECORD_FILE, PilotResult, RunRecord
 
@@ -182,10 +183,9 @@ class Run:
         model = opts.model
         if model is None:
             # the default model follows the task, which the data decides when the user did not
-            from ..data import read_records
+            from ..data import data_task
 
-            task = opts.task or ("seq-cls" if read_records(opts.data)[0] == "classification" else "causal-lm")
-            model = DEFAULT_MODEL[task]
+            model = DEFAULT_MODEL[opts.task or data_task(opts.data)]
         self.model_name = model
         self.tokenizer = load_tokenizer(model, trust_remote_code=opts.trust_remote_code)
         self.data = opts.prepare(self.tokenizer, test=not opts.pilot_steps)
@@ -193,7 +193,7 @@ class Run:
         if self.task not in self.method.tasks:
             raise BadInputError(f"method {self.method.name} does not support {self.task} "
                                 f"(the data is {self.data.info.format}); it supports {', '.join(self.method.tasks)}")
-        if model in EMBEDDED and EMBEDDED[model].task != self.task and EMBEDDED[model].task == "seq-cls":
+        if model in EMBEDDED and self.task not in EMBEDDED[model].tasks and EMBEDDED[model].task == "seq-cls":
             raise BadInputError(f"{model} is a classification encoder and the data is {self.data.info.format}",
                                 source="--model")
 
@@ -245,7 +245,7 @@ class Run:
         if not isinstance(net, torch.nn.Module):
             raise PluginError(f"method {self.method.name} (plugin {self.method.source}) built a "
                               f"{type(net).__name__}, not a torch module")
-        if self.task == "seq-cls":
+        if self.task in CLASSIFICATION_TASKS:
             _train_head(net)
         self.initial_adapter = (None if opts.pilot_steps or not self.main else
                                 _save_initial_adapter(net, self.out / CHECKPOINTS / "initial-adapter"))
@@ -294,6 +294,9 @@ class Run:
         if early and save_steps % eval_steps:
             save_steps = eval_steps * max(1, round(save_steps / eval_steps))  # best model needs saved evals
         self.learning_rate = opts.learning_rate or self.method.search_space.default_learning_rate(self.task)
+        # the checkpoint kept and the stop decided by the task's metric where it has one, else the loss
+        selection = SELECTION_METRICS.get(self.task)
+        best_metric, greater = (f"eval_{selection[0]}", selection[1]) if selection else ("eval_loss", False)
         args = TrainingArguments(
             output_dir=str(self.out / CHECKPOINTS),
             per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=opts.batch_size,
@@ -303,8 +306,8 @@ class Run:
             warmup_steps=opts.warmup_ratio, lr_scheduler_type="linear",
             eval_strategy="steps" if has_eval else "no", eval_steps=eval_steps, eval_on_start=has_eval,
             save_strategy="no" if pilot else "steps", save_steps=save_steps, save_total_limit=2,
-            load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
-            greater_is_better=False if early else None,
+            load_best_model_at_end=early, metric_for_best_model=best_metric if early else None,
+            greater_is_better=greater if early else None,
             logging_strategy="steps", logging_steps=1 if pilot else max(1, self.total_steps // 50),
             report_to=self.tracking.names if self.tracking else "none", run_name=self.out.name, disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
             bf16=self.precision == "bf16", fp16=self.precision == "fp16", use_cpu=self.device == "cpu",
@@ -316,7 +319,10 @@ class Run:
             ddp_find_unused_parameters=False,
         )
         optimizer = _method_optimizer(self.method, self.net, self.settings, self.learning_rate, opts.weight_decay)
-        callbacks = [EarlyStoppingCallback(opts.early_stopping_patience)] if early else []
+        callbacks = []
+        if early:
+            callbacks.append(_stop_when_stalled(opts.early_stopping_patience) if selection else
+                             EarlyStoppingCallback(opts.early_stopping_patience))
         callbacks += self.method.training_callbacks(self.net, self.settings)
         if self.progress:
             callbacks.append(ProgressCallback(after_seconds=self.scoring.expected_seconds() if self.scoring else 0.0))
@@ -324,11 +330,17 @@ class Run:
             callbacks.append(_stop_after(opts.pilot_steps))
         if opts.max_seconds:
             callbacks.append(_stop_at_deadline(self.started + opts.max_seconds))
+        compute_metrics, preprocess_logits = classification_metrics if self.task == "seq-cls" else None, None
+        if self.task == "token-cls":
+            from .evaluation import predicted_ids, token_classification_metrics
+
+            compute_metrics = token_classification_metrics(list(self.data.label2id))
+            preprocess_logits = predicted_ids  # keep one id per token, not every label's logit, across the set
         trainer = Trainer(
             model=self.net, args=args, train_dataset=self.data.train,
             eval_dataset=self.data.validation if has_eval else None, data_collator=make_collator(self.task, self.tokenizer),
             processing_class=self.tokenizer, callbacks=callbacks, optimizers=(optimizer, None),
-            compute_metrics=classification_metrics if self.task == "seq-cls" else None)
+            compute_metrics=compute_metrics, preprocess_logits_for_metrics=preprocess_logits)
         for default in (PrinterCallback, HFProgress):
             trainer.remove_callback(default)
         if self.tracking is not None:
@@ -502,6 +514,34 @@ def _stop_at_deadline(deadline: float):
             return control
 
     return StopAtDeadline()
+
+
+def _stop_when_stalled(patience: int):
+    """Early stopping for a task whose checkpoint is chosen by a metric of its own (token classification:
+    the entity F1): training stops after ``patience`` evaluations in which neither that metric rose nor
+    the validation loss fell. On the metric alone runs would stop too soon: a tagger's entity F1 sits
+    at 0 while it first learns that most words are O (its loss falling fast), after a barely trained
+    model has found an entity or two by chance."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class StopWhenStalled(TrainerCallback):
+        best_loss, best_score, stalled = math.inf, None, 0
+
+        def on_evaluate(self, args, state, control, metrics, **kwargs):
+            loss, score = metrics.get("eval_loss"), metrics.get(args.metric_for_best_model)
+            improved = loss is not None and loss < self.best_loss
+            if score is not None and (self.best_score is None or (score > self.best_score if args.greater_is_better
+                                                                  else score < self.best_score)):
+                improved, self.best_score = True, score
+            self.best_loss = min(self.best_loss, loss if loss is not None else math.inf)
+            self.stalled = 0 if improved else self.stalled + 1
+            if self.stalled >= patience:
+                control.should_training_stop = True
+            return control
+
+    return StopWhenStalled()
 
 
 def _stop_after(steps: int):
@@ -697,12 +737,15 @@ def _evaluation_of_current_weights(trainer) -> dict | None:
 
 def _named_scores(scores: dict, prefix: str, task: str) -> dict[str, float | None]:
     """What an evaluation (its metrics under ``prefix``, as the Trainer names them) reports: the loss,
-    and perplexity (causal LM) or accuracy and macro-F1 (classification)."""
-    from .evaluation import perplexity
+    and perplexity (causal LM), accuracy and macro-F1 (classification), or entity-level F1, precision
+    and recall and the token accuracy (token classification)."""
+    from .evaluation import TOKEN_CLASSIFICATION_METRICS, perplexity
 
     loss = scores.get(f"{prefix}_loss")
     if task == "causal-lm":
         return {"loss": loss, "perplexity": perplexity(loss)}
+    if task == "token-cls":
+        return {"loss": loss, **{name: scores.get(f"{prefix}_{name}") for name in TOKEN_CLASSIFICATION_METRICS}}
     return {"loss": loss, "accuracy": scores.get(f"{prefix}_accuracy"), "macro_f1": scores.get(f"{prefix}_macro_f1")}
 
 
@@ -720,7 +763,7 @@ def _history(log_history: list[dict]):
         if step is None or "train_loss" in entry:
             continue
         point = points.setdefault(step, {"step": step})
-        for key in ("epoch", "loss", "eval_loss", "eval_accuracy", "learning_rate"):
+        for key in ("epoch", "loss", "eval_loss", "eval_accuracy", "eval_f1", "learning_rate"):
             if key in entry:
                 point[key] = entry[key]
     return [HistoryPoint(**p) for p in sorted(points.values(), key=lambda p: p["step"])]

@@ -12,7 +12,7 @@ HEAD_NAMES = ("classifier", "score")
 
 
 class BitFitSettings(MethodSettings):
-    train_head: bool = Field(default=True, description="also train the classification head (seq-cls)")
+    train_head: bool = Field(default=True, description="also train the classification head (seq-cls, token-cls)")
 
 
 class BitFit(Method):
@@ -27,7 +27,7 @@ class BitFit(Method):
     def build(self, model, settings, task):
         trainable = 0
         for name, param in model.named_parameters():
-            is_head = task == "seq-cls" and settings.train_head and name.split(".")[0] in HEAD_NAMES
+            is_head = task != "causal-lm" and settings.train_head and name.split(".")[0] in HEAD_NAMES
             param.requires_grad_(name.endswith(".bias") or is_head)
             trainable += param.requires_grad
         if trainable == 0:
