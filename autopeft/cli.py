@@ -201,6 +201,7 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
     estimated, 2 when every failure was bad input, 1 when any other failed.
     """
     quiet_libraries()
+    log_to_stderr()  # warnings (an adapter config's keys the installed PEFT does not know)
     from .estimates import EstimateFailure, estimate_each, exit_status
 
     if method and peft_configs and len(peft_configs) > 1:

@@ -66,9 +66,29 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
 
 def close_names(name: str, known: Iterable[str], n: int = 3) -> list[str]:
     """The known names most like ``name`` (case aside), best first; empty when none is close."""
-    known = list(dict.fromkeys(known))
-    by_key = {k.lower(): k for k in known}
-    return [by_key[k] for k in difflib.get_close_matches(name.lower(), list(by_key), n=n, cutoff=0.6)]
+    by_key = {k.lower(): k for k in dict.fromkeys(known)}
+    matcher = difflib.SequenceMatcher(b=name.lower())
+    scored = []
+    for key in by_key:
+        matcher.set_seq1(key)
+        if matcher.real_quick_ratio() >= 0.6 and matcher.quick_ratio() >= 0.6 and matcher.ratio() >= 0.6:
+            scored.append((_edits(name.lower(), key), sorted(key) != sorted(name.lower()), -matcher.ratio(), key))
+    # fewest typing slips first ("loar" is one swap from "lora", two from "loha"), the same letters
+    # before others ("lora" before "lokr"), then the most alike
+    return [by_key[key] for *_, key in sorted(scored)[:n]]
+
+
+def _edits(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours that turn ``a`` into ``b``."""
+    previous2, previous = [], list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], previous2[j - 2] + 1)
+        previous2, previous = previous, row
+    return previous[-1]
 
 
 #: up to this many known names are listed in full when no known name is close to the one given

@@ -60,6 +60,8 @@ class Constraints(BaseModel):
         otherwise drop a method the user asked for, or train the one they meant to keep out."""
         from ..methods.registry import check_method_names, get_method
 
+        if self.methods is not None and not self.methods:
+            raise BadInputError("--methods names no method; give names such as lora,dora", source="--methods")
         check_method_names(self.methods or (), source="--methods")
         check_method_names(self.exclude, source="--exclude")
         if self.methods and self.exclude:
