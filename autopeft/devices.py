@@ -76,5 +76,4 @@ def target_device(name: str) -> DeviceProfile:
             return DeviceProfile(kind="cuda", name=acc.name, total_memory_bytes=memory, free_memory_bytes=memory,
                                  ram_bytes=0, bf16=acc.bf16, planned=True)
     known = [a.name for a in known_accelerators()]
-    raise unknown_names("accelerator", [name], known, source="--target-gpu",
-                        listing="profiles/hardware.json lists them")
+    raise unknown_names("accelerator", [name], known, source="--target-gpu")  # all listed: they are few
