@@ -356,3 +356,17 @@ def test_causal_lm_data_whose_responses_are_all_one_is_warned_about(tmp_path, to
                         "it, whatever the prompt"]
     varied = write_jsonl(tmp_path / "v.jsonl", [{"prompt": f"q{i}?", "completion": f"a{i}"} for i in range(10)])
     assert prepare_data(varied, tok).info.warnings == []
+
+
+def test_a_named_method_that_cannot_train_the_task_is_listed_with_the_reason(tmp_path, trainable_bert,
+                                                                           no_model_loads):
+    data = sentiment(20, tmp_path / "d.jsonl")
+    result = CliRunner().invoke(main, ["recommend", str(data), "-m", str(trainable_bert), "--methods",
+                                       "prefix_tuning", "--no-pilot"])
+    assert result.exit_code == 3
+    assert "prefix_tuning: does not support seq-cls (it supports causal-lm)" in result.stderr
+    result = CliRunner().invoke(main, ["recommend", str(data), "-m", str(trainable_bert), "--methods",
+                                       "lora,prefix_tuning", "--no-pilot", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {c["method"]: c for c in json.loads(result.stdout)["candidates"]}
+    assert rows["prefix_tuning"]["excluded_because"] == ["does not support seq-cls (it supports causal-lm)"]

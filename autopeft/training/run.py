@@ -57,6 +57,7 @@ def train(data: str | None = None, *, output_dir: str, resume: bool = False, ove
 
     if opts.pilot_steps:
         raise BadInputError("pilot_steps is for autopeft.training.run.pilot(), not train()")
+    _method(opts.method, opts.settings)  # a misspelt method or setting: refused before torch even loads
     if (opts.num_processes > 1 or opts.accelerate_config) and not launched():
         plan_of(opts.num_processes, opts.accelerate_config)  # a bad config file is reported here, once
         return launch(opts, out, resume=resume, recommendation=recommendation)
