@@ -15,22 +15,27 @@ needs them runs.
 from __future__ import annotations
 
 from .errors import (AutopeftError, BadInputError, MethodUnavailableError, PluginError,
-                     UnknownMethodError)
+                     UnknownMethodError, UnknownMetricError)
 from .hookspecs import hookimpl
 from .methods.base import (TASKS, Capabilities, Method, MethodInfo, MethodSettings, PeftMethod, SearchSpace,
                            divisor_of_layer_sizes, on_meta_device, peft_task_type)
+from .methods.metrics import Metric, MetricInfo
 from .methods.settings import LowRank, PromptSettings, Targeted
 from .version import __version__
 
 __all__ = [
     # running it
-    "estimate", "export_lora", "export_merged", "get_method", "list_methods", "plugin_failures", "recommend",
+    "estimate", "export_lora", "export_merged", "get_method", "list_methods", "list_metrics", "plugin_failures",
+    "recommend",
     "replay", "train", "tune", "Estimate",
     # errors
     "AutopeftError", "BadInputError", "MethodUnavailableError", "PluginError", "UnknownMethodError",
+    "UnknownMetricError",
     # the plugin kit: what a method plugin imports (see autopeft.testing to check one)
     "TASKS", "Capabilities", "LowRank", "Method", "MethodInfo", "MethodSettings", "PeftMethod", "PromptSettings",
     "SearchSpace", "Targeted", "divisor_of_layer_sizes", "hookimpl", "on_meta_device", "peft_task_type",
+    # ... and what a task-metric plugin imports
+    "Metric", "MetricInfo",
 ]
 
 _CONSTRAINTS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_params", "time_budget", "methods",
@@ -50,6 +55,13 @@ def list_methods(task: str | None = None, probe: bool = True) -> list[MethodInfo
     from .methods.probes import capabilities_of
 
     return [m.info().model_copy(update={"probed": capabilities_of(m)}) for m in chosen]
+
+
+def list_metrics() -> list[MetricInfo]:
+    """Every installed task metric (``--metric NAME``): the built-ins and those of plugins."""
+    from .methods.metrics import list_metrics as _list
+
+    return _list()
 
 
 def get_method(name: str) -> Method:
@@ -74,35 +86,58 @@ def estimate(model=None, method=None, **kwargs):
     return _estimate(model, method, **kwargs)
 
 
-def train(data=None, *, output_dir: str, **options):
+def train(data=None, *, output_dir: str | None = None, config=None, **options):
     """Fine-tune on ``data`` with ``method`` (default LoRA) and write the outputs to ``output_dir``.
     See :func:`autopeft.training.run.train` and :class:`autopeft.training.options.TrainOptions`;
-    returns a :class:`autopeft.training.outputs.RunRecord`."""
+    returns a :class:`autopeft.training.outputs.RunRecord`.
+
+    ``config``: a config file (YAML or JSON; a run's ``run.json`` repeats that run) or a mapping, as
+    ``autopeft train --config`` takes; ``data``, ``output_dir`` and ``options`` given here override it."""
     from .training.run import train as _train
 
+    data, output_dir, options = _configured("train", config, data, output_dir, options)
     return _train(data, output_dir=output_dir, progress=options.pop("progress", False), **options)
 
 
-def recommend(data, **options):
+def recommend(data=None, *, config=None, **options):
     """Rank the installed methods for ``data``: constraints as a person types them (``max_vram="12GB"``,
     ``max_adapter_size``, ``max_rank``, ``max_trainable_params``, ``time_budget="2h"``, ``methods``,
     ``exclude``, ``require``), plus the options of :func:`autopeft.choose.recommend.recommend`. Returns a
-    :class:`autopeft.choose.recommend.Recommendation`; raises ``NoFeasibleMethodError`` when nothing fits."""
+    :class:`autopeft.choose.recommend.Recommendation`; raises ``NoFeasibleMethodError`` when nothing fits.
+    ``config``: as ``autopeft recommend --config`` takes (a file or a mapping); arguments override it."""
     from .choose.constraints import Constraints
     from .choose.recommend import recommend as _recommend
 
+    data, _, options = _configured("recommend", config, data, None, options)
     limits = Constraints.parse(**{k: options.pop(k) for k in _CONSTRAINTS if k in options})
     return _recommend(data, constraints=limits, **options)
 
 
-def tune(data, *, output_dir: str, **options):
+def tune(data=None, *, output_dir: str | None = None, config=None, **options):
     """Recommend (see :func:`recommend`), then fine-tune the winner into ``output_dir``. Other options
-    are those of :class:`autopeft.training.options.TrainOptions`. Returns (RunRecord, Recommendation)."""
+    are those of :class:`autopeft.training.options.TrainOptions`. Returns (RunRecord, Recommendation).
+    ``config``: as ``autopeft tune --config`` takes (a file or a mapping); arguments override it."""
     from .choose.constraints import Constraints
     from .choose.tune import tune as _tune
 
+    data, output_dir, options = _configured("tune", config, data, output_dir, options)
     limits = Constraints.parse(**{k: options.pop(k) for k in _CONSTRAINTS if k in options})
     return _tune(data, output_dir=output_dir, constraints=limits, progress=options.pop("progress", False), **options)
+
+
+def _configured(command: str, config, data, output_dir, options: dict):
+    """``data``, ``output_dir`` and the other options of ``command``, a config's under the arguments."""
+    if config is not None:
+        from .configfile import sdk_options
+
+        merged = sdk_options(command, config, {"data": data, "output_dir": output_dir, **options})
+        data, output_dir = merged.pop("data", None), merged.pop("output_dir", None)
+        options = merged
+    if output_dir is None and command != "recommend":
+        raise BadInputError("give output_dir (as an argument or in the config)", source=command)
+    if data is None and not options.get("resume"):
+        raise BadInputError("give a training data file", source=command)
+    return data, output_dir, options
 
 
 def replay(results_dir, budget_fraction: float = 0.1, max_vram=None, **kwargs):

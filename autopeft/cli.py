@@ -90,6 +90,30 @@ def main(no_plugins, allowed):
         os.environ["AUTOPEFT_LOAD_PLUGINS"] = "autopeft" if no_plugins else allowed
 
 
+class _Dtype(click.Choice):
+    """A floating-point format by autopeft's short name or torch's (``bfloat16``, ``float16``,
+    ``float32``), given to the command by its short name."""
+
+    def __init__(self, extra: tuple[str, ...] = ()):
+        from .dtypes import SHORT_NAMES
+
+        super().__init__([*extra, *SHORT_NAMES])
+
+    def convert(self, value, param, ctx):
+        from .dtypes import accepted_names, short_dtype
+
+        if isinstance(value, str) and short_dtype(value):
+            return short_dtype(value)
+        if value in self.choices:
+            return value
+        from .errors import close_names, one_of
+
+        known = [*self.choices[:-3], *accepted_names()]
+        close = close_names(str(value), known)
+        hint = f"; did you mean {one_of(close)}?" if close else ""
+        self.fail(f"{value!r} is not one of {', '.join(known)}{hint}", param, ctx)
+
+
 def _emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2))
 
@@ -138,14 +162,37 @@ def _capability_label(info, key: str, label: str) -> str:
 
 @main.command()
 def plugins():
-    """Show loaded plugins, the methods each provides, and any that were skipped (JSON)."""
+    """Show loaded plugins, the methods and task metrics each provides, and any that were skipped (JSON)."""
+    from .methods.metrics import get_metrics, metric_failures
     from .methods.registry import get_methods, plugin_failures
 
-    by_source: dict[str, list[str]] = {}
+    by_source: dict[str, dict[str, list[str]]] = {}
     for method in get_methods().values():
-        by_source.setdefault(method.source, []).append(method.name)
-    _emit_json({"plugins": [{"source": s, "methods": m} for s, m in sorted(by_source.items())],
-                "skipped": [f.__dict__ for f in plugin_failures()]})
+        by_source.setdefault(method.source, {"methods": [], "metrics": []})["methods"].append(method.name)
+    for metric in get_metrics().values():
+        by_source.setdefault(metric.source, {"methods": [], "metrics": []})["metrics"].append(metric.name)
+    _emit_json({"plugins": [{"source": s, **provided} for s, provided in sorted(by_source.items())],
+                "skipped": [f.__dict__ for f in [*plugin_failures(), *metric_failures()]]})
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout.")
+def metrics(as_json):
+    """List the task metrics `--metric` takes: scores of a causal-LM run's greedy answers against the
+    references, built in or from plugins (the `register_metrics` hook)."""
+    from .methods.metrics import list_metrics, metric_failures
+
+    infos = list_metrics()
+    for failure in metric_failures():
+        click.echo(f"autopeft: warning: plugin {failure.plugin} ({failure.source}) skipped: {failure.error}", err=True)
+    if as_json:
+        _emit_json([i.model_dump(mode="json") for i in infos])
+        return
+    rows = [("name", "better", "source", "description")] + [(i.name, i.direction, i.source, i.description)
+                                                            for i in infos]
+    widths = [max(len(r[c]) for r in rows) for c in range(3)]
+    for r in rows:
+        click.echo("  ".join(r[c].ljust(widths[c]) for c in range(3)) + "  " + r[3])
 
 
 def _parse_setting(text: str) -> tuple[str, object]:
@@ -177,7 +224,8 @@ def _parse_setting(text: str) -> tuple[str, object]:
               help="Default: from the adapter config, else what the model is for.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seq-len", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens per example.")
-@click.option("--dtype", type=_Choice(["bf16", "fp16", "fp32"]), help="Default: bf16 on accelerators, fp32 on CPU.")
+@click.option("--dtype", type=_Dtype(), help="bf16, fp16 or fp32 (or torch's names: bfloat16, float16, float32). "
+              "Default: bf16 on accelerators, fp32 on CPU.")
 @click.option("--device", type=_Choice(["cuda", "cpu", "mps"]), default="cuda", show_default=True)
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True)
 @click.option("--num-labels", type=click.IntRange(min=1), default=2, show_default=True, help="Classes, for seq-cls.")
@@ -296,14 +344,19 @@ def _training_options(command, outputs: bool = True):
         click.option("--max-length", type=click.IntRange(min=8), help="Tokens per example (longer are cut). Default 512."),
         click.option("--max-examples", type=click.IntRange(min=1), help="Train on a seeded sample of N examples."),
         click.option("--gradient-checkpointing", is_flag=True, default=None, help="Less memory, ~30% slower."),
-        click.option("--precision", type=_Choice(["auto", "fp32", "bf16", "fp16"]),
-                     help="Default: bf16/fp16 on GPUs, fp32 on CPU."),
+        click.option("--precision", type=_Dtype(extra=("auto",)),
+                     help="auto, fp32, bf16 or fp16 (or bfloat16, float16, float32). Default: bf16/fp16 on GPUs, "
+                          "fp32 on CPU."),
         click.option("--quantize", type=_Choice(["4bit", "8bit"]),
                      help="Load the base in 4 or 8 bits (QLoRA-style; CUDA with bitsandbytes, methods marked quant)."),
         click.option("--eval-steps", type=click.IntRange(min=1), help="Default: 5 evaluations per run."),
         click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint every N steps. Default: at evaluations."),
         click.option("--early-stopping", "early_stopping_patience", type=click.IntRange(min=0),
                      help="Stop after N evaluations without improvement (0: never). Default 3."),
+        click.option("--report-to", metavar="NAMES", callback=_check_report_to,
+                     help="Log to these experiment trackers (comma-separated: tensorboard, mlflow, wandb, trackio, "
+                          "or any the Trainer supports; all: every one installed). Default: none."),
+        *_task_metric_options(),
         *_data_shaping_options(),
         click.option("--trust-remote-code", is_flag=True, default=None, help="Allow the model's own Python code."),
         click.option("--allow-pickle", is_flag=True, default=None, help="Allow pickle (.bin) weights, which can run code."),
@@ -311,6 +364,30 @@ def _training_options(command, outputs: bool = True):
     if outputs:
         options += _output_options()
     return _with(options)(command)
+
+
+def _check_report_to(ctx, param, value):
+    """The trackers asked for, checked before anything runs (known names, installed packages)."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from .training.tracking import check_trackers, split_trackers
+
+    return ",".join(check_trackers(split_trackers(value))) or None
+def _task_metric_options() -> list:
+    """Scoring what a causal-LM run generates (see `autopeft metrics`)."""
+    return [
+        click.option("--metric", "metrics", multiple=True, metavar="NAME",
+                     help="Score greedy answers to the validation and test prompts against their references with "
+                          "this task metric (causal LM; repeatable or comma-separated; `autopeft metrics` lists them). "
+                          "The first one scores the run in profiles and bench."),
+        click.option("--metrics-before", is_flag=True, default=None,
+                     help="With --metric: also score the model before training, on the same examples."),
+        click.option("--generate-max-new-tokens", type=click.IntRange(min=1),
+                     help="With --metric: tokens generated per answer. Default 96."),
+        click.option("--generate-max-examples", type=click.IntRange(min=1),
+                     help="With --metric: validation examples generated (the first N). Default 200; the test set "
+                          "is generated whole."),
+    ]
 
 
 def _data_shaping_options() -> list:
@@ -343,6 +420,191 @@ def _output_options() -> list:
     ]
 
 
+# -- config files -------------------------------------------------------------------------------
+
+_EXTRAS = "autopeft.config_extras"
+#: commands whose config may also hold any TrainOptions field (what the SDK takes)
+_TRAINING_COMMANDS = ("train", "tune", "bench")
+#: options that say what to do with the output, not how to run: never printed by --print-config
+_NOT_PRINTED = ("config", "print_config", "as_json", "resume", "overwrite")
+
+
+class _Configurable(click.Command):
+    """A command that takes ``--config FILE`` (defaults for its options; the command line wins) and
+    ``--print-config`` (write the resolved options as a config, and stop)."""
+
+    def invoke(self, ctx):
+        ctx.params.pop("config", None)
+        extras = ctx.meta.get(_EXTRAS, {})
+        if ctx.params.pop("print_config", False):
+            _print_config(ctx, extras)
+            return None
+        ctx.params.update(extras)
+        return super().invoke(ctx)
+
+
+def _config_options(command):
+    """``--config`` and ``--print-config``, for a :class:`_Configurable` command."""
+    options = [
+        click.option("--config", "config", metavar="FILE", is_eager=True, expose_value=True, callback=_read_config,
+                     help="Take options from a YAML or JSON file (keys: option names; a run's run.json reproduces "
+                          "the run). Options given here override it."),
+        click.option("--print-config", is_flag=True,
+                     help="Print the resolved options (the file's, with the command line's over them) as a config "
+                          "file, and stop."),
+    ]
+    return _with(options)(command)
+
+
+def _config_keys(command: click.Command) -> dict[str, tuple[click.Parameter, bool]]:
+    """Each key a config may use for ``command``'s options: the option's long names and its
+    parameter name (dashes as underscores), and TrainOptions' name where the option renames it.
+    The flag is true for a flag's own name when it sets another value than true (``no_profile_store``)."""
+    keys: dict[str, tuple[click.Parameter, bool]] = {}
+    for param in command.params:
+        if param.name in ("config", "print_config"):
+            continue
+        keys[param.name] = (param, False)
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--"):
+                name = opt[2:].replace("-", "_")
+                keys.setdefault(name, (param, name != param.name and getattr(param, "is_flag", False)))
+    for dest, field in _RENAMED.items():
+        if dest in keys:
+            keys.setdefault(field, keys[dest])
+    return keys
+
+
+def _read_config(ctx, param, value):
+    """Read ``--config`` before the other options, and make its values their defaults."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    from .configfile import CHOSEN, closest, read_config
+
+    cfg = read_config(value)
+    keys = _config_keys(ctx.command)
+    fields: set[str] = set()
+    if ctx.command.name in _TRAINING_COMMANDS:
+        from .training.options import TrainOptions
+
+        fields = set(TrainOptions.model_fields) - {"data", "output_dir", "pilot_steps"}
+        if ctx.command.name != "train":
+            fields -= {"method", "settings"}
+    defaults, extras, left_out = {}, {}, []
+    for key, raw in cfg.values.items():
+        if cfg.from_run and ctx.command.name != "train" and key in CHOSEN:
+            left_out.append(key)
+        elif key in keys:
+            param_, is_flag_name = keys[key]
+            converted = _config_value(ctx, cfg, key, raw, param_, is_flag_name)
+            if param_.name in _CHOICE_KEYS and converted not in (None, ()):
+                from .configfile import check_choice
+
+                check_choice(cfg, key, "methods" if param_.name == "only" else param_.name, converted)
+            if converted is not None:
+                defaults[param_.name] = converted
+        elif key in fields:
+            from .configfile import check_train_option
+
+            check_train_option(cfg, key, raw)
+            extras[key] = raw
+        elif cfg.from_run:
+            left_out.append(key)
+        else:
+            raise cfg.error(key, f"not an option of {ctx.command.name}{closest(key, set(keys) | fields)}")
+    if left_out:
+        click.echo(f"autopeft: {cfg.source}: the run's {', '.join(left_out)} left out (not options of "
+                   f"{ctx.command.name}, or what it chooses itself)", err=True)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta[_EXTRAS] = extras
+    return value
+
+
+def _config_value(ctx, cfg, key: str, value, param: click.Parameter, is_flag_name: bool):
+    """A config value as the option would take it from the command line; a value it would refuse is
+    one line naming the file, the line and the key."""
+    from .configfile import settings_list
+
+    scalar = (str, int, float, bool)
+    if is_flag_name:
+        if not isinstance(value, bool):
+            raise cfg.error(key, f"true or false, got {value!r}")
+        return param.flag_value if value else None
+    if getattr(param, "multiple", False):
+        if param.name == "settings":
+            value = settings_list(value)
+            bad = next((v for v in value if "=" not in v), None)
+            if bad is not None:
+                raise cfg.error(key, f"settings are KEY=VALUE (or a mapping of them), got {bad!r}")
+        elif not isinstance(value, (list, tuple)):
+            value = [value]
+        if not all(isinstance(v, scalar) for v in value):
+            raise cfg.error(key, f"a list of values, got {value!r}")
+    elif isinstance(value, (list, tuple)) and isinstance(param.type, click.types.StringParamType) \
+            and all(isinstance(v, scalar) and not isinstance(v, bool) for v in value):
+        value = ",".join(str(v) for v in value)  # comma-separated options: --methods, --report-to
+    elif not isinstance(value, scalar):
+        raise cfg.error(key, f"one value, got {value!r}")
+    elif isinstance(value, bool) and not isinstance(param.type, click.types.BoolParamType):
+        raise cfg.error(key, f"{param.type.name} expected, got {str(value).lower()}")
+    try:
+        return param.process_value(ctx, value)
+    except click.BadParameter as exc:
+        raise cfg.error(key, exc.message) from None
+    except BadInputError as exc:
+        raise cfg.error(key, exc.problem) from None
+
+
+def _print_config(ctx, extras: dict) -> None:
+    """The options a command would run with, as a config file ``--config`` takes: what the file
+    and the command line set (for ``train``, with every default of the run filled in)."""
+    import yaml
+
+    values: dict = {}
+    for param in ctx.command.params:
+        if param.name in _NOT_PRINTED:
+            continue
+        value = ctx.params.get(param.name)
+        if value is None or value == () or (value is False and getattr(param, "flag_value", None) is True):
+            continue  # not set, or a flag not given
+        values[_print_key(param)] = list(value) if isinstance(value, tuple) else value
+    values.update(extras)
+    if "settings" in values:
+        values["settings"] = dict(_parse_setting(s) for s in values["settings"])
+    if ctx.command.name == "train":
+        values = _resolved_train(values)
+    click.echo(yaml.safe_dump(values, sort_keys=False, default_flow_style=False), nl=False)
+
+
+def _print_key(param: click.Parameter) -> str:
+    """The key a printed config uses: TrainOptions' name where the option has one, else its long name."""
+    from .training.options import TrainOptions
+
+    renamed = _RENAMED.get(param.name, param.name)
+    if renamed in TrainOptions.model_fields or not getattr(param, "opts", None):
+        return renamed
+    return next((o[2:].replace("-", "_") for o in param.opts if o.startswith("--")), param.name)
+
+
+def _resolved_train(values: dict) -> dict:
+    """``train``'s options with every default filled in, checked as the run would check them, in the
+    order of the run's options block (run.json)."""
+    from pydantic import ValidationError
+
+    from .training.options import TrainOptions
+
+    values.setdefault("method", "lora")
+    values.setdefault("output_dir", _default_output(values.get("data"), values["method"]))
+    try:
+        resolved = TrainOptions.model_validate({"data": "-", **values}).model_dump(mode="json")
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise BadInputError(f"option {'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}") from None
+    if "data" not in values:
+        resolved.pop("data")
+    return {k: v for k, v in resolved.items() if v is not None and k != "pilot_steps"}
+
+
 def _say(text: str) -> None:
     """A progress line of a long command, on stderr (stdout is for results and --json)."""
     click.echo(f"autopeft: {text}", err=True)
@@ -353,7 +615,9 @@ _RENAMED = {"gradient_accumulation": "gradient_accumulation_steps"}
 
 def _train_kwargs(given: dict) -> dict:
     """The options the user set (None means: not given, so the library's default applies)."""
-    return {_RENAMED.get(k, k): v for k, v in given.items() if v is not None}
+    # a repeatable option not given is an empty tuple: not given either
+    return {_RENAMED.get(k, k): list(v) if isinstance(v, tuple) else v for k, v in given.items()
+            if v is not None and v != ()}
 
 
 def _default_output(data: str | None, method: str) -> str:
@@ -363,10 +627,11 @@ def _default_output(data: str | None, method: str) -> str:
     return str(Path("runs") / f"{stem}-{method}")
 
 
-@main.command()
+@main.command(cls=_Configurable)
 @click.option("--method", default="lora", show_default=True, help="Method name (see `autopeft methods`).")
 @click.option("--set", "-s", "settings", multiple=True, metavar="KEY=VALUE", help="A method setting; repeatable.")
 @_training_options
+@_config_options
 def train(method, settings, data, output_dir, resume, overwrite, as_json, **given):
     """Fine-tune on DATA (JSONL, JSON, CSV, TSV or Parquet) with the method you choose."""
     quiet_libraries()
@@ -485,7 +750,7 @@ _CHOICE_KEYS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_param
                 "require", "objective", "target_gpu", "pilot_budget", "no_pilot")
 
 
-@main.command()
+@main.command(cls=_Configurable)
 @click.argument("data", type=click.Path(dir_okay=True))
 @click.option("--model", "-m", help="Embedded name, local dir or Hub id. Default: the task's embedded model.")
 @click.option("--validation", type=click.Path(dir_okay=True), help="Validation file.")
@@ -503,6 +768,7 @@ _CHOICE_KEYS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_param
               help="More profile records to learn from (JSONL, or a dir of PEFT benchmark results); repeatable.")
 @click.option("--leave-out", multiple=True, help="Do not learn from this benchmark's records; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the recommendation as JSON on stdout.")
+@_config_options
 def recommend(data, as_json, profiles, leave_out, **given):
     """Rank the installed methods for DATA under your constraints (pilots only; nothing is kept)."""
     quiet_libraries()
@@ -537,9 +803,10 @@ def _print_recommendation(rec) -> None:
     click.echo(rec.explanation)
 
 
-@main.command()
+@main.command(cls=_Configurable)
 @_training_options
 @_choice_options
+@_config_options
 def tune(data, output_dir, resume, overwrite, as_json, **given):
     """Choose the method for DATA (pilots and the recommender), then fine-tune with it."""
     quiet_libraries()
@@ -577,6 +844,7 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
 @click.option("--json", "as_json", is_flag=True)
 def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
     """Judge the recommender on published results (PEFT method-comparison layout) it did not learn from."""
+    log_to_stderr()
     from .profiles import load_records
     from .choose.replay import replay as run_replay
     from .sizes import parse_size
@@ -598,7 +866,7 @@ def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
         click.echo(f"  {name}: {f'{pick.method} ({pick.choice})' if pick.method else pick.choice or '-'}: {detail}")
 
 
-@main.command()
+@main.command(cls=_Configurable)
 @click.option("--benchmark", required=True, help="Name the records share, e.g. my-team/support-chats-smollm2.")
 @click.option("--output", "-o", "output_dir", required=True, type=click.Path(file_okay=False),
               help="The bench directory; give an existing one to continue it.")
@@ -610,6 +878,7 @@ def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
 @click.option("--run-timeout", type=click.FloatRange(min=0, min_open=True), help="Stop a run after N seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines on stdout.")
 @partial(_training_options, outputs=False)
+@_config_options
 def bench(data, benchmark, output_dir, only, learning_rates, edge_rates, run_timeout, as_json, **given):
     """Train every method on DATA at a few learning rates each, keeping profile records of how each
     run went (resumable: finished runs are never repeated)."""
@@ -637,6 +906,7 @@ def bench(data, benchmark, output_dir, only, learning_rates, edge_rates, run_tim
 @main.group(cls=_Group)
 def profiles():
     """The profile records the recommender learns from."""
+    log_to_stderr()  # a damaged line of the store is said, once
 
 
 @profiles.command("list")
@@ -681,3 +951,45 @@ def profiles_import(results_dir):
     records = import_peft_results(results_dir)
     path = append(records)
     click.echo(f"{len(records)} records from {results_dir} added to {path}")
+
+
+@profiles.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--repair", is_flag=True, help="Rewrite it without its damaged lines, keeping every whole record "
+                                              "(and a copy of the damaged file beside it).")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON on stdout.")
+def profiles_check(file, repair, as_json):
+    """Check this machine's profile store (or FILE, e.g. a bench's records.jsonl) line by line.
+    Exit status 1 while it holds a damaged line."""
+    from pathlib import Path
+
+    from .profiles import check_store, repair_store, store_path
+
+    path = Path(file) if file else store_path()
+    if file and not path.is_file():
+        raise BadInputError("no such file", source=file)
+    scan, backup = repair_store(path) if repair else (check_store(path), None)
+    damaged = scan.damaged if scan else []
+    report = {"path": str(path), "exists": scan is not None, "records": len(scan.records) if scan else 0,
+              "damaged": [{"line": d.line, "reason": d.reason} for d in damaged],
+              "newer_schema_lines": scan.newer if scan else [], "repaired": backup is not None,
+              "backup": str(backup) if backup else None}
+    if as_json:
+        _emit_json(report)
+    elif scan is None:
+        click.echo(f"{path}: no profile store yet (no run has finished here)")
+    else:
+        n = len(damaged)
+        click.echo(f"{path}: {report['records']} records, {n or 'no'} damaged line{'' if n == 1 else 's'}"
+                   + (f", {len(scan.newer)} of a newer autopeft (kept)" if scan.newer else ""))
+        for d in damaged:
+            click.echo(f"  line {d.line}: {d.reason}")
+        if backup:
+            click.echo(f"repaired: kept the {report['records']} whole records"
+                       f"{' and the newer ones' if scan.newer else ''}, removed the damaged line{'s' if n > 1 else ''}; "
+                       f"the damaged file is kept as {backup}")
+        elif damaged:
+            command = "autopeft profiles check --repair" + (f" {file}" if file else "")
+            click.echo(f"`{command}` removes {'them' if n > 1 else 'it'} (keeping a copy of the file)")
+    if damaged and not backup:
+        sys.exit(1)

@@ -168,7 +168,10 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
     plan = sharding(strategy, num_processes)
     if device not in DEVICES:
         raise BadInputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    dtype_name = DTYPES.get((dtype or ("fp32" if device == "cpu" else "bf16")).lower())
+    from .dtypes import short_dtype
+
+    dtype = dtype or ("fp32" if device == "cpu" else "bf16")
+    dtype_name = DTYPES.get(short_dtype(dtype) or str(dtype).lower())
     if dtype_name is None:
         raise BadInputError(f"dtype must be one of bf16, fp16, fp32, got {dtype!r}")
     if peft_config is not None and method is None:

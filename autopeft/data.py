@@ -86,12 +86,24 @@ class DataInfo(BaseModel):
 
 
 @dataclasses.dataclass
+class RecordSet:
+    """Records as read, each with its line: what generation (task metrics) renders prompts from."""
+
+    source: str
+    format: str
+    rows: list[tuple[int, dict]]
+
+
+@dataclasses.dataclass
 class PreparedData:
     train: "datasets.Dataset"
     validation: "datasets.Dataset | None"
     info: DataInfo
     label2id: dict[str, int] | None
     test: "datasets.Dataset | None" = None
+    #: the validation and test records behind ``validation`` and ``test``, for generation
+    validation_records: RecordSet | None = None
+    test_records: RecordSet | None = None
 
     def label_frequency_loss(self) -> float | None:
         """Classification: the loss of answering every example with the training labels' frequencies,
@@ -1019,7 +1031,10 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
     if pack:
         train_enc = _pack(train_enc, max_length, tokenizer)
     return PreparedData(train=_dataset(train_enc), validation=_dataset(val_enc) if val_enc else None, info=info,
-                        label2id=label2id, test=_dataset(test_enc) if test_enc is not None else None)
+                        label2id=label2id, test=_dataset(test_enc) if test_enc is not None else None,
+                        validation_records=RecordSet(val_file, train.format, val_rows) if val_rows else None,
+                        test_records=(RecordSet(test.source, test.format, list(zip(test.lines, test.records)))
+                                      if test_path is not None else None))
 
 
 def _check_options(task, validation_fraction, max_length, max_examples) -> None:
@@ -1144,6 +1159,40 @@ def make_collator(task: str, tokenizer) -> Callable[[Sequence[dict]], dict]:
         raise BadInputError(f"task must be one of {', '.join(TASKS)}, got {task!r}", source="task")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return _Collator(task, 0 if pad is None else pad)  # padding is masked out, so any id would do
+
+
+@dataclasses.dataclass
+class GenerationExample:
+    """A causal-LM example as generation sees it: the prompt rendered as in training, the reference answer."""
+
+    prompt: str
+    reference: str
+    source: str
+    line: int
+    special_tokens: bool  # whether tokenising the prompt adds the tokenizer's special tokens (as training did)
+    input: str = ""  # the user's text of the prompt, without template or headers (for reports)
+
+
+def generation_examples(records: RecordSet, tokenizer, limit: int | None = None) -> list[GenerationExample]:
+    """The first ``limit`` (all: None) of ``records`` as prompts to generate from, with their references:
+    the completion, output or last assistant turn. Text records have no prompt to answer: refused."""
+    if records.format not in ("prompt-completion", "alpaca", "chat"):
+        raise BadInputError(f"task metrics score answers to prompts, and {records.format} records have none; "
+                            f"use prompt-completion, alpaca or chat data", records.source)
+    use_template = _uses_template(records.format, tokenizer)
+    rows = records.rows if limit is None else records.rows[:max(0, limit)]
+    examples = []
+    for line, record in rows:
+        prompt = _render(record, records.format, tokenizer, use_template, records.source, line)[0]
+        if records.format == "chat":
+            messages = _as_messages(record, "chat")
+            reference = messages[-1]["content"]
+            shown = next((m["content"] for m in reversed(messages[:-1]) if m["role"] == "user"), "")
+        else:
+            reference, shown = _reply_text(record, records.format), _user_text(record, records.format)
+        examples.append(GenerationExample(prompt, reference, records.source, line, special_tokens=not use_template,
+                                          input=shown))
+    return examples
 
 
 def sample_prompts(path_or_records: str | os.PathLike | Sequence[dict], n: int = 3, *,

@@ -38,6 +38,10 @@ class UnknownMethodError(BadInputError):
     """No installed plugin provides the method asked for."""
 
 
+class UnknownMetricError(BadInputError):
+    """No installed plugin provides the task metric asked for."""
+
+
 class MethodUnavailableError(AutopeftError):
     """The method is installed but cannot run here (for instance it needs CUDA)."""
 

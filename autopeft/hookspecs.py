@@ -23,3 +23,21 @@ def register_methods(register):
         def register_methods(register):
             register(BitFit())
     """
+
+
+@hookspec
+def register_metrics(register):
+    """Register task metrics: scores of what a causal-LM run generates against the references
+    (``autopeft train --metric NAME``).
+
+    :param register: a callable taking one :class:`autopeft.Metric` instance. Call it once per
+        metric the plugin provides. autopeft checks the type, the name and the contract; a metric
+        whose name is already taken is reported and skipped.
+    :return: nothing; results are ignored.
+
+    Example::
+
+        @autopeft.hookimpl
+        def register_metrics(register):
+            register(StartsWithYes())
+    """

@@ -6,7 +6,8 @@ final score). Records come from three places, all read by :func:`load_records`:
 
 - ``profiles/*.jsonl`` shipped with autopeft (produced by its own benchmark sweeps);
 - the local store, ``$AUTOPEFT_HOME/profiles.jsonl``, to which every finished ``train`` and ``tune``
-  appends its run, so the next recommendation on this machine knows more;
+  appends its run, so the next recommendation on this machine knows more (one writer at a time,
+  whole lines only; a damaged line is skipped with one warning: :func:`read_store`, :func:`append`);
 - results imported from the PEFT method-comparison suite (:func:`import_peft_results`), or any
   directory in that layout.
 
@@ -17,16 +18,23 @@ inside each benchmark, never across them.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import statistics
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import BadInputError
+from .locks import locked
+
+log = logging.getLogger("autopeft")
 
 SCHEMA_VERSION = 1
 #: the package the top-level ``profiles/`` folder is installed as: records and tables read at run time
@@ -141,6 +149,7 @@ def shipped_folder():
 
 
 def store_path() -> Path:
+    """This machine's store: ``$AUTOPEFT_HOME/profiles.jsonl``."""
     from .models import autopeft_home
 
     return autopeft_home() / STORE_NAME
@@ -148,15 +157,15 @@ def store_path() -> Path:
 
 def load_records(paths: Iterable[Path] | None = None, *, shipped: bool = True, store: bool = True) -> list[ProfileRecord]:
     """Every record from the shipped profiles, the local store and ``paths`` (files or dirs of
-    ``.jsonl`` record files, or dirs in the PEFT method-comparison layout)."""
-    files: list = []
-    if shipped:
-        files += sorted((f for f in shipped_folder().iterdir() if f.name.endswith(".jsonl")),
-                        key=lambda f: f.name)
-    if store and store_path().is_file():
-        files.append(store_path())
+    ``.jsonl`` record files, or dirs in the PEFT method-comparison layout). A damaged line of the
+    store is skipped with one warning (:func:`read_store`); one in a file given here is an error."""
     records: list[ProfileRecord] = []
-    for path in [*files, *(Path(p) for p in paths or ())]:
+    if shipped:
+        for f in sorted((f for f in shipped_folder().iterdir() if f.name.endswith(".jsonl")), key=lambda f: f.name):
+            records += read_jsonl(f)
+    if store:
+        records += read_store()
+    for path in (Path(p) for p in paths or ()):
         if path.is_dir() and not any(path.glob("*.jsonl")):
             records += import_peft_results(path)
         elif path.is_dir():
@@ -168,36 +177,284 @@ def load_records(paths: Iterable[Path] | None = None, *, shipped: bool = True, s
 
 
 def read_jsonl(path) -> list[ProfileRecord]:
-    """Records from a JSONL file (a path, or a shipped resource), one per line; a bad line is named
-    with its number."""
-    out = []
-    try:
-        lines = (path if hasattr(path, "read_text") else Path(path)).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"cannot read profile records: {exc.__class__.__name__}", source=str(path)) from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    """Records from a JSONL file (a path, or a shipped resource), one per line; the first line that
+    is not a record is an error naming its number."""
+    scan = scan_jsonl(path)
+    if scan.damaged:
+        first = scan.damaged[0]
+        raise BadInputError(first.reason, source=str(path), line=first.line)
+    if scan.newer:
+        raise BadInputError(f"a record of a newer autopeft (schema version above {SCHEMA_VERSION}): upgrade "
+                            f"autopeft to read it", source=str(path), line=scan.newer[0])
+    return scan.records
+
+
+# -- the local store: appended to by every run, read by every recommendation ----------------------
+#
+# JSONL that writers append to in turn, under a POSIX lock on a lock file beside it (.NAME.lock):
+# each append is one write of whole lines, starting on a fresh line, made durable with fsync, and
+# undone if it fails part-way. A crash in the middle of one (or a copy taken mid-write) leaves at
+# most a torn last line, which readers skip with one warning and the next writer steps over. See
+# docs/reliability.md for why this and not SQLite.
+
+#: how long a writer waits for the store's lock (a write holds it for milliseconds)
+WRITE_WAIT_SECONDS = 60.0
+#: how long a reader waits for it before reading anyway
+READ_WAIT_SECONDS = 10.0
+
+
+@dataclass
+class DamagedLine:
+    line: int
+    reason: str
+
+
+@dataclass
+class Scan:
+    """What a JSONL record file holds, line by line."""
+
+    path: str
+    records: list[ProfileRecord] = field(default_factory=list)
+    damaged: list[DamagedLine] = field(default_factory=list)
+    newer: list[int] = field(default_factory=list)  # lines of a newer schema: whole, kept, not read
+    whole_lines: list[bytes] = field(default_factory=list)  # the records' and newer lines' own bytes
+    ends_mid_line: bool = False
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file of a record file: ``.NAME.lock`` beside it."""
+    return Path(path).with_name(f".{Path(path).name}.lock")
+
+
+def scan_jsonl(path, data: bytes | None = None) -> Scan:
+    """Parse a JSONL record file (or its bytes ``data``) line by line, keeping what is whole and
+    naming what is not: a torn line, bytes that are not UTF-8, a line that is not JSON, JSON that is
+    not a profile record. Blank lines are nothing."""
+    if data is None:
         try:
-            out.append(ProfileRecord.model_validate_json(line))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"]) or "record"
-            raise BadInputError(f"not a profile record: {where}: {err['msg']}", source=str(path), line=number) from None
-    return out
+            data = (path if hasattr(path, "read_bytes") else Path(path)).read_bytes()
+        except OSError as exc:
+            raise BadInputError(f"cannot read profile records: {exc.__class__.__name__}: {exc.strerror or exc}",
+                                source=str(path)) from None
+    scan = Scan(path=str(path), ends_mid_line=bool(data) and not data.endswith(b"\n"))
+    lines = data.split(b"\n")
+    if not scan.ends_mid_line:
+        lines.pop()  # what follows the last newline: nothing
+    for number, raw in enumerate(lines, 1):
+        torn = scan.ends_mid_line and number == len(lines)
+        reason, record = _parse_line(raw, torn)
+        if reason == "":
+            continue
+        if reason == "newer":
+            scan.newer.append(number)
+            scan.whole_lines.append(raw)
+        elif reason is not None:
+            scan.damaged.append(DamagedLine(number, reason))
+        else:
+            scan.records.append(record)
+            scan.whole_lines.append(raw)
+    return scan
+
+
+def _parse_line(raw: bytes, torn: bool) -> tuple[str | None, ProfileRecord | None]:
+    """(None, the record) for a whole record; ("", None) for a blank line; ("newer", None) for a
+    record of a newer schema; else (why it is damaged, None)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte {exc.start + 1})", None
+    if not text.strip():
+        return "", None
+    if "\x00" in text:
+        return "holds NUL bytes (a write the machine never finished)", None
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        if torn:
+            return "cut off: the file ends in the middle of this line (a write that never finished)", None
+        message, at = getattr(exc, "msg", str(exc)), getattr(exc, "pos", 0)
+        if message.startswith("Unterminated string") or at >= len(text.rstrip()):
+            return "cut off: the line ends in the middle of a record (a write that never finished)", None
+        return f"not JSON: {message} (column {getattr(exc, 'colno', '?')})", None
+    if not isinstance(obj, dict):
+        return f"not a profile record (a JSON {type(obj).__name__}, not an object)", None
+    version = obj.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        return "newer", None
+    try:
+        return None, ProfileRecord.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "record"
+        return f"not a profile record: {where}: {err['msg']}", None
+
+
+def _read_shared(path: Path) -> bytes:
+    """The file's bytes, read under a shared lock so that no append is seen half-done (after
+    :data:`READ_WAIT_SECONDS` without the lock, read anyway)."""
+    try:
+        with locked(lock_path(path), shared=True, timeout=READ_WAIT_SECONDS):
+            return path.read_bytes()
+    except TimeoutError:
+        return path.read_bytes()
+
+
+_warned: set[tuple[str, tuple[int, ...]]] = set()
+
+
+def _lines(numbers: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(n) for n in numbers[:limit])
+    more = f" and {len(numbers) - limit} more" if len(numbers) > limit else ""
+    return f"line{'s' if len(numbers) > 1 else ''} {shown}{more}"
+
+
+def _repair_command(path: Path) -> str:
+    return "autopeft profiles check --repair" + ("" if Path(path) == store_path() else f" {path}")
+
+
+def _warn_once(key: tuple[str, tuple[int, ...]], message: str) -> None:
+    """Each finding is said once per process, however often the file is read."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def read_store(path: Path | None = None) -> list[ProfileRecord]:
+    """The whole records of a record file autopeft appends to (this machine's store by default; a
+    bench's ``records.jsonl``). A damaged line is skipped and said once, in one line: how many and
+    where, and the command that removes them. A store that cannot be read at all is said so too."""
+    path = Path(path) if path is not None else store_path()
+    if not path.is_file():
+        return []
+    try:
+        data = _read_shared(path)
+    except OSError as exc:
+        _warn_once((str(path), ()), f"cannot read the profile records in {path} ({exc.strerror or exc}): "
+                                    f"going on without them")
+        return []
+    scan = scan_jsonl(path, data)
+    if scan.damaged:
+        numbers = [d.line for d in scan.damaged]
+        n = len(numbers)
+        _warn_once((str(path), tuple(numbers)),
+                   f"skipped {n} damaged line{'s' if n > 1 else ''} of {path}: {_lines(numbers)}; "
+                   f"`{_repair_command(path)}` removes {'them' if n > 1 else 'it'}")
+    if scan.newer:
+        _warn_once((str(path), (0, *scan.newer)),
+                   f"{path}: left {len(scan.newer)} record{'s' if len(scan.newer) > 1 else ''} of a newer "
+                   f"autopeft unread ({_lines(scan.newer)}); upgrade autopeft to learn from them")
+    return scan.records
 
 
 def append(records: Iterable[ProfileRecord], path: Path | None = None) -> Path:
-    """Append records to the local store (one write per call, so a crash leaves whole lines)."""
-    path = path or store_path()
+    """Append records to the local store (or to ``path``): whole or not at all, on a line of their
+    own, one writer at a time (see the note above :data:`WRITE_WAIT_SECONDS`)."""
+    from .errors import AutopeftError
+
+    path = Path(path) if path is not None else store_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(r.model_dump_json() + "\n" for r in records)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    payload = b"".join(r.model_dump_json().encode("utf-8") + b"\n" for r in records)
+    if not payload:
+        return path
     try:
-        os.write(fd, text.encode("utf-8"))
+        with locked(lock_path(path), timeout=WRITE_WAIT_SECONDS) as held:
+            if not held:
+                _warn_once((str(lock_path(path)), ()), f"cannot lock {lock_path(path)}: appending to {path} "
+                                                       f"without a lock (another writer could collide)")
+            _append_locked(path, payload)
+    except TimeoutError:
+        raise AutopeftError(f"{path} stayed locked by another process for {WRITE_WAIT_SECONDS:.0f} s "
+                            f"(its lock file: {lock_path(path)})") from None
+    return path
+
+
+def _append_locked(path: Path, payload: bytes) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            # the last write never finished: the torn line stays a line of its own, this one starts afresh
+            payload = b"\n" + payload
+            data = path.read_bytes()
+            tail = scan_jsonl(path, data)
+            if tail.damaged and tail.damaged[-1].line == data.count(b"\n") + 1:
+                log.warning(f"the last line of {path} (line {tail.damaged[-1].line}) was cut off by a write that "
+                            f"never finished; the new record starts on the next line "
+                            f"(`{_repair_command(path)}` removes the damaged one)")
+        written = 0
+        try:
+            while written < len(payload):
+                written += os.write(fd, payload[written:])
+            os.fsync(fd)
+        except BaseException:
+            if written < len(payload):  # a full disk, an I/O error, a signal mid-write: leave no part behind
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
-    return path
+
+
+def check_store(path: Path | None = None) -> Scan | None:
+    """What the store (or ``path``) holds, line by line; None when there is no such file."""
+    path = Path(path) if path is not None else store_path()
+    if not path.is_file():
+        return None
+    try:
+        return scan_jsonl(path, _read_shared(path))
+    except OSError as exc:
+        raise BadInputError(f"cannot read it: {exc.strerror or exc}", source=str(path)) from None
+
+
+def repair_store(path: Path | None = None) -> tuple[Scan | None, Path | None]:
+    """Rewrite the store (or ``path``) without its damaged lines, keeping every whole record as it
+    was, byte for byte. The damaged file is kept beside it as ``NAME.damaged-<time>``, and the new
+    one replaces it in one rename, under the writers' lock. Returns (what it held, the backup; None
+    when nothing was damaged)."""
+    path = Path(path) if path is not None else store_path()
+    if not path.is_file():
+        return None, None
+    try:
+        with locked(lock_path(path), timeout=WRITE_WAIT_SECONDS):
+            data = path.read_bytes()
+            scan = scan_jsonl(path, data)
+            if not scan.damaged:
+                return scan, None
+            mode = os.stat(path).st_mode & 0o777
+            backup = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while backup.exists():
+                backup, n = backup.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{n}"), n + 1
+            _write_durably(backup, data, mode)
+            tmp = path.with_name(f".{path.name}.repair-{os.getpid()}.tmp")
+            _write_durably(tmp, b"".join(line + b"\n" for line in scan.whole_lines), mode)
+            os.replace(tmp, path)
+            _sync_dir(path.parent)
+            return scan, backup
+    except TimeoutError:
+        from .errors import AutopeftError
+
+        raise AutopeftError(f"{path} stayed locked by another process for {WRITE_WAIT_SECONDS:.0f} s") from None
+
+
+def _write_durably(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
@@ -208,13 +465,18 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
     metric, higher = ("accuracy", True) if task == "seq-cls" else ("eval_loss", False)
     if run.options.get("test"):  # scored on a test file: the validation set guided the run
         metric, higher = ("test_accuracy", True) if task == "seq-cls" else ("test_loss", False)
+    task_metric = task_metric_of(run)
+    if task_metric is not None:  # the first --metric asked for scores the run
+        metric, higher = task_metric
     data = run.data or {}
     fingerprint = data.get("fingerprint") or "unknown"
     method = get_methods().get(run.method)
     curve = [CurvePoint(step=p.step, train_loss=p.loss, eval_loss=p.eval_loss, eval_score=p.eval_accuracy)
              for p in run.history if p.loss is not None or p.eval_loss is not None]
     return ProfileRecord(
-        benchmark=benchmark or f"local/{run.model}/{fingerprint[:12]}/bs{run.batch_size}-steps{run.steps}",
+        benchmark=benchmark or (f"local/{run.model}/{fingerprint[:12]}/bs{run.batch_size}-steps{run.steps}"
+                                # runs compare only by one metric: a task metric makes a benchmark of its own
+                                + (f"/{metric}" if task_metric is not None else "")),
         experiment=f"{run.method}-lr{run.learning_rate:g}-{Path(run.output_dir).name}", task=task,
         model=run.model, dataset=str(run.options.get("data")), method=run.method,
         family=method.family if method else None, settings=run.settings, learning_rate=run.learning_rate,
@@ -223,6 +485,17 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
         estimated_peak_memory_bytes=run.estimated_peak_memory_bytes, train_seconds=run.train_seconds,
         device=run.hardware.device_name, curve=curve, metric=metric,
         higher_is_better=higher, score=run.metrics.get(metric), source="autopeft run on this machine")
+
+
+def task_metric_of(run) -> tuple[str, bool] | None:
+    """The task metric that scores ``run`` (a RunRecord): the first ``--metric`` it was asked for, on the
+    test file where it has one, and whether higher is better; None for a run without task metrics."""
+    generation = getattr(run, "generation", None)
+    if generation is None or not generation.metrics:
+        return None
+    name, direction = next(iter(generation.metrics.items()))
+    key = f"test_{name}" if generation.test_examples else name
+    return key, direction == "higher"
 
 
 # -- the PEFT method-comparison layout -----------------------------------------------------------
@@ -235,7 +508,8 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
 #: lower-casing it and turning spaces and punctuation into ``_``); an entry ending in ``*`` matches
 #: any name that starts with the rest (``rouge*``: rouge1, rougeL).
 METRIC_DIRECTIONS: tuple[tuple[str, bool], ...] = (
-    ("accuracy", True), ("exact_match", True), ("pass_*", True), ("f1", True), ("rouge*", True), ("bleu", True),
+    ("accuracy", True), ("exact_match", True), ("final_number", True), ("json_equal", True), ("json_valid", True),
+    ("pass_*", True), ("f1", True), ("rouge*", True), ("bleu", True),
     ("chrf", True), ("meteor", True), ("dino_similarity", True), ("similarity", True), ("reward", True),
     ("loss", False), ("perplexity", False), ("ppl", False), ("nll", False), ("error", False), ("wer", False),
     ("cer", False), ("drift", False), ("mse", False), ("mae", False), ("rmse", False),

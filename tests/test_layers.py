@@ -13,13 +13,13 @@ ROOT = Path(__file__).resolve().parents[1] / "autopeft"
 
 #: lowest first; a module may import from its own layer (without a circle) and from those below
 LAYERS = [
-    ("errors", "logs", "sizes", "version", "hookspecs", "processes"),
+    ("errors", "logs", "sizes", "version", "hookspecs", "processes", "locks", "dtypes"),
     ("methods",),
     ("data", "models", "devices", "profiles", "costmodel", "estimates", "sharding", "quantization"),
     ("training",),
     ("choose",),
     # the faces ("" is autopeft/__init__), and one-release aliases of modules that moved
-    ("cli", "testing", "__main__", "", "method", "settings", "plugins"),
+    ("cli", "testing", "__main__", "", "method", "settings", "plugins", "configfile"),
 ]
 
 

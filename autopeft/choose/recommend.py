@@ -112,7 +112,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
               pack: bool = False, train_on_inputs: bool = False, trust_remote_code: bool = False,
               profiles: list[str] | None = None, leave_out: list[str] | None = None,
               num_processes: int = 1, accelerate_config: str | None = None, quantize: str | None = None,
-              say: Callable[[str], None] | None = None) -> Recommendation:
+              say: Callable[[str], None] | None = None,
+              on_pilot: Callable[[Any, int, Any], None] | None = None) -> Recommendation:
     """Rank the installed methods for ``data`` under ``constraints``; see the module docstring.
 
     :param num_processes, accelerate_config: how the fine-tune will run; with several processes the
@@ -126,6 +127,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     :param profiles: more profile records to learn from (JSONL files, or dirs of results in the PEFT
         method-comparison layout), besides the shipped ones and this machine's store.
     :param leave_out: benchmarks whose records are not learned from (to evaluate on one of them).
+    :param on_pilot: called after each pilot with its :class:`autopeft.choose.pilots.PilotConfig`, its
+        length in steps and its :class:`autopeft.training.outputs.PilotResult` (``tune`` logs pilots so).
     """
     from ..models import load_tokenizer
     from ..models import DEFAULT_MODEL, load_config
@@ -193,7 +196,8 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     if pilot:
         pilots = _run_pilots(feasible, get_methods(), options, total_steps, pilot_fraction, pilot_seconds,
                              learning_rates_per_method, limit if not device.planned else None, recommender, say,
-                             spent=lambda: time.perf_counter() - started, time_budget=constraints.time_budget)
+                             spent=lambda: time.perf_counter() - started, time_budget=constraints.time_budget,
+                             also=on_pilot)
     pilot_took = time.perf_counter() - pilot_started
 
     candidates, rows = [], []
@@ -338,7 +342,8 @@ def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_l
 
 
 def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_method, max_memory, recommender,
-                say, spent: Callable[[], float], time_budget: float | None = None) -> dict[str, Any]:
+                say, spent: Callable[[], float], time_budget: float | None = None,
+                also: Callable[[Any, int, Any], None] | None = None) -> dict[str, Any]:
     """Successive halving over (method, learning rate) configurations; each method's best pilot."""
     from .pilots import PilotConfig, successive_halving
     from .ranking import Candidate
@@ -357,8 +362,9 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 name=f"{row.method} lr={lr:g}", method=row.method, settings=row._given, learning_rate=lr,
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
                 gradient_checkpointing=row.estimated.gradient_checkpointing))
+    # (pilots report to no tracker: tune logs them itself, from their results)
     base = options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",
-                                       "gradient_accumulation_steps", "gradient_checkpointing"})
+                                       "gradient_accumulation_steps", "gradient_checkpointing", "report_to"})
 
     def budget(overhead: float, per_step: float) -> float:
         if seconds is not None:
@@ -382,6 +388,8 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                   if result.status == "ok" and result.curve else f"{result.status}: {result.error}")
         took = "done before, reused" if result.reused else f"{result.seconds or 0:.0f} s"
         say(f"  pilot {config.name}: {steps} steps, {took}, {detail}")
+        if also is not None:
+            also(config, steps, result)
 
     say(f"pilots: {len(configs)} configurations of {len(feasible)} methods, with successive halving; "
         f"budget {'%.0f s' % seconds if seconds else f'{fraction:.0%} of the estimated full fine-tune'}")

@@ -8,12 +8,14 @@ import logging
 from typing import Callable
 
 from ..errors import AutopeftError, BadInputError
+from ..training.outputs import holding_output_dir
 from .constraints import Constraints
 from .recommend import DEFAULT_PILOT_FRACTION, Recommendation, recommend
 
 log = logging.getLogger("autopeft")
 
 
+@holding_output_dir("tune")  # from the first pilot to the last file: a second command into it refuses at once
 def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: bool = False,
          constraints: Constraints | None = None,
          objective: str | None = None, target_gpu: str | None = None, pilot: bool = True,
@@ -29,21 +31,49 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
         chosen. (A tune interrupted before its fine-tune began is simply run again: its finished
         pilots are kept on this machine and reused.)
     """
-    import inspect
     from pathlib import Path
 
     from ..training.outputs import check_output_dir
-    from ..training.options import TrainOptions
 
     constraints = constraints or Constraints()
     out = Path(output_dir).expanduser()
     if resume:
         return _resume_tune(out, progress)
     check_output_dir(out, resume=False, overwrite=overwrite)
+    if options.get("metrics"):  # before the pilots, not after them
+        from ..training.generation import check_request
+
+        check_request(data, options["metrics"], options.get("task"))
+    from ..training.tracking import check_trackers, split_trackers, tracked_tune
+
+    trackers = check_trackers(split_trackers(options.get("report_to")), source="report_to")
+    with tracked_tune(trackers, out, _tune_parameters(data, options, constraints, objective, target_gpu,
+                                                      pilot_fraction, pilot_seconds, pilot)) as tracking:
+        return _choose_and_train(data, out, overwrite, constraints, objective, target_gpu, pilot, pilot_fraction,
+                                 pilot_seconds, progress, say, options, tracking)
+
+
+def _tune_parameters(data, options, constraints, objective, target_gpu, pilot_fraction, pilot_seconds,
+                     pilot) -> dict:
+    """What the tune's own tracker run records: the data, the options and the constraints it was given."""
+    given = {k: v for k, v in options.items() if v is not None and k != "report_to"}
+    limits = {k: v for k, v in constraints.model_dump(mode="json").items() if v not in (None, [], ())}
+    budget = {"pilot_seconds": pilot_seconds} if pilot_seconds else {"pilot_fraction": pilot_fraction}
+    return {"data": data, **given, **limits, "objective": objective or "quality", "target_gpu": target_gpu,
+            "pilot": pilot, **budget}
+
+
+def _choose_and_train(data, out, overwrite, constraints, objective, target_gpu, pilot, pilot_fraction,
+                      pilot_seconds, progress, say, options, tracking):
+    import inspect
+
+    from ..training.options import TrainOptions
+
     # every training option recommend takes is handed on, so a new one needs no second list to reach the pilots
     passed = set(inspect.signature(recommend).parameters) & set(TrainOptions.model_fields) - {"data"}
     rec = recommend(data, constraints=constraints, objective=objective, target_gpu=target_gpu, pilot=pilot,
                     pilot_fraction=pilot_fraction, pilot_seconds=pilot_seconds, say=say,
+                    on_pilot=tracking.pilot if tracking else None,
                     **{k: v for k, v in options.items() if k in passed and v is not None})
     # the fit's micro-batch, accumulation and checkpointing; a learning rate the user gave wins over the pilots'
     chosen = {"method": rec.chosen, "settings": rec.settings, "batch_size": rec.batch_size,
@@ -55,7 +85,9 @@ def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: 
         train_options["max_seconds"] = max(1.0, constraints.time_budget - rec.seconds)
     (say or log.info)(f"fine-tuning with {rec.chosen} into {out}")
     record = _fine_tune(rec, out, data=data, overwrite=overwrite, progress=progress, options=train_options,
-                        max_memory=constraints.max_vram)
+                        max_memory=constraints.max_vram, env=tracking.child_env() if tracking else None)
+    if tracking:
+        tracking.finish(rec, record)
     hint = _runner_up_hint(rec, data) if record.warnings else None
     if hint:
         (say or log.warning)(hint)
@@ -95,7 +127,7 @@ def _resume_tune(out, progress: bool):
 
 
 def _fine_tune(rec: Recommendation, out, *, data, overwrite: bool, progress: bool, options: dict,
-               max_memory: int | None, resume: bool = False):
+               max_memory: int | None, resume: bool = False, env: dict[str, str] | None = None):
     """Train (or resume) the chosen method in a watched process, held to ``max_memory`` like the pilots."""
     import json
     import tempfile
@@ -108,7 +140,7 @@ def _fine_tune(rec: Recommendation, out, *, data, overwrite: bool, progress: boo
         error_path = Path(tmp) / "error.txt"
         peak, failure = run_watched(_train_child, (data, str(out), overwrite, progress, rec.model_dump(mode="json"),
                                                    options, str(error_path), resume),
-                                    max_memory=max_memory if not rec.device.planned else None)
+                                    max_memory=max_memory if not rec.device.planned else None, env=env)
         if error_path.is_file():
             kind, _, message = error_path.read_text().partition("\n")
             raise (BadInputError(message) if kind == "bad-input" else AutopeftError(message))
@@ -127,8 +159,9 @@ def _train_child(data, output_dir, overwrite, progress, recommendation, options,
     quiet_libraries()
     log_to_stderr()
     try:
+        # the tune process holds the output directory for the whole command, this one included
         train(data, output_dir=output_dir, overwrite=overwrite, resume=resume, progress=progress,
-              recommendation=recommendation, **options)
+              recommendation=recommendation, lock_output=False, **options)
     except BadInputError as exc:
         Path(error_path).write_text(f"bad-input\n{exc}")
     except Exception as exc:  # reported by the parent as one line

@@ -121,6 +121,11 @@ def register_plugin(plugin, name: str, source: str = "local") -> bool:
     return True
 
 
+def plugin_source(name: str) -> str:
+    """The distribution that provided the plugin registered as ``name`` ("local" for one registered by hand)."""
+    return _sources.get(name, "local")
+
+
 def unregister_plugin(name: str) -> None:
     global _methods
     plugin = pm.get_plugin(name)

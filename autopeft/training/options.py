@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class TrainOptions(BaseModel):
@@ -48,6 +48,13 @@ class TrainOptions(BaseModel):
                                   "validation split; default: seed. Fixing it while varying seed measures "
                                   "what training's randomness alone does to a score")
     samples: int = Field(default=3, ge=0, description="sample generations in the report (causal LM)")
+    metrics: list[str] = Field(default_factory=list, description="task metrics (causal LM): score greedy "
+                               "generations on the validation and test sets against their references")
+    metrics_before: bool = Field(default=False, description="also score the model before training, on the same "
+                                 "examples (with metrics)")
+    generate_max_new_tokens: int = Field(default=96, ge=1, description="tokens generated per answer (with metrics)")
+    generate_max_examples: int | None = Field(default=200, ge=1, description="validation examples generated (with "
+                                              "metrics; the first N); None: all. The test set is generated whole")
     forgetting: bool = True
     keep_checkpoints: bool = False
     trust_remote_code: bool = False
@@ -61,6 +68,33 @@ class TrainOptions(BaseModel):
                                "(one per GPU), launched through Accelerate; batch_size is per process")
     accelerate_config: str | None = Field(default=None, description="an Accelerate config file (FSDP, DeepSpeed, "
                                           "several machines) to launch with")
+    report_to: list[str] = Field(default_factory=list, description="experiment trackers the run logs to, as "
+                                 "transformers' Trainer names them (tensorboard, mlflow, wandb, trackio, ...); "
+                                 "a comma-separated string is accepted. Default: none")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _short_precision(cls, value):
+        """torch's names (bfloat16, float16, float32) mean the short ones."""
+        from ..dtypes import short_dtype
+
+        return short_dtype(value) or value if isinstance(value, str) else value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_list(cls, value):
+        """``"tensorboard,mlflow"`` or a list; ``none`` (or nothing) means no tracker."""
+        from .tracking import split_trackers
+
+        return split_trackers(value)
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_list(cls, value):
+        """``"exact_match,final_number"`` and lists of such names alike, lower-cased, each once."""
+        from ..methods.metrics import metric_names
+
+        return metric_names(value)
 
     @property
     def sample_seed(self) -> int:

@@ -7,6 +7,8 @@
                                                           metrics, history, measured memory and time
     OUT/report.md, OUT/loss.png                           the report with its loss curves
     OUT/README.md                                         the model card
+    OUT/generations.jsonl                                 with --metric: every generated answer, its
+                                                          reference and its scores
     OUT/checkpoints/                                      Trainer checkpoints, for --resume
     OUT/autopeft-run.json                                 the options of the run (written first: marks
                                                           OUT as autopeft's and lets --resume continue)
@@ -14,11 +16,14 @@
                                                           that a resumed fine-tune still reports it
 
 Every file is written under a temporary name and renamed into place; run.json comes last, so a
-directory with a run.json holds a finished run.
+directory with a run.json holds a finished run. While a run writes into OUT, it holds the lock file
+``.OUT.autopeft-lock`` beside it (:func:`claim_output_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -100,6 +105,36 @@ class PilotResult(BaseModel):
     reused: bool = Field(default=False, description="read from the pilot cache, not run again")
 
 
+class GeneratedAnswer(BaseModel):
+    """One generated answer against its reference (task metrics)."""
+
+    split: Literal["validation", "test"]
+    source: str
+    line: int
+    input: str = Field(default="", description="the user's text of the prompt (no template or headers)")
+    prompt: str = Field(description="the prompt as the model saw it (rendered as in training)")
+    reference: str
+    output: str = Field(description="the trained model's greedy answer")
+    output_before: str | None = Field(default=None, description="the model's answer before training, where scored")
+    scores: dict[str, float | None] = Field(default_factory=dict, description="each per-example metric's score")
+    scores_before: dict[str, float | None] = Field(default_factory=dict)
+
+
+class TaskScores(BaseModel):
+    """The ``generation`` section of run.json: how the task metrics were measured (the scores are in
+    ``metrics``), and the first answers of each split (``generations.jsonl`` holds them all)."""
+
+    metrics: dict[str, str] = Field(description="each metric asked for, and which way is better (higher/lower)")
+    max_new_tokens: int
+    validation_examples: int = Field(description="validation examples generated (the first ones)")
+    validation_total: int = Field(description="validation examples there were")
+    test_examples: int
+    seconds: float = Field(description="generating after training")
+    seconds_before: float | None = Field(default=None, description="generating before training, where asked")
+    errors: list[str] = Field(default_factory=list, description="metrics that failed to score (they score None)")
+    samples: list[GeneratedAnswer] = Field(default_factory=list)
+
+
 class RunRecord(BaseModel):
     """Everything a finished run measured. ``--json`` prints the first six fields."""
 
@@ -138,6 +173,8 @@ class RunRecord(BaseModel):
                                                                   "learn (autopeft.training.evaluation.learning_warnings)")
     precision: str | None = Field(default=None, description="what training computed in: fp32, bf16 or fp16 "
                                                             "(options.precision holds what was asked, e.g. auto)")
+    generation: TaskScores | None = Field(default=None, description="task metrics (--metric): how the answers "
+                                                                    "were generated and the first of them")
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(include={"method", "settings", "output_dir", "metrics", "peak_memory_bytes",
@@ -166,6 +203,56 @@ def check_output_dir(path: Path, *, resume: bool, overwrite: bool) -> None:
     raise BadInputError(f"the output directory already holds {'a finished' if finished else 'an unfinished'} run; "
                         f"pass {'--overwrite' if finished else '--resume to continue it, or --overwrite'}",
                         source=str(path))
+
+
+def lock_file(path: Path) -> Path:
+    """The lock file of an output directory: ``.NAME.autopeft-lock`` beside it (not inside, so that the
+    directory holds only the run; resolved, so that every spelling of the path shares one)."""
+    real = Path(path).expanduser().resolve()
+    return real.with_name(f".{real.name}.autopeft-lock")
+
+
+@contextlib.contextmanager
+def claim_output_dir(path: Path, command: str):
+    """Hold ``path`` for this process while the block runs: a second ``train``, ``tune`` or
+    ``bench`` given the same directory refuses at once, naming the process that holds it. The lock
+    is the kernel's (:mod:`autopeft.locks`): a holder killed with ``kill -9`` leaves it free."""
+    from ..locks import Busy, claim, describe, info
+
+    lock = lock_file(path)
+    made = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]  # to remove if left empty
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        held = claim(lock, info(command, output_dir=str(lock.parent / Path(path).expanduser().resolve().name)))
+    except Busy as exc:
+        raise BadInputError(f"in use by {describe(exc.holder)}; wait for it to end, or choose another output "
+                            f"directory (its lock: {lock})", source=str(path)) from None
+    except OSError as exc:
+        raise BadInputError(f"cannot lock it: {lock}: {exc.strerror or exc}", source=str(path)) from None
+    try:
+        yield held
+    finally:
+        held.release()
+        for directory in made:  # a run refused before it wrote anything leaves no empty parents behind
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+
+
+def holding_output_dir(command: str):
+    """Decorate a function taking ``output_dir`` so that it runs holding that directory
+    (:func:`claim_output_dir`)."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def holding(*args, **kwargs):
+            with claim_output_dir(Path(kwargs["output_dir"]), command):
+                return function(*args, **kwargs)
+
+        return holding
+
+    return decorate
 
 
 def write_text(path: Path, text: str) -> None:
@@ -328,11 +415,79 @@ def _report(r: RunRecord) -> str:
                          f"{'' if c.get('predicted_score') is None else format(c['predicted_score'], '.3f')} | "
                          f"{'' if m.get('pilot_loss') is None else format(m['pilot_loss'], '.4f')} | "
                          f"{format_size(peak) if peak else ''} | {'; '.join(c.get('excluded_because') or [])} |")
+    if r.generation is not None:
+        lines += ["", *_task_metric_lines(r)]
     if r.samples:
         lines += ["", "## Sample generations", ""]
         for s in r.samples:
             lines += ["```text", s["prompt"].strip(), "```", "", "> " + s["output"].replace("\n", "\n> "), ""]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _cell(text: str | None, limit: int = 160) -> str:
+    """``text`` as one Markdown table cell: one line, pipes escaped, long text cut."""
+    if text is None:
+        return ""
+    flat = " ".join(text.split())
+    flat = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat.replace("|", "\\|") or "(empty)"
+
+
+def _task_metric_lines(r: RunRecord) -> list[str]:
+    """The task metrics (before and after training, per split) and the first answers against references."""
+    g = r.generation
+    before = g.seconds_before is not None
+    val = (f"the first {g.validation_examples} of {g.validation_total} validation examples"
+           if g.validation_examples < g.validation_total else f"{g.validation_examples} validation examples")
+    parts = [val] if g.validation_examples else []
+    parts += [f"{g.test_examples} test examples"] if g.test_examples else []
+    lines = ["## Task metrics", "",
+             f"Greedy answers (at most {g.max_new_tokens} new tokens) to {' and '.join(parts)}, scored against "
+             f"the references; generating took {g.seconds:.0f} s after training"
+             + (f" and {g.seconds_before:.0f} s before." if before else "."), "",
+             "| metric | split | " + ("before training | " if before else "") + "after training |",
+             "|---|---|" + ("---:|" if before else "") + "---:|"]
+
+    def value(key):
+        v = r.metrics.get(key)
+        return "n/a" if v is None else f"{v:.4g}"
+
+    for name, direction in g.metrics.items():
+        for split, prefix in (("validation", ""), ("test", "test_")):
+            if f"{prefix}{name}" in r.metrics:
+                lines.append(f"| {name} ({direction} is better) | {split} | "
+                             + (f"{value(f'{prefix}{name}_before')} | " if before else "")
+                             + f"{value(f'{prefix}{name}')} |")
+    lines += [*(f"- {e}" for e in g.errors), ""] if g.errors else [""]
+    for split in ("validation", "test"):
+        rows = [s for s in g.samples if s.split == split]
+        if not rows:
+            continue
+        scored = [name for name in g.metrics if any(s.scores.get(name) is not None for s in rows)]
+        lines += [f"### Answers against references ({split}, first {len(rows)}; all in generations.jsonl)", "",
+                  ("| prompt | reference | " + ("before training | " if before else "") + "after training | "
+                   + "".join(f"{name} | " for name in scored)).rstrip(),
+                  "|---|---|" + ("---|" if before else "") + "---|" + "---:|" * len(scored)]
+        for s in rows:
+            lines.append((f"| {_cell(s.input or s.prompt, 120)} | {_cell(s.reference)} | "
+                          + (f"{_cell(s.output_before)} | " if before else "") + f"{_cell(s.output)} | "
+                          + "".join(f"{_number(s.scores.get(name))} | " for name in scored)).rstrip())
+        lines.append("")
+    return lines
+
+
+def _task_metric_note(r: RunRecord) -> str:
+    g = r.generation
+    names = ", ".join(f"`{n}`" for n in g.metrics)
+    where = " and ".join(p for p in (f"{g.validation_examples} validation" if g.validation_examples else "",
+                                     f"{g.test_examples} test" if g.test_examples else "") if p)
+    return (f"Task metrics ({names}) score greedy answers of at most {g.max_new_tokens} new tokens to {where} "
+            f"examples against their references" + ("; `_before` is the base model before training." if
+                                                     g.seconds_before is not None else "."))
 
 
 def _model_card(r: RunRecord) -> str:
@@ -351,6 +506,7 @@ def _model_card(r: RunRecord) -> str:
         f"({r.trainable_params:,} trainable parameters) on `{Path(r.data.get('path', '')).name}` "
         f"({r.data.get('num_train')} examples, {r.data.get('format')} format) for {r.steps} steps.", "",
         "## Results", "", "| metric | value |", "|---|---:|", _metric_rows(r.metrics), "",
+        *([_task_metric_note(r), ""] if r.generation is not None else []),
         *([f"**Warning:** {w}" for w in r.warnings] + [""] if r.warnings else []),
         "## Use", "", "```python", load, "```", "",
         "Settings, data fingerprint, versions and hardware are in `run.json`; curves in `report.md`.", ""])

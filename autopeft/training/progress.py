@@ -24,8 +24,9 @@ class ProgressCallback(TrainerCallback):
     """Shows step, loss, tokens/s and the time left; says up front how long the run should take
     once the first steps have been timed."""
 
-    def __init__(self, stream=None, interval: float = 10.0, live: bool | None = None):
+    def __init__(self, stream=None, interval: float = 10.0, live: bool | None = None, after_seconds: float = 0.0):
         self.stream = stream or sys.stderr
+        self.after_seconds = after_seconds  # what follows training and is known (generating answers)
         self.live = self.stream.isatty() if live is None else live
         self.interval = interval
         self._bar = None
@@ -78,8 +79,11 @@ class ProgressCallback(TrainerCallback):
         rate = tokens / elapsed if elapsed > 0 else 0.0
         if not self._announced and done >= min(3, state.max_steps):
             self._announced = True
+            # the base's answers run to the token limit more often than trained ones: an upper bound
+            after = (f" (then generating answers, up to {_duration(self.after_seconds)} as before training)"
+                     if self.after_seconds >= 1 else "")
             self._write(f"{state.max_steps} steps at ~{per_step:.1f} s each: about {_duration(left + elapsed)} "
-                        f"in all, {_duration(left)} left")
+                        f"in all, {_duration(left)} left{after}")
         info = " ".join(part for part in (
             f"loss {self._loss:.4f}" if self._loss is not None else "",
             f"eval {self._eval:.4f}" if self._eval is not None else "",
@@ -110,3 +114,36 @@ class ProgressCallback(TrainerCallback):
             self._bar.console.print(line)
         else:
             print(f"autopeft: {line}", file=self.stream, flush=True)
+
+
+class GenerationProgress:
+    """Generating answers (task metrics): a line every ``interval`` seconds with the count, the time
+    spent and the time left, and one at the end with the total; on stderr like training's."""
+
+    def __init__(self, what: str, total: int, *, enabled: bool = True, stream=None, interval: float = 10.0):
+        self.what, self.total, self.enabled = what, total, enabled
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self.started = self._last = time.perf_counter()
+        self.done = 0
+
+    def update(self, done: int) -> None:
+        self.done = done
+        now = time.perf_counter()
+        if not self.enabled or now - self._last < self.interval or done >= self.total:
+            return
+        self._last = now
+        spent = now - self.started
+        left = spent / max(done, 1) * (self.total - done)
+        self._write(f"generating {self.what}: {done}/{self.total}, {_duration(spent)}, about {_duration(left)} left")
+
+    def finish(self) -> float:
+        """Say how long it took; return the seconds."""
+        seconds = time.perf_counter() - self.started
+        if self.enabled and self.total:
+            self._write(f"generated {self.total} {self.what} in {_duration(seconds)} "
+                        f"({seconds / self.total:.2f} s each)")
+        return seconds
+
+    def _write(self, line: str) -> None:
+        print(f"autopeft: {line}", file=self.stream, flush=True)

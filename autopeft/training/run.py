@@ -33,17 +33,27 @@ def pilot(data: str, *, output_dir: str, steps: int, **options) -> PilotResult:
 
 
 def train(data: str | None = None, *, output_dir: str, resume: bool = False, overwrite: bool = False,
-          progress: bool = True, recommendation: dict | None = None, **options) -> RunRecord:
+          progress: bool = True, recommendation: dict | None = None, lock_output: bool = True,
+          **options) -> RunRecord:
     """Fine-tune and write the outputs (see :mod:`autopeft.outputs`); return the run's record.
 
     :param data: the training file (JSONL, JSON, CSV, TSV or Parquet).
     :param output_dir: where the adapter, report and run.json go; must be new, or autopeft's own
         with ``resume`` (continue from the last checkpoint, with the stored options) or ``overwrite``.
+    :param lock_output: hold ``output_dir`` for this run, so that another one into it refuses at once
+        (False only where the caller holds it already, as ``tune`` does for its fine-tune's process).
     :param options: any field of :class:`TrainOptions`.
     """
-    from .outputs import check_output_dir
+    from .outputs import claim_output_dir
 
     out = Path(output_dir).expanduser()
+    with claim_output_dir(out, "train") if lock_output else contextlib.nullcontext():
+        return _train(data, out, resume, overwrite, progress, recommendation, options)
+
+
+def _train(data, out: Path, resume: bool, overwrite: bool, progress: bool, recommendation, options) -> RunRecord:
+    from .outputs import check_output_dir
+
     check_output_dir(out, resume=resume, overwrite=overwrite)
     if resume:
         opts = _stored_options(out)
@@ -58,11 +68,21 @@ def train(data: str | None = None, *, output_dir: str, resume: bool = False, ove
     if opts.pilot_steps:
         raise BadInputError("pilot_steps is for autopeft.training.run.pilot(), not train()")
     _method(opts.method, opts.settings)  # a misspelt method or setting: refused before torch even loads
+    if opts.metrics:  # a misspelt --metric is reported before any data or model loads
+        from ..methods.metrics import resolve_metrics
+
+        resolve_metrics(opts.metrics)
+    from .tracking import check_trackers, tracked
+
+    trackers = check_trackers(opts.report_to, source="report_to")  # a missing package fails here, before anything
     if (opts.num_processes > 1 or opts.accelerate_config) and not launched():
         plan_of(opts.num_processes, opts.accelerate_config)  # a bad config file is reported here, once
         return launch(opts, out, resume=resume, recommendation=recommendation)
+    from .launch import is_main_process
+
     run = Run(opts, out, resume=resume, progress=progress, recommendation=recommendation)
-    return run.finish(run.fit())
+    with tracked(trackers if is_main_process() else [], out) as run.tracking:
+        return run.finish(run.fit())
 
 
 def _options(**values) -> TrainOptions:
@@ -96,6 +116,7 @@ class Run:
         self.opts, self.out, self.resume, self.progress = opts, out, resume, progress
         self.recommendation = recommendation
         self.started = time.perf_counter()
+        self.tracking = None  # the run's experiment trackers (autopeft.training.tracking), if any
 
     def fit(self):
         """Load the data and the model, build the method, train; return the Trainer."""
@@ -118,6 +139,7 @@ class Run:
             require_here(opts.quantize)
         self.prepare_data()
         self.check_module_names()
+        self.scoring = self.task_scoring()
         created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
         try:
@@ -197,6 +219,14 @@ class Run:
         net = meta_model(config, self.task, num_labels=len(self.data.label2id or {}) or 2)
         check_module_settings(net, self.settings, method=self.method.name)
 
+    def task_scoring(self):
+        """The task metrics asked for (``--metric``), their examples and references checked; None without."""
+        if self.opts.pilot_steps or not self.opts.metrics:
+            return None
+        from .generation import TaskScoring
+
+        return TaskScoring.for_run(self.opts, self.data, self.tokenizer)
+
     def load_and_build(self) -> None:
         import torch
 
@@ -217,6 +247,8 @@ class Run:
         self.loss_before = None
         if self.task == "causal-lm" and opts.forgetting and not opts.pilot_steps and self.main:
             self.loss_before = _general_loss(net, self.tokenizer)
+        if self.scoring is not None and opts.metrics_before and self.main:
+            self.scoring.score_before(net, progress=self.progress)  # the base, before the method is built
         self.total_steps = total_steps(opts, len(self.data.train))
         try:
             from ..methods.base import build_method
@@ -296,7 +328,7 @@ class Run:
             load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None,
             greater_is_better=False if early else None,
             logging_strategy="steps", logging_steps=1 if pilot else max(1, self.total_steps // 50),
-            report_to="none", disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
+            report_to=self.tracking.names if self.tracking else "none", run_name=self.out.name, disable_tqdm=True, seed=opts.seed, data_seed=opts.seed,
             bf16=self.precision == "bf16", fp16=self.precision == "fp16", use_cpu=self.device == "cpu",
             train_sampling_strategy="group_by_length" if opts.group_by_length and not opts.pack else "random",
             length_column_name="length", remove_unused_columns=False, label_names=["labels"],
@@ -309,7 +341,7 @@ class Run:
         callbacks = [EarlyStoppingCallback(opts.early_stopping_patience)] if early else []
         callbacks += self.method.training_callbacks(self.net, self.settings)
         if self.progress:
-            callbacks.append(ProgressCallback())
+            callbacks.append(ProgressCallback(after_seconds=self.scoring.expected_seconds() if self.scoring else 0.0))
         if pilot:
             callbacks.append(_stop_after(opts.pilot_steps))
         if opts.max_seconds:
@@ -321,6 +353,13 @@ class Run:
             compute_metrics=classification_metrics if self.task == "seq-cls" else None)
         for default in (PrinterCallback, HFProgress):
             trainer.remove_callback(default)
+        if self.tracking is not None:
+            from .tracking import run_parameters
+
+            self.tracking.attach(trainer, run_parameters(
+                opts, method=self.method.name, settings=self.settings.model_dump(mode="json"),
+                learning_rate=self.learning_rate, model=self.model_name, task=self.task, precision=self.precision,
+                total_steps=self.total_steps))
         return trainer
 
     def _last_checkpoint(self) -> str | None:
@@ -372,6 +411,10 @@ class Run:
             metrics["general_text_loss_before"] = self.loss_before
             metrics["general_text_loss_after"] = after
             metrics["forgetting"] = after - self.loss_before
+        generation, generated = None, []
+        if self.scoring is not None:
+            scores, generation, generated = self.scoring.score_after(net, progress=self.progress)
+            metrics.update(scores)
         samples = []
         if self.task == "causal-lm" and opts.samples:
             from ..data import sample_prompts
@@ -384,6 +427,10 @@ class Run:
         staging.mkdir()
         _save_model(self.method, net, staging, self.initial_adapter)
         self.tokenizer.save_pretrained(str(staging))
+        if generation is not None:
+            from .generation import GENERATIONS_FILE, write_generations
+
+            write_generations(staging / GENERATIONS_FILE, generated)
         adapter_bytes = sum(f.stat().st_size for f in staging.glob("*.safetensors"))
         move_into(staging, self.out)
 
@@ -403,13 +450,15 @@ class Run:
                                if tokens and self.train_seconds > eval_seconds else None),
             history=_history(trainer.state.log_history), samples=samples,
             hardware=hardware(self.device), versions=versions(), recommendation=self.recommendation,
-            distributed=distributed, warnings=warnings, precision=self.precision)
+            distributed=distributed, warnings=warnings, precision=self.precision, generation=generation)
         write_report(self.out, record)
         write_json(self.out / RECORD_FILE, record.model_dump(mode="json"))  # last: marks the run finished
         if opts.profile_store:
             _remember(record)
         if not opts.keep_checkpoints:
             shutil.rmtree(self.out / CHECKPOINTS, ignore_errors=True)
+        if self.tracking is not None:
+            self.tracking.finish(metrics, record.steps)
         return record
 
     def measure_pilot(self, trainer) -> PilotResult:
