@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from functools import partial
 
@@ -40,6 +41,21 @@ class _Group(click.Group):
                 sys.exit(1)
 
 
+class _Choice(click.Choice):
+    """click's choice, whose refusal also names the closest choices ("did you mean 'merge'?")."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            from .errors import close_names, one_of
+
+            choices = [str(c) for c in self.choices]
+            close = close_names(str(value), choices)
+            hint = f"did you mean {one_of(close)}?" if close else f"choose from {', '.join(choices)}"
+            self.fail(f"unknown value {value!r}; {hint}", param, ctx)
+
+
 def run() -> None:
     """The console entry point: click's usage errors become one line and exit status 2 too."""
     try:
@@ -71,6 +87,10 @@ def main(no_plugins, allowed):
     """
     if no_plugins and allowed:
         raise click.UsageError("--no-plugins and --plugins exclude each other")
+    if allowed:
+        from .methods.registry import check_plugin_names
+
+        check_plugin_names(allowed.split(","), source="--plugins")
     if no_plugins or allowed:
         # an environment variable, so that pilot and training processes load the same set
         os.environ["AUTOPEFT_LOAD_PLUGINS"] = "autopeft" if no_plugins else allowed
@@ -92,7 +112,12 @@ class _Dtype(click.Choice):
             return short_dtype(value)
         if value in self.choices:
             return value
-        self.fail(f"{value!r} is not one of {', '.join([*self.choices[:-3], *accepted_names()])}", param, ctx)
+        from .errors import close_names, one_of
+
+        known = [*self.choices[:-3], *accepted_names()]
+        close = close_names(str(value), known)
+        hint = f"; did you mean {one_of(close)}?" if close else ""
+        self.fail(f"{value!r} is not one of {', '.join(known)}{hint}", param, ctx)
 
 
 def _emit_json(data) -> None:
@@ -107,7 +132,7 @@ def _warn_plugin_failures() -> None:
 
 
 @main.command()
-@click.option("--task", type=click.Choice(TASKS), help="Only methods supporting this task.")
+@click.option("--task", type=_Choice(TASKS), help="Only methods supporting this task.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout.")
 def methods(task, as_json):
     """List installed fine-tuning methods with their capabilities.
@@ -177,14 +202,21 @@ def metrics(as_json):
 
 
 def _parse_setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE: VALUE as JSON, else a comma-separated list, else a string. One module name
+    (``target_modules=q_proj``) is a list of one: PEFT would read a string as a regular expression
+    over whole module names, which a bare name never matches."""
     if "=" not in text:
         raise BadInputError(f"settings are KEY=VALUE, got {text!r}", source="--set")
     key, raw = text.split("=", 1)
+    key = key.strip()
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw.split(",") if "," in raw else raw
-    return key.strip(), value
+    if key.endswith("_modules") and isinstance(value, str) and value != "all-linear" \
+            and re.fullmatch(r"[\w.-]+", value):
+        value = [value]
+    return key, value
 
 
 @main.command()
@@ -194,22 +226,22 @@ def _parse_setting(text: str) -> tuple[str, object]:
 @click.option("--set", "-s", "settings", multiple=True, metavar="KEY=VALUE", help="A method setting; repeatable.")
 @click.option("--peft-config", "peft_configs", multiple=True, type=click.Path(dir_okay=True),
               help="A PEFT adapter_config.json instead of --method; repeat for several (prints a JSON list).")
-@click.option("--task", type=click.Choice(TASKS),
+@click.option("--task", type=_Choice(TASKS),
               help="Default: from the adapter config, else what the model is for.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seq-len", type=click.IntRange(min=1), default=512, show_default=True, help="Tokens per example.")
 @click.option("--dtype", type=_Dtype(), help="bf16, fp16 or fp32 (or torch's names: bfloat16, float16, float32). "
               "Default: bf16 on accelerators, fp32 on CPU.")
-@click.option("--device", type=click.Choice(["cuda", "cpu", "mps"]), default="cuda", show_default=True)
+@click.option("--device", type=_Choice(["cuda", "cpu", "mps"]), default="cuda", show_default=True)
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True)
 @click.option("--num-labels", type=click.IntRange(min=1), default=2, show_default=True, help="Classes (seq-cls) or tags (token-cls).")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes (devices) training together; memory is then per device.")
-@click.option("--strategy", type=click.Choice(["ddp", "zero1", "zero2", "zero3", "fsdp"]),
+@click.option("--strategy", type=_Choice(["ddp", "zero1", "zero2", "zero3", "fsdp"]),
               help="How the processes split the state. Default: ddp with several.")
 @click.option("--accelerate-config", type=click.Path(dir_okay=False),
               help="Read the strategy and the number of processes from an Accelerate config file.")
-@click.option("--quantize", type=click.Choice(["4bit", "8bit"]),
+@click.option("--quantize", type=_Choice(["4bit", "8bit"]),
               help="The base's linear layers in 4 or 8 bits, as bitsandbytes stores them (QLoRA-style, CUDA).")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model's own Python code (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
@@ -223,6 +255,7 @@ def estimate(model, method, settings, peft_configs, task, batch_size, seq_len, d
     estimated, 2 when every failure was bad input, 1 when any other failed.
     """
     quiet_libraries()
+    log_to_stderr()  # warnings (an adapter config's keys the installed PEFT does not know)
     from .estimates import EstimateFailure, estimate_each, exit_status
 
     if method and peft_configs and len(peft_configs) > 1:
@@ -307,7 +340,7 @@ def _training_options(command, outputs: bool = True):
         click.option("--validation", type=click.Path(dir_okay=True), help="Validation file. Default: split 10% off."),
         click.option("--test", type=click.Path(dir_okay=True),
                      help="Test file, scored once after training (never used to stop or choose)."),
-        click.option("--task", type=click.Choice(TASKS), help="Default: from the data format."),
+        click.option("--task", type=_Choice(TASKS), help="Default: from the data format."),
         click.option("--epochs", type=click.FloatRange(min=0, min_open=True), help="Default 3."),
         click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps."),
         click.option("--batch-size", "-b", type=click.IntRange(min=1), help="Default 8."),
@@ -320,7 +353,7 @@ def _training_options(command, outputs: bool = True):
         click.option("--precision", type=_Dtype(extra=("auto",)),
                      help="auto, fp32, bf16 or fp16 (or bfloat16, float16, float32). Default: bf16/fp16 on GPUs, "
                           "fp32 on CPU."),
-        click.option("--quantize", type=click.Choice(["4bit", "8bit"]),
+        click.option("--quantize", type=_Choice(["4bit", "8bit"]),
                      help="Load the base in 4 or 8 bits (QLoRA-style; CUDA with bitsandbytes, methods marked quant)."),
         click.option("--eval-steps", type=click.IntRange(min=1), help="Default: 5 evaluations per run."),
         click.option("--save-steps", type=click.IntRange(min=1), help="Checkpoint every N steps. Default: at evaluations."),
@@ -684,7 +717,7 @@ def _choice_options(command):
         click.option("--time-budget", help="Time for the whole fine-tune, e.g. 2h or 45m."),
         click.option("--methods", "only", help="Only these methods (comma-separated)."),
         click.option("--exclude", help="Never these methods (comma-separated)."),
-        click.option("--require", multiple=True, type=click.Choice(["merge", "quantized", "lora-convertible"]),
+        click.option("--require", multiple=True, type=_Choice(["merge", "quantized", "lora-convertible"]),
                      help="A capability the adapter must have; repeatable."),
         click.option("--objective", help="quality (default), memory, speed, or a mix like quality=0.7,memory=0.3."),
         click.option("--target-gpu", help="Plan for a known accelerator (see profiles/hardware.json)."),
@@ -707,7 +740,11 @@ def _choice_kwargs(max_vram, max_adapter_size, max_rank, max_trainable_params, t
         try:
             fraction = float(pilot_budget)
         except ValueError:
-            kwargs["pilot_seconds"] = parse_duration(pilot_budget)
+            try:
+                kwargs["pilot_seconds"] = parse_duration(pilot_budget, "--pilot-budget")
+            except BadInputError:
+                raise BadInputError(f"--pilot-budget takes a fraction of the estimated fine-tune such as 0.15, or "
+                                    f"a duration such as 5m; got {pilot_budget!r}") from None
         else:
             if not 0 < fraction < 1:
                 raise BadInputError(f"--pilot-budget as a fraction must be between 0 and 1, got {pilot_budget}")
@@ -723,13 +760,13 @@ _CHOICE_KEYS = ("max_vram", "max_adapter_size", "max_rank", "max_trainable_param
 @click.argument("data", type=click.Path(dir_okay=True))
 @click.option("--model", "-m", help="Embedded name, local dir or Hub id. Default: the task's embedded model.")
 @click.option("--validation", type=click.Path(dir_okay=True), help="Validation file.")
-@click.option("--task", type=click.Choice(TASKS), help="Default: from the data format.")
+@click.option("--task", type=_Choice(TASKS), help="Default: from the data format.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=3.0, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1))
 @click.option("--max-length", type=click.IntRange(min=8), default=512, show_default=True)
 @click.option("--max-examples", type=click.IntRange(min=1))
-@click.option("--quantize", type=click.Choice(["4bit", "8bit"]),
+@click.option("--quantize", type=_Choice(["4bit", "8bit"]),
               help="Plan for a base loaded in 4 or 8 bits (QLoRA-style; CUDA with bitsandbytes).")
 @_with(_data_shaping_options())
 @_choice_options
@@ -804,7 +841,7 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
 @click.argument("results_dir", type=click.Path(file_okay=False))
 @click.option("--budget-fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
               help="Pilot compute as a share of training every run that fits.")
-@click.option("--pilots", type=click.Choice(["halving", "flat"]), default="halving", show_default=True,
+@click.option("--pilots", type=_Choice(["halving", "flat"]), default="halving", show_default=True,
               help="halving: spend the budget as tune does (short pilots for all, longer ones for the best); "
                    "flat: every run piloted for exactly that share of its steps.")
 @click.option("--max-vram", help="Only runs whose measured peak fits, e.g. 22.3GB.")

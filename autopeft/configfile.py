@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import BadInputError
+from .errors import BadInputError, close_names, one_of
 
 #: a run's keys that belong to the run, not to a command that would repeat it
 RUN_ONLY = ("output_dir", "pilot_steps")
@@ -51,8 +50,8 @@ def key_name(key: Any) -> str:
 
 def closest(key: str, known) -> str:
     """``; did you mean X?`` for the nearest known keys, or nothing."""
-    close = get_close_matches(key, sorted(known), n=2, cutoff=0.6)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
+    close = close_names(key, sorted(known), n=2)
+    return f"; did you mean {one_of(close)}?" if close else ""
 
 
 def load(config: str | Path | Mapping | Config | None) -> Config | None:

@@ -178,7 +178,7 @@ def estimate(model: str | None = None, method: str | Method | None = None, *, se
         method = ac.method_for(peft_config)
     if method is None:
         raise BadInputError("give a method (--method NAME) or an adapter config (--peft-config FILE)")
-    method_obj = get_method(method) if isinstance(method, str) else method
+    method_obj = get_method(method, source="--method") if isinstance(method, str) else method
     if quantize is not None:
         from .quantization import check_supported
 
@@ -347,35 +347,52 @@ def task_of(peft_config: dict | None) -> str | None:
     return task_of_peft_type(peft_config.get("task_type"))
 
 
-def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, quantize=None):
-    """The model with the method applied, on the meta device, (with ``quantize``) the base layers
-    bitsandbytes would convert, and the settings as the method adapted them to the model (what a
-    training run records)."""
+def meta_model(config, task: str, num_labels: int = 2, torch_dtype=None):
+    """The model of ``config`` for ``task`` on the meta device: its modules and shapes, no weights
+    (milliseconds, where loading the weights takes seconds to minutes)."""
     import torch
     import transformers
 
-    from .methods import adapter_config as ac
     from .tasks import AUTO_CLASSES, CLASSIFICATION_TASKS
 
     _register_trace_attention()
     auto = getattr(transformers, AUTO_CLASSES[task])
     kwargs = {"num_labels": num_labels} if task in CLASSIFICATION_TASKS else {}
+    dtype = torch_dtype or torch.float32
     try:
         config = config.__class__.from_dict({**config.to_dict(), **kwargs})
         with torch.device("meta"):
             try:
-                net = auto.from_config(config, dtype=torch_dtype, attn_implementation="autopeft_trace")
+                return auto.from_config(config, dtype=dtype, attn_implementation="autopeft_trace")
             except (ValueError, TypeError):  # architecture without the attention interface
-                net = auto.from_config(config, dtype=torch_dtype)
+                return auto.from_config(config, dtype=dtype)
     except Exception as exc:
         raise BadInputError(f"cannot build a {task} model from this config: {str(exc).splitlines()[0]}",
                             source="--model") from None
+
+
+def _build_on_meta(config, task, torch_dtype, num_labels, method_obj, method_settings, peft_config, quantize=None):
+    """The model with the method applied, on the meta device, (with ``quantize``) the base layers
+    bitsandbytes would convert, and the settings as the method adapted them to the model (what a
+    training run records)."""
+    import torch
+
+    from .methods import adapter_config as ac
+
+    net = meta_model(config, task, num_labels, torch_dtype)
     if quantize:
         from .quantization import quantized_layers
 
         quantized = quantized_layers(net, task)
     else:
         quantized = []
+    if isinstance(method_obj, PeftMethod):  # names that match no module: refused here, not dropped by PEFT
+        from .methods.targets import check_adapter_config, check_module_settings
+
+        if peft_config is not None:
+            check_adapter_config(net, peft_config)
+        else:
+            check_module_settings(net, method_settings, method=method_obj.name)
     try:
         if peft_config is not None:
             if not isinstance(method_obj, PeftMethod):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pydantic import BaseModel
 
-from .errors import BadInputError, first_line
+from .errors import BadInputError, close_names, first_line, one_of
 from .tasks import TASKS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -96,6 +96,7 @@ class DataInfo(BaseModel):
     train_on_inputs: bool
     packed: bool
     tokens: TokenStats
+    warnings: list[str] = []  # what makes the data weak for its task (see check_teachable)
 
 
 @dataclasses.dataclass
@@ -854,10 +855,7 @@ def _append(columns: dict[str, list], ids: list[int], labels: list | int) -> Non
 
 def _encode_classification(rows: list[tuple[int, dict]], tokenizer, label2id: dict[str, int], *,
                            max_length: int, source: str) -> _Encoded:
-    for line, record in rows:
-        if str(record["label"]) not in label2id:
-            raise BadInputError(f"label {record['label']!r} does not occur in the training data (labels: "
-                                f"{', '.join(label2id)})", source, line)
+    _refuse_unseen_labels(rows, list(label2id), source)
     texts = [record["text"] for _, record in rows]
     ids = [list(x) for x in tokenizer(texts, verbose=False)["input_ids"]]
     long = [i for i, x in enumerate(ids) if len(x) > max_length]
@@ -990,6 +988,154 @@ def _token_stats(lengths: list[int], truncated: int) -> TokenStats:
 
 
 # --------------------------------------------------------------------------------------------------------
+# Can the data teach the task?
+
+#: a label with fewer training examples than this is warned about: too few to learn it from
+FEW_EXAMPLES_PER_LABEL = 5
+#: the most frequent training label this many times as frequent as the rarest is warned about
+IMBALANCE_RATIO = 20
+
+
+def check_teachable(task: str, fmt: str, train_rows: list[tuple[int, dict]], val_rows: list[tuple[int, dict]], *,
+                    source: str, validation_source: str, validation_file: str | None = None,
+                    population: Sequence[dict] = ()) -> list[str]:
+    """Refuse data that cannot teach ``task``, before any model loads: a BadInputError with the counts
+    (classification: a single label; every text the same). Return, as sentences (each also logged as a
+    warning), what makes the data merely weak: rare or imbalanced labels, a text given two labels, a
+    validation set without some label or holding training examples, causal-LM data whose responses are
+    all one.
+
+    :param validation_source: "file", "split" or "none", as :class:`DataInfo` says.
+    :param validation_file: the validation file's path, where ``validation_source`` is "file".
+    :param population: the records the rows were sampled from (``--max-examples``), to say what the
+        sample lost.
+    """
+    if task == "seq-cls":
+        found = _classification_problems(train_rows, val_rows, source=source,
+                                         validation_source=validation_source, population=population)
+        if validation_source == "file":
+            _refuse_unseen_labels(val_rows, _label_names([r for _, r in train_rows]), validation_file or "")
+    elif task == "causal-lm":
+        found = _causal_lm_problems(fmt, train_rows)
+    else:
+        return []
+    found += _validation_overlap(task, train_rows, val_rows)
+    for warning in found:
+        logger.warning("warning: %s", warning)
+    return found
+
+
+def _classification_problems(train_rows, val_rows, *, source: str, validation_source: str,
+                             population: Sequence[dict]) -> list[str]:
+    # a split was carved from the user's examples (stratified: each label keeps a training example)
+    given = train_rows + val_rows if validation_source == "split" else train_rows
+    counts = Counter(str(record["label"]) for _, record in train_rows)
+    if len(counts) < 2:
+        (label,) = counts
+        kind = "examples" if validation_source == "split" else "training examples"
+        what = f"all {len(given)} {kind}" if len(given) > 1 else f"the only one of the {kind}"
+        others = sorted({str(record["label"]) for record in population} - {label})
+        if others:  # the --max-examples sample lost them
+            what += (f" of the --max-examples sample (of {len(population)} records, which also hold "
+                     f"{', '.join(map(repr, others[:5]))}{'...' if len(others) > 5 else ''}; sample more)")
+        raise BadInputError(f"{what} {'have' if len(given) > 1 else 'has'} label {label!r}; a classifier needs "
+                            f"examples of at least two labels", source)
+    texts = {record["text"] for _, record in train_rows}
+    if len(texts) == 1:
+        raise BadInputError(f"all {len(train_rows)} training examples have the same text ({next(iter(texts))[:40]!r}): "
+                            f"a classifier learns from differences between texts", source)
+    found = []
+    rare = sorted((n, label) for label, n in counts.items() if n < FEW_EXAMPLES_PER_LABEL)
+    if rare:
+        listed = ", ".join(f"{label!r} ({n})" for n, label in rare)
+        found.append(f"{'label' if len(rare) == 1 else 'labels'} {listed} {'has' if len(rare) == 1 else 'have'} fewer "
+                     f"than {FEW_EXAMPLES_PER_LABEL} training examples: too few to learn "
+                     f"{'it' if len(rare) == 1 else 'them'} from")
+    (top, most), (low, least) = counts.most_common()[0], counts.most_common()[-1]
+    if most >= IMBALANCE_RATIO * least:
+        found.append(f"the training labels are imbalanced: {top!r} has {most} examples, {low!r} {least} "
+                     f"({most / least:.0f} to 1); always answering {top!r} would score "
+                     f"{most / sum(counts.values()):.0%} accuracy, so judge the run by macro_f1")
+    by_text: dict[str, set] = {}
+    for _, record in train_rows:
+        by_text.setdefault(record["text"], set()).add(str(record["label"]))
+    conflicting = [text for text, labels in by_text.items() if len(labels) > 1]
+    if conflicting:
+        found.append(f"{len(conflicting)} training {'text has' if len(conflicting) == 1 else 'texts have'} "
+                     f"more than one label (e.g. {conflicting[0][:40]!r}): no model gets both right")
+    if len(val_rows) >= len(counts):  # (a smaller one cannot hold every label)
+        val_counts = Counter(str(record["label"]) for _, record in val_rows)
+        absent = [label for label in counts if not val_counts[label]]
+        if absent:
+            listed = ", ".join(f"{label!r} ({_count(counts[label], 'training example')})" for label in absent)
+            found.append(f"the validation set has no example of {listed}: its scores say nothing about "
+                         f"{'that label' if len(absent) == 1 else 'those labels'}")
+    return found
+
+
+def _causal_lm_problems(fmt: str, train_rows) -> list[str]:
+    if len(train_rows) < 2:
+        return []
+    if fmt == "text":
+        texts = {record["text"] for _, record in train_rows}
+        return [f"all {len(train_rows)} training examples are the same text"] if len(texts) == 1 else []
+    replies = {_response_of(record, fmt) for _, record in train_rows}
+    if len(replies) == 1:
+        return [f"all {len(train_rows)} training examples have the same response ({next(iter(replies))[:40]!r}): "
+                f"the model can only learn to give it, whatever the prompt"]
+    return []
+
+
+def _response_of(record: dict, fmt: str) -> str:
+    if fmt == "chat":
+        return record["messages"][_last_assistant(record["messages"])]["content"]
+    return _reply_text(record, fmt)
+
+
+def _validation_overlap(task: str, train_rows, val_rows) -> list[str]:
+    """Validation examples that are training examples too: their scores measure memory."""
+    if not val_rows:
+        return []
+    key = (lambda record: record["text"]) if task == "seq-cls" else (
+        lambda record: json.dumps(record, sort_keys=True, ensure_ascii=False))
+    trained = {key(record) for _, record in train_rows}
+    shared = sum(key(record) in trained for _, record in val_rows)
+    if not shared:
+        return []
+    return [f"{shared} of {len(val_rows)} validation examples also occur in the training data: on them, "
+            f"validation measures memory rather than learning"]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _refuse_unseen_labels(rows: list[tuple[int, dict]], labels: Sequence[str], source: str) -> None:
+    """Labels of a validation or test file that training never shows: a classifier cannot predict
+    them. The error names each with its count (and the closest training label), at its first line."""
+    unseen: dict[str, list[int]] = {}
+    for line, record in rows:
+        if str(record["label"]) not in labels:
+            unseen.setdefault(str(record["label"]), []).append(line)
+    if not unseen:
+        return
+
+    def described(label: str) -> str:
+        close = close_names(label, list(labels))
+        return _count(len(unseen[label]), "example") + (f"; did you mean {one_of(close)}?" if close else "")
+
+    if len(unseen) == 1:
+        (label,) = unseen
+        what = f"label {label!r} does not occur in the training data ({described(label)})"
+    else:
+        what = (f"labels {', '.join(f'{label!r} ({described(label)})' for label in unseen)} do not occur in the "
+                f"training data")
+    first = min(lines[0] for lines in unseen.values())
+    raise BadInputError(f"{what}; a classifier cannot predict a label it never saw in training (training labels: "
+                        f"{', '.join(labels)}; the first unseen one is on this line)", source, first)
+
+
+# --------------------------------------------------------------------------------------------------------
 # Preparing
 
 
@@ -1027,11 +1173,19 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
         train_rows, val_rows, val_source = rows, list(zip(validation.lines, validation.records)), "file"
         val_file = validation.source
     else:
-        train_rows, val_rows = _split(rows, validation_fraction, seed)
+        train_rows, val_rows = _split(rows, validation_fraction, seed,
+                                      strata=(lambda row: row[1]["label"]) if task == "seq-cls" else None)
         val_source, val_file = ("split" if val_rows else "none"), train.source
     test = _load(test_path) if test_path is not None else None
     if test is not None:
         _check_same_format(test, train, "test")
+    data_warnings = check_teachable(task, train.format, train_rows, val_rows, source=train.source,
+                                    validation_source=val_source, validation_file=val_file,
+                                    population=train.records)
+    if validation_path is None and not val_rows and validation_fraction > 0 and len(rows) > 1:
+        data_warnings.append("no validation split: every label has a single example, which training needs; "
+                             "give a --validation file to evaluate")
+        logger.warning("warning: %s", data_warnings[-1])
 
     label2id = None
     if task == "seq-cls":
@@ -1084,7 +1238,7 @@ def prepare_data(train_path: str | os.PathLike, tokenizer, *, task: str | None =
         num_train=len(train_enc), num_validation=len(val_enc) if val_enc else 0, validation_source=val_source,
         labels=list(label2id) if label2id else None, fingerprint=train.sha256,
         chat_template=task == "causal-lm" and _uses_template(train.format, tokenizer),
-        train_on_inputs=train_on_inputs, packed=pack, tokens=stats)
+        train_on_inputs=train_on_inputs, packed=pack, tokens=stats, warnings=data_warnings)
     logger.info("%s: %s format, %d training and %d validation examples", train.source, train.format,
                 info.num_train, info.num_validation)
     if pack:
@@ -1132,13 +1286,40 @@ def _sample(total: int, max_examples: int | None, seed: int) -> list[int] | rang
     return sorted(random.Random(seed).sample(range(total), max_examples))
 
 
-def _split(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+def _split(rows: list, fraction: float, seed: int, strata: Callable[[Any], Any] | None = None) -> tuple[list, list]:
+    """(training rows, validation rows): a seeded random ``fraction`` held out. With ``strata`` (a row's
+    class), each class is held out in its share and keeps at least one training row, so that a rare
+    label cannot land in validation alone (where the model could not learn it)."""
     if fraction <= 0 or len(rows) < 2:
         return rows, []
     size = min(MAX_SPLIT_VALIDATION, len(rows) - 1, max(1, round(fraction * len(rows))))
-    held = set(random.Random(seed).sample(range(len(rows)), size))
+    if strata is None:
+        held = set(random.Random(seed).sample(range(len(rows)), size))
+    else:
+        held = _stratified_sample([strata(row) for row in rows], size, seed)
     return ([row for i, row in enumerate(rows) if i not in held],
             [row for i, row in enumerate(rows) if i in held])
+
+
+def _stratified_sample(keys: list, size: int, seed: int) -> set[int]:
+    """Up to ``size`` indices, each key's share of them (largest remainders first), never all of a key's."""
+    groups: dict[Any, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    order = sorted(groups, key=str)
+    room = {key: len(groups[key]) - 1 for key in order}
+    size = min(size, sum(room.values()))
+    exact = {key: size * len(groups[key]) / len(keys) for key in order}
+    quota = {key: min(room[key], math.floor(exact[key])) for key in order}
+    by_remainder = sorted(order, key=lambda key: exact[key] - math.floor(exact[key]), reverse=True)
+    left = size - sum(quota.values())
+    while left > 0:  # ends: size is at most the total room
+        for key in by_remainder:
+            if left and quota[key] < room[key]:
+                quota[key] += 1
+                left -= 1
+    rng = random.Random(seed)
+    return {index for key in order for index in rng.sample(groups[key], quota[key])}
 
 
 def _warn_dropped(encoded: _Encoded, total: int, part: str, max_length: int) -> None:

@@ -12,7 +12,7 @@ import os
 
 from pydantic import BaseModel, Field
 
-from .errors import BadInputError
+from .errors import BadInputError, unknown_names
 from .profiles import shipped_folder
 
 
@@ -75,5 +75,5 @@ def target_device(name: str) -> DeviceProfile:
             memory = int(acc.memory_gib * 2**30)
             return DeviceProfile(kind="cuda", name=acc.name, total_memory_bytes=memory, free_memory_bytes=memory,
                                  ram_bytes=0, bf16=acc.bf16, planned=True)
-    names = ", ".join(a.name for a in known_accelerators())
-    raise BadInputError(f"--target-gpu: unknown accelerator {name!r}; known: {names}")
+    known = [a.name for a in known_accelerators()]
+    raise unknown_names("accelerator", [name], known, source="--target-gpu")  # all listed: they are few

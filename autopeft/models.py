@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .errors import BadInputError, first_line, remote_code_refused
+from .errors import BadInputError, close_names, first_line, one_of, remote_code_refused
 from .tasks import AUTO_CLASSES, CLASSIFICATION_TASKS
 
 
@@ -114,8 +114,15 @@ def load_config(model: str, *, trust_remote_code: bool = False):
         return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except Exception as exc:  # offline, gated, unknown id: one clear line
         raise remote_code_refused(exc, model) or BadInputError(
-            f"cannot get the config of {model!r} ({first_line(exc)}); pass a local model dir, a dir holding "
-            f"its config.json, or an embedded model ({', '.join(EMBEDDED)})", source="--model") from None
+            f"cannot get the config of {model!r} ({first_line(exc)}); {_embedded_hint(model, tail=' ')}pass a "
+            f"local model dir, a dir holding its config.json, or an embedded model ({', '.join(EMBEDDED)})",
+            source="--model") from None
+
+
+def _embedded_hint(model: str, lead: str = "", tail: str = "") -> str:
+    """"did you mean 'smollm2-135m' (embedded)?" when ``model`` looks like a misspelt embedded name, else ""."""
+    close = close_names(model, list(EMBEDDED))
+    return f"{lead}did you mean {one_of(close)} (embedded)?{tail}" if close else ""
 
 
 def _embedded_config(model: EmbeddedModel):
@@ -168,7 +175,8 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False):
         raise
     except Exception as exc:
         raise remote_code_refused(exc, model) or BadInputError(
-            f"cannot load the tokenizer of {model!r}: {first_line(exc)}", source="--model") from None
+            f"cannot load the tokenizer of {model!r}: {first_line(exc)}{_embedded_hint(model, lead='; ')}",
+            source="--model") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer

@@ -65,7 +65,7 @@ precision: float32
 
 
 @pytest.mark.parametrize("text, parts", [
-    ("data: x.jsonl\nbatchsize: 8\n", ["bad.yaml:2: batchsize: not an option of train; did you mean batch_size?"]),
+    ("data: x.jsonl\nbatchsize: 8\n", ["bad.yaml:2: batchsize: not an option of train; did you mean 'batch_size'?"]),
     ("data: x.jsonl\nbatch_size: eight\n", ["bad.yaml:2: batch_size: ", "eight"]),
     ("data: x.jsonl\nmax_steps: true\n", ["bad.yaml:2: max_steps: "]),
     ("data: x.jsonl\nwarmup_ratio: 2\n", ["bad.yaml:2: warmup_ratio: ", "less than 1"]),
@@ -75,7 +75,7 @@ precision: float32
     ("data: x.jsonl\n\tbatch_size: 8\n", ["bad.yaml:", "not valid YAML"]),
     ("- data\n- x.jsonl\n", ["bad.yaml:1: a config is a mapping"]),
     ("data: x.jsonl\nreport_to: tensorbord\n", ["bad.yaml:2: report_to: unknown tracker 'tensorbord'; "
-                                               "did you mean tensorboard?"]),
+                                               "did you mean 'tensorboard'?"]),
 ], ids=["unknown-key", "wrong-type", "bool-for-int", "out-of-range", "bad-setting", "list-for-one",
         "yaml-syntax", "yaml-tab", "not-a-mapping", "unknown-tracker"])
 def test_a_bad_config_is_one_line_naming_the_file_line_and_key(tmp_path, monkeypatch, text, parts):
@@ -191,7 +191,7 @@ def test_the_sdk_takes_the_same_mapping_with_arguments_over_it(tmp_path, monkeyp
     assert kw["constraints"].max_vram == 3 * 10**9 and kw["constraints"].methods == ("lora", "ia3")
     assert kw["pilot_seconds"] == 300 and kw["pilot"] is False and kw["batch_size"] == 4
     with pytest.raises(autopeft.BadInputError, match=r"^config: batchsize: not an option of train; did you mean "
-                                                     r"batch_size\?"):
+                                                     r"'batch_size'\?"):
         autopeft.train(DATA, output_dir="y", config={"batchsize": 4})
     with pytest.raises(autopeft.BadInputError, match=r"c2.yaml:2: warmup_ratio: "):
         (tmp_path / "c2.yaml").write_text("data: x\nwarmup_ratio: 3\n")

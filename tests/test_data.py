@@ -389,7 +389,7 @@ def test_classification_labels(tmp_path, tok):
     assert prepared.label2id == {"neg": 0, "pos": 1}
     assert set(prepared.train["labels"]) == {0, 1}
     assert prepared.train.column_names == ["input_ids", "attention_mask", "labels", "length"]
-    ints = write_jsonl(tmp_path / "i.jsonl", [{"text": "a", "label": n} for n in (10, 2, 1, 2)])
+    ints = write_jsonl(tmp_path / "i.jsonl", [{"text": f"a{i}", "label": n} for i, n in enumerate((10, 2, 1, 2))])
     assert prepare_data(ints, tok, validation_fraction=0).label2id == {"1": 0, "2": 1, "10": 2}
 
 
@@ -406,7 +406,7 @@ def test_split_sizes_and_seed(tmp_path, tok, monkeypatch):
     assert tiny.info.num_validation == 1
     monkeypatch.setattr(data, "MAX_SPLIT_VALIDATION", 3)
     assert prepare_data(path, tok, validation_fraction=0.5).info.num_validation == 3
-    one = prepare_data(write_jsonl(tmp_path / "one.jsonl", _sentiment(1)), tok)
+    one = prepare_data(write_jsonl(tmp_path / "one.jsonl", [{"text": "a single example"}]), tok)
     assert one.validation is None and one.info.num_validation == 0 and one.info.validation_source == "none"
 
 

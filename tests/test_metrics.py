@@ -234,9 +234,9 @@ def test_an_unknown_metric_is_one_line_with_the_closest_names_and_exit_2(tmp_pat
     result = CliRunner().invoke(main, ["train", str(EXAMPLES / "instructions.jsonl"), "-o", str(out),
                                        "--metric", "exact_match,final_numbr"])
     assert result.exit_code == 2
-    assert "unknown metric 'final_numbr'; did you mean final_number?" in result.output
+    assert "unknown metric 'final_numbr'; did you mean 'final_number'?" in result.output
     assert "Traceback" not in result.output and not out.exists()
-    with pytest.raises(autopeft.UnknownMetricError, match="did you mean exact_match"):
+    with pytest.raises(autopeft.UnknownMetricError, match="did you mean 'exact_match'"):
         resolve_metrics(["exact-match"])
 
 
@@ -277,7 +277,7 @@ def test_bench_and_tune_check_the_request_before_any_run(tmp_path):
         check_request(str(text), ["exact_match"])
     result = CliRunner().invoke(main, ["bench", str(EXAMPLES / "instructions.jsonl"), "--benchmark", "b",
                                        "-o", str(tmp_path / "bench"), "--metric", "exact_mtch"])
-    assert result.exit_code == 2 and "did you mean exact_match" in result.output
+    assert result.exit_code == 2 and "did you mean 'exact_match'" in result.output
     assert not (tmp_path / "bench").exists()
 
 

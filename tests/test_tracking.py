@@ -152,9 +152,9 @@ def _one_line(result, *parts):
 
 def test_an_unknown_tracker_is_refused_with_the_closest_names(tmp_path):
     _one_line(run("train", SENTIMENT, "--report-to", "tensorbord", "-o", tmp_path / "x"),
-              "--report-to: unknown tracker 'tensorbord'; did you mean tensorboard?")
+              "--report-to: unknown tracker 'tensorbord'; did you mean 'tensorboard'?")
     _one_line(run("tune", SENTIMENT, "--report-to", "mlflow,wandbb", "-o", tmp_path / "x"),
-              "unknown tracker 'wandbb'; did you mean wandb")
+              "unknown tracker 'wandbb'; did you mean 'wandb'")
     assert not (tmp_path / "x").exists()
 
 

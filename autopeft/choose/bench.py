@@ -61,9 +61,10 @@ def plan(task: str, methods: list[str] | None, learning_rates: int, *, quantize:
     train on a quantised base."""
     from ..quantization import check_supported
 
-    from ..methods.registry import get_method, get_methods
+    from ..methods.registry import check_method_names, get_method, get_methods
 
     if methods:
+        check_method_names(methods, source="--methods")
         chosen = [get_method(name) for name in methods]
         wrong = [m.name for m in chosen if task not in m.tasks]
         if wrong:
@@ -139,12 +140,12 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
         check_request(data, options["metrics"], task)
     spec = BenchSpec(benchmark=benchmark, data=str(data), task=task, options=options, learning_rates=learning_rates,
                      edge_rates=edge_rates)
-    _start_or_continue(out, spec)
     if options.get("quantize"):
         from ..quantization import require_here
 
         require_here(options["quantize"])
-    runs = plan(task, methods, learning_rates, quantize=options.get("quantize"))
+    runs = plan(task, methods, learning_rates, quantize=options.get("quantize"))  # bad names: before any write
+    _start_or_continue(out, spec)
     records_path = out / RECORDS_FILE
     done = {r.experiment for r in read_store(records_path)} if records_path.is_file() else set()
     todo = [r for r in runs if r.experiment not in done]

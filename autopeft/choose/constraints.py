@@ -14,7 +14,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import BadInputError
+from ..errors import BadInputError, check_names
 from ..sizes import format_count, format_size, parse_size
 
 Requirement = Literal["merge", "quantized", "lora-convertible"]
@@ -54,6 +54,22 @@ class Constraints(BaseModel):
             require=tuple(_requirements(require)),
         )
 
+    def check_names(self) -> None:
+        """Refuse a method name in ``methods`` or ``exclude`` that no installed method answers to
+        (naming the closest), and an ``exclude`` that leaves none of ``methods``: a typo would
+        otherwise drop a method the user asked for, or train the one they meant to keep out."""
+        from ..methods.registry import check_method_names, get_method
+
+        if self.methods is not None and not self.methods:
+            raise BadInputError("--methods names no method; give names such as lora,dora", source="--methods")
+        check_method_names(self.methods or (), source="--methods")
+        check_method_names(self.exclude, source="--exclude")
+        if self.methods and self.exclude:
+            excluded = {get_method(name).name for name in self.exclude}
+            if {get_method(name).name for name in self.methods} <= excluded:
+                raise BadInputError(f"--exclude {','.join(self.exclude)} leaves none of --methods "
+                                    f"{','.join(self.methods)}", source="--exclude")
+
 
 class Fit(BaseModel):
     """How a candidate trains within the memory budget."""
@@ -73,17 +89,17 @@ class Verdict(BaseModel):
     overshoot: float = Field(default=0.0, description="largest ratio over a limit, minus 1 (0 when feasible)")
 
 
-def parse_duration(text: str | int | float) -> float:
-    """Seconds in ``90``, ``90s``, ``45m``, ``2h``, ``1h30m``."""
+def parse_duration(text: str | int | float, option: str = "--time-budget") -> float:
+    """Seconds in ``90``, ``90s``, ``45m``, ``2h``, ``1h30m``; errors name ``option``."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
     else:
         match = _DURATION.match(str(text))
         if not match or not any(match.groupdict().values()):
-            raise BadInputError(f"--time-budget must be a duration such as 90m, 2h or 1h30m, got {text!r}")
+            raise BadInputError(f"{option} must be a duration such as 90m, 2h or 1h30m, got {text!r}")
         seconds = sum(float(match[k] or 0) * scale for k, scale in (("h", 3600), ("m", 60), ("s", 1)))
     if seconds <= 0:
-        raise BadInputError(f"--time-budget must be positive, got {text!r}")
+        raise BadInputError(f"{option} must be positive, got {text!r}")
     return seconds
 
 
@@ -197,7 +213,5 @@ def split_names(value) -> list[str]:
 
 def _requirements(value) -> list[str]:
     names = split_names(value)
-    for name in names:
-        if name not in _CAPABILITY:
-            raise BadInputError(f"--require takes {', '.join(_CAPABILITY)}, got {name!r}")
+    check_names("capability", names, list(_CAPABILITY), source="--require")
     return names

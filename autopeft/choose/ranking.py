@@ -234,7 +234,7 @@ class Objective(BaseModel):
     @classmethod
     def parse(cls, text: str | None) -> Objective:
         """``quality`` (default), ``memory``, ``speed``, or a mix such as ``quality=0.7,memory=0.3``."""
-        from ..errors import BadInputError
+        from ..errors import BadInputError, unknown_names
 
         if not text:
             return cls()
@@ -243,8 +243,7 @@ class Objective(BaseModel):
             key, _, value = part.strip().partition("=")
             key = key.strip().lower()
             if key not in weights:
-                raise BadInputError(f"--objective takes quality, memory, speed or a mix like quality=0.7,memory=0.3; "
-                                    f"got {part.strip()!r}")
+                raise unknown_names("objective", [key], list(weights), source="--objective")
             try:
                 weights[key] = float(value) if value else 1.0
             except ValueError:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, PrivateAttr
 
 from .constraints import Constraints, check, method_reasons, nearest_misses
 from .explain import explain
-from ..errors import AutopeftError, BadInputError
+from ..errors import AutopeftError, BadInputError, check_names
 from ..devices import DeviceProfile
 from ..profiles import CurvePoint
 from ..sizes import format_size
@@ -142,6 +142,11 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     say = say or (lambda text: log.info(text))
     plan = plan_of(num_processes, accelerate_config)
     constraints = constraints or Constraints()
+    constraints.check_names()
+    records = load_records(profiles)
+    if leave_out:
+        check_names("benchmark", leave_out, sorted({r.benchmark for r in records}), source="--leave-out",
+                    listing="`autopeft profiles list` lists them")
     goal = Objective.parse(objective)
     device = target_device(target_gpu) if target_gpu else profile_device()
     if not 0 < pilot_fraction < 1:
@@ -179,12 +184,13 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     feasible = [r for r in reports.values() if r.feasible]
     if not feasible:
         misses = nearest_misses(verdicts)
-        detail = "; ".join(f"{name}: {'; '.join(v.reasons)}" for name, v in misses) or "no method supports this task"
+        detail = "; ".join(f"{name}: {'; '.join(v.reasons)}" for name, v in misses) or "; ".join(
+            f"{r.method}: {'; '.join(r.excluded_because)}" for r in reports.values()) or "no method supports this task"
         raise NoFeasibleMethodError(f"no method satisfies the constraints. Nearest misses: {detail}")
     say(f"{len(feasible)} of {len(reports)} methods fit the constraints on {device.name} "
         f"({task}, {len(prepared.train)} training examples, {total_steps} steps at batch {batch_size})")
 
-    recommender = Recommender().fit([r for r in load_records(profiles) if r.benchmark not in set(leave_out or ())])
+    recommender = Recommender().fit([r for r in records if r.benchmark not in set(leave_out or ())])
     pilot_started = time.perf_counter()
     pilots: dict[str, Any] = {}
     if pilot:
@@ -292,8 +298,13 @@ def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_l
 
     reports: dict[str, CandidateReport] = {}
     verdicts = {}
+    named = set(constraints.methods or ())
     for method in methods:
         if task not in method.tasks:
+            if named & {method.name, *method.aliases}:  # asked for by name: say why it is out
+                reports[method.name] = CandidateReport(
+                    method=method.name, settings=method.settings().model_dump(mode="json"), feasible=False,
+                    excluded_because=[f"does not support {task} (it supports {', '.join(method.tasks)})"])
             continue
         settings = method.settings()
         row = CandidateReport(method=method.name, settings=settings.model_dump(mode="json"), feasible=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def to_peft_config(data: dict[str, Any], task: str | None = None):
     if config_cls is None:
         raise BadInputError(f"peft_type {peft_type!r} is not known to the installed PEFT", source=source)
     known = {f.name for f in dataclasses.fields(config_cls)}
+    _check_keys(data, known, config_cls.__name__, source)
     kwargs = {k: v for k, v in data.items() if k in known and k not in ("peft_type", "auto_mapping", "peft_version")}
     if task is not None:
         from .base import peft_task_type
@@ -52,6 +54,30 @@ def to_peft_config(data: dict[str, Any], task: str | None = None):
         return config_cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise BadInputError(f"invalid {config_cls.__name__}: {str(exc).splitlines()[0]}", source=source) from None
+
+
+#: an unknown key this much like a known one is a misspelling of it, refused; others are warned about
+TYPO_SIMILARITY = 0.8
+
+
+def _check_keys(data: dict[str, Any], known: set[str], config_name: str, source: str | None) -> None:
+    """Keys the installed PEFT does not know: a misspelt one (``lora_alhpa``) is refused naming the key
+    it resembles; any other is left out with a warning (a newer PEFT may have written it)."""
+    import difflib
+
+    unknown = [k for k in data if k not in known and k not in ("peft_type", "auto_mapping", "peft_version", "_source")]
+    typos = {k: difflib.get_close_matches(k, sorted(known), n=1, cutoff=TYPO_SIMILARITY) for k in unknown}
+    misspelt = [k for k in unknown if typos[k]]
+    if misspelt:
+        listed = ", ".join(f"{k!r} (did you mean {typos[k][0]!r}?)" for k in misspelt)
+        raise BadInputError(f"unknown {config_name} {'key' if len(misspelt) == 1 else 'keys'} {listed}", source=source)
+    if unknown:
+        import peft
+
+        logging.getLogger("autopeft").warning(
+            "warning: %s: %s, unknown to the installed PEFT %s (%s), %s left out; a newer PEFT may have written "
+            "%s", source or "adapter config", ", ".join(map(repr, unknown)), peft.__version__, config_name,
+            "is" if len(unknown) == 1 else "are", "it" if len(unknown) == 1 else "them")
 
 
 def method_for(data: dict[str, Any]):

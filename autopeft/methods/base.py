@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import BadInputError
+from ..errors import BadInputError, unknown_names
 from ..tasks import CLASSIFICATION_TASKS, PEFT_TASK_TYPES, TASKS, Task  # noqa: F401  (plugins import them from here)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -173,10 +173,11 @@ class Method:
         except ValidationError as exc:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"]) or "settings"
-            valid = ", ".join(self.Settings.model_fields) or "none"
             if err["type"] == "extra_forbidden":
-                raise BadInputError(f"method {self.name} has no setting {key!r} (its settings: {valid})") from None
-            raise BadInputError(f"method {self.name}: setting {key!r}: {err['msg']}") from None
+                unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+                raise unknown_names(f"{self.name} setting", unknown, list(self.Settings.model_fields),
+                                    source="--set") from None
+            raise BadInputError(f"method {self.name}: setting {key!r}: {err['msg']}", source="--set") from None
 
     def build(self, model: torch.nn.Module, settings: MethodSettings, task: str) -> torch.nn.Module:
         """Return ``model`` made trainable by this method (only the method's parameters require grad)."""
@@ -274,7 +275,12 @@ class PeftMethod(Method):
 
 def build_method(method: Method, model, settings: MethodSettings, task: str, batches: list | None = None):
     """``method.build`` called as the contract says: with ``batches`` only for a method that asks for
-    data (``data_batches`` > 0), so that methods without the keyword keep working."""
+    data (``data_batches`` > 0), so that methods without the keyword keep working. A PEFT method's
+    module names that match no module of ``model`` are refused first (PEFT drops them silently)."""
+    if isinstance(method, PeftMethod):
+        from .targets import check_module_settings
+
+        check_module_settings(model, settings, method=method.name)
     if method.data_batches > 0:
         return method.build(model, settings, task, batches=batches)
     return method.build(model, settings, task)

@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
-from ..errors import UnknownMetricError
+from ..errors import UnknownMetricError, unknown_names
 from .registry import PluginFailure, load_plugins, plugin_source, pm
 
 _SAFE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
@@ -164,14 +164,12 @@ def get_metric(name: str, source: str | None = "--metric") -> Metric:
     key = name.strip().lower()
     if key in metrics:
         return metrics[key]
-    import difflib
-
-    close = difflib.get_close_matches(key, list(metrics), n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(metrics) or 'none'}"
+    refusal = unknown_names("metric", [name], list(metrics), source=source, error=UnknownMetricError)
     allowed = os.environ.get("AUTOPEFT_LOAD_PLUGINS")
     if allowed is not None and not {"autopeft", BUILTIN_PLUGIN} & {p.strip() for p in allowed.split(",")}:
-        hint += f" (the built-in metrics are the plugin {BUILTIN_PLUGIN!r}, which --plugins left out)"
-    raise UnknownMetricError(f"unknown metric {name!r}{hint}", source=source)
+        refusal = UnknownMetricError(f"{refusal.problem} (the built-in metrics are the plugin {BUILTIN_PLUGIN!r}, "
+                                     f"which --plugins left out)", source=source)
+    raise refusal
 
 
 def metric_names(value) -> list[str]:

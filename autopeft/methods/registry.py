@@ -17,7 +17,7 @@ from importlib import metadata
 import pluggy
 
 from .. import hookspecs
-from ..errors import UnknownMethodError
+from ..errors import BadInputError, UnknownMethodError, check_names, unknown_names
 from .base import Method, contract_problems
 
 ENTRY_POINT_GROUP = "autopeft"
@@ -49,19 +49,51 @@ def _allowed() -> set[str] | None:
     raw = os.environ.get("AUTOPEFT_LOAD_PLUGINS")
     if raw is None:
         return None
-    return {part.strip() for part in raw.split(",") if part.strip()}
+    return {_plugin_key(part) for part in raw.split(",") if part.strip()}
+
+
+def _plugin_key(name: str) -> str:
+    """Entry-point and distribution names compare as pip compares package names: case, '-', '_' and
+    '.' aside (``autopeft_bitfit`` is ``autopeft-bitfit``)."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def installed_plugins() -> tuple[list[str], list[str]]:
+    """(entry-point names, distribution names) of the ``autopeft`` group: what the allow-list may name."""
+    points, dists = set(), set()
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        points.add(ep.name)
+        if ep.dist is not None:
+            dists.add(ep.dist.name)
+    return sorted(points), sorted(dists)
+
+
+def check_plugin_names(names, *, source: str = "AUTOPEFT_LOAD_PLUGINS") -> None:
+    """Refuse (BadInputError, naming the closest) an allow-list name that no installed plugin has.
+
+    :param source: where the names came from: ``--plugins`` or the environment variable."""
+    points, dists = installed_plugins()
+    known = {_plugin_key(n): n for n in [*dists, *points]}
+    unknown = [n.strip() for n in names if n.strip() and _plugin_key(n) not in known]
+    if unknown:
+        listing = (f"installed plugin packages: {', '.join(dists) or 'none'}, and each method's name "
+                   f"(`autopeft methods`) names its own entry point")
+        raise unknown_names("plugin", unknown, list(known.values()), source=source, listing=listing)
 
 
 def load_plugins() -> None:
-    """Import every plugin of the entry-point group once. Safe to call repeatedly."""
+    """Import every plugin of the entry-point group once. Safe to call repeatedly. An allow-list
+    (``AUTOPEFT_LOAD_PLUGINS``) that names a plugin not installed is refused, naming the closest."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
     allowed = _allowed()
+    if allowed:
+        check_plugin_names(os.environ["AUTOPEFT_LOAD_PLUGINS"].split(","))
+    _loaded = True
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else "unknown"
-        if allowed is not None and ep.name not in allowed and dist not in allowed:
+        if allowed is not None and _plugin_key(ep.name) not in allowed and _plugin_key(dist) not in allowed:
             continue
         if pm.get_plugin(ep.name) is not None or ep.name in _sources:
             continue  # the same distribution seen twice on sys.path
@@ -150,8 +182,10 @@ def get_methods() -> dict[str, Method]:
     return _methods
 
 
-def get_method(name: str) -> Method:
-    """The method called ``name`` (or one of its aliases); UnknownMethodError lists what exists."""
+def get_method(name: str, *, source: str | None = None) -> Method:
+    """The method called ``name`` (or one of its aliases); UnknownMethodError names the closest.
+
+    :param source: the option the name came from (``--method``), for the error message."""
     methods = get_methods()
     key = name.strip().lower()
     if key in methods:
@@ -159,11 +193,24 @@ def get_method(name: str) -> Method:
     for method in methods.values():
         if key in method.aliases:
             return method
-    import difflib
+    raise unknown_names("method", [name], method_names(), source=source, listing=METHODS_LISTING,
+                        error=UnknownMethodError)
 
-    close = difflib.get_close_matches(key, list(methods), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `autopeft methods` lists them"
-    raise UnknownMethodError(f"unknown method {name!r}{hint}")
+
+#: where a user sees every installed method
+METHODS_LISTING = "`autopeft methods` lists them"
+
+
+def method_names() -> list[str]:
+    """Every name a method answers to: names, then aliases."""
+    methods = get_methods()
+    return [*methods, *(alias for m in methods.values() for alias in m.aliases if alias not in methods)]
+
+
+def check_method_names(names, *, source: str | None = None) -> None:
+    """Refuse (UnknownMethodError, naming the closest) any of ``names`` that is no installed method."""
+    check_names("method", [n.strip().lower() for n in names], method_names(), source=source,
+                listing=METHODS_LISTING, error=UnknownMethodError)
 
 
 def plugin_failures() -> list[PluginFailure]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..errors import BadInputError, MethodUnavailableError, PluginError, first_line
+from ..errors import BadInputError, MethodUnavailableError, PluginError, first_line, unknown_names
 from ..tasks import CLASSIFICATION_TASKS, SELECTION_METRICS
 from .options import TrainOptions, total_steps
 from .outputs import CHECKPOINTS, OPTIONS_FILE, RECOMMENDATION_FILE, RECORD_FILE, PilotResult, RunRecord
@@ -68,6 +68,7 @@ def _train(data, out: Path, resume: bool, overwrite: bool, progress: bool, recom
 
     if opts.pilot_steps:
         raise BadInputError("pilot_steps is for autopeft.training.run.pilot(), not train()")
+    _method(opts.method, opts.settings)  # a misspelt method or setting: refused before torch even loads
     if opts.metrics:  # a misspelt --metric is reported before any data or model loads
         from ..methods.metrics import resolve_metrics
 
@@ -91,6 +92,9 @@ def _options(**values) -> TrainOptions:
     try:
         return TrainOptions(**values)
     except ValidationError as exc:
+        unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden"]
+        if unknown:  # a keyword of the SDK's train() that is no option
+            raise unknown_names("option", unknown, list(TrainOptions.model_fields)) from None
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
         raise BadInputError(f"option {field.replace('_', '-')}: {err['msg']}") from None
@@ -135,6 +139,7 @@ class Run:
             check_supported(opts.quantize, self.method)
             require_here(opts.quantize)
         self.prepare_data()
+        self.check_module_names()
         self.scoring = self.task_scoring()
         created = not self.out.exists()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +201,22 @@ class Run:
         if model in EMBEDDED and self.task not in EMBEDDED[model].tasks and EMBEDDED[model].task == "seq-cls":
             raise BadInputError(f"{model} is a classification encoder and the data is {self.data.info.format}",
                                 source="--model")
+
+    def check_module_names(self) -> None:
+        """Module names the user set (``--set target_modules=...``) are checked against the model built
+        on the meta device from its config, before its weights load (see :mod:`autopeft.methods.targets`)."""
+        from ..methods.base import PeftMethod
+        from ..methods.targets import MODULE_SETTINGS
+
+        if not isinstance(self.method, PeftMethod) or not set(MODULE_SETTINGS) & self.settings.model_fields_set:
+            return
+        from ..costmodel import meta_model
+        from ..methods.targets import check_module_settings
+        from ..models import load_config
+
+        config = load_config(self.model_name, trust_remote_code=self.opts.trust_remote_code)
+        net = meta_model(config, self.task, num_labels=len(self.data.label2id or {}) or 2)
+        check_module_settings(net, self.settings, method=self.method.name)
 
     def task_scoring(self):
         """The task metrics asked for (``--metric``), their examples and references checked; None without."""
@@ -561,7 +582,7 @@ def _stop_after(steps: int):
 def _method(name: str, settings: dict):
     from ..methods.registry import get_method
 
-    method = get_method(name)
+    method = get_method(name, source="--method")
     reason = method.unavailable_reason()
     if reason:
         raise MethodUnavailableError(f"method {method.name} cannot run here: {reason}")

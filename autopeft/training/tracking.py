@@ -59,7 +59,7 @@ def check_trackers(names: list[str], source: str = "--report-to") -> list[str]:
     installed). Raises BadInputError naming the closest known names, or the extra to install."""
     if not names:
         return []
-    from difflib import get_close_matches
+    from ..errors import close_names, one_of
 
     from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
                                                              get_available_reporting_integrations)
@@ -69,8 +69,8 @@ def check_trackers(names: list[str], source: str = "--report-to") -> list[str]:
         names = available
     for name in names:
         if name not in INTEGRATION_TO_CALLBACK:
-            close = get_close_matches(name, [*INTEGRATION_TO_CALLBACK, "all", "none"], n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            close = close_names(name, [*INTEGRATION_TO_CALLBACK, "all", "none"])
+            hint = f"; did you mean {one_of(close)}?" if close else ""
             raise BadInputError(f"unknown tracker {name!r}{hint} (known: {', '.join(INTEGRATION_TO_CALLBACK)}, all, "
                                 f"none)", source=source)
         if name not in available:
