@@ -222,7 +222,7 @@ class TaskEvaluation(BaseModel):
     """How the recommender did on one task it did not learn from, beside the baselines."""
 
     benchmark: str
-    task: str = Field(description="causal-lm or seq-cls")
+    task: str = Field(description="causal-lm, seq-cls or token-cls")
     metric: str
     candidates: int
     trained_on: list[str]
