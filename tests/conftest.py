@@ -42,8 +42,11 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """User state (caches) goes to a temp dir, never the real home."""
+    """User state (caches) goes to a temp dir, never the real home; the plugin allow-list that
+    ``--plugins``/``--no-plugins`` sets for a command's processes ends with the test."""
     monkeypatch.setenv("AUTOPEFT_HOME", str(tmp_path / "autopeft-home"))
+    monkeypatch.setenv("AUTOPEFT_LOAD_PLUGINS", "")  # recorded, so that teardown restores what was there
+    monkeypatch.delenv("AUTOPEFT_LOAD_PLUGINS")
 
 
 TRAIN_CORPUS = [
