@@ -10,6 +10,8 @@ import time
 
 from transformers import TrainerCallback
 
+from ..processes import stop_requested
+
 
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
@@ -77,7 +79,8 @@ class ProgressCallback(TrainerCallback):
         left = per_step * (state.max_steps - state.global_step) + self._evaluations_left(args, state)
         tokens = (state.num_input_tokens_seen or 0) - self._tokens_at_start
         rate = tokens / elapsed if elapsed > 0 else 0.0
-        if not self._announced and done >= min(3, state.max_steps):
+        # once a stop is asked for, the run's length no longer matters: its last lines say what happens
+        if not self._announced and done >= min(3, state.max_steps) and not stop_requested():
             self._announced = True
             # the base's answers run to the token limit more often than trained ones: an upper bound
             after = (f" (then generating answers, up to {_duration(self.after_seconds)} as before training)"
