@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from .processes import pid_alive
+
 #: errors that say "someone else holds it"
 _HELD = (errno.EACCES, errno.EAGAIN)
 #: errors that say "this file system cannot lock" (NFS without its lock manager, some FUSE mounts)
@@ -146,18 +148,6 @@ def _read_holder(path: Path, wait: float = 1.0) -> dict[str, Any]:
         time.sleep(POLL_SECONDS)
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Claim:
     """An exclusive lock held until :meth:`release` (or until the process ends, however it ends)."""
 
@@ -200,13 +190,13 @@ def claim(path: Path, holder: dict[str, Any]) -> Claim:
         except Busy:
             os.close(fd)  # we hold no lock on it: closing drops nothing of ours
             note = _read_holder(path)
-            if note and note.get("host") == socket.gethostname() and not _alive(note.get("pid")):
+            if note and note.get("host") == socket.gethostname() and not pid_alive(note.get("pid")):
                 time.sleep(POLL_SECONDS)  # its holder has just ended: the kernel is letting go
                 continue
             raise Busy(note) from None
         except Unlockable:
             note = _read_holder(path, wait=0)
-            if note and (note.get("host") != socket.gethostname() or _alive(note.get("pid"))):
+            if note and (note.get("host") != socket.gethostname() or pid_alive(note.get("pid"))):
                 os.close(fd)
                 raise Busy(note) from None
             is_locked = False

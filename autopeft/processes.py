@@ -399,7 +399,7 @@ def _context():
 def _in_child(environ: dict[str, str], max_memory: int | None, parent: int, target: Callable, args: tuple) -> None:
     # die with the fork server, which dies with the parent; the parent may be gone already
     die_with_parent(signal.SIGKILL)
-    if not _alive(parent):
+    if not pid_alive(parent):
         os._exit(STOPPED_EXIT)
     os.environ.clear()
     os.environ.update(environ)
@@ -423,7 +423,10 @@ def _in_child(environ: dict[str, str], max_memory: int | None, parent: int, targ
     end_children()  # a process the target started and left running would outlive the command
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid) -> bool:
+    """Whether a process of this id runs on this machine (a non-integer id: no)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

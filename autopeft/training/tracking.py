@@ -208,7 +208,13 @@ def tracked(names: list[str], out: Path):
     if not names:
         yield None
         return
-    tracking = RunTracking(names, out)
+    with _ended(RunTracking(names, out)) as tracking:
+        yield tracking
+
+
+@contextlib.contextmanager
+def _ended(tracking):
+    """Yield ``tracking``, then end its tracker runs as FINISHED, FAILED or KILLED (a stop)."""
     status = "FAILED"
     try:
         yield tracking
@@ -392,12 +398,5 @@ def tracked_tune(names: list[str], out: Path, params: dict[str, Any]):
         return
     tracking = TuneTracking(names, out, params)
     tracking.start()
-    status = "FAILED"
-    try:
+    with _ended(tracking):
         yield tracking
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracking.end(status)
