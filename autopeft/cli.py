@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 from functools import partial
 
@@ -19,7 +20,7 @@ class _Group(click.Group):
     """Turns autopeft's typed errors into one line on stderr and the documented exit status."""
 
     def invoke(self, ctx):
-        from .processes import handling_stop_signals, stop_exit_status, stop_word
+        from .processes import end_after_stop, handling_stop_signals, stop_exit_status, stop_word
 
         # SIGTERM (a scheduler stopping the job) stops a command as Ctrl-C does: 128 + the signal's number
         with handling_stop_signals():
@@ -29,6 +30,7 @@ class _Group(click.Group):
                 click.echo(f"autopeft: error: {exc}", err=True)
                 sys.exit(exc.exit_code)
             except KeyboardInterrupt:
+                end_after_stop()
                 click.echo(f"autopeft: {stop_word()}", err=True)
                 sys.exit(stop_exit_status())
             except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -59,13 +61,27 @@ class _Choice(click.Choice):
 def run() -> None:
     """The console entry point: click's usage errors become one line and exit status 2 too."""
     try:
+        _run()
+    except SystemExit as exc:
+        if exc.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            # stopped, its children ended and its last line said: a signal still on its way (a second
+            # Ctrl-C) must not turn the exit into a traceback or an exit by signal
+            from .processes import STOP_SIGNALS
+
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
+        raise
+
+
+def _run() -> None:
+    try:
         main.main(standalone_mode=False)
     except click.UsageError as exc:
         click.echo(f"autopeft: error: {exc.format_message()} (see --help)", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt):  # Ctrl-C before a command's own handling starts, or after it ends
         click.echo("autopeft: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:

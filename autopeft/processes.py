@@ -61,6 +61,7 @@ class _StopState:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.at_once = False  # a second signal came
+        self.ending = False  # the command is saying how it stopped and exiting: further signals only end children
         self.handling = 0  # depth of handling_stop_signals (main thread)
         self.deferred = 0  # depth of deferring regions (main thread)
         self.notes: list[str] = []
@@ -84,6 +85,12 @@ def stop_exit_status() -> int:
 def stop_word() -> str:
     """How the command's last line names the stop: ``interrupted`` (Ctrl-C) or ``terminated`` (SIGTERM)."""
     return "terminated" if _stop.signum == signal.SIGTERM else "interrupted"
+
+
+def end_after_stop() -> None:
+    """The command has stopped and is on its way out: a further stop signal from here on only kills
+    the child processes left, and does not interrupt the last words and clean-up."""
+    _stop.ending = True
 
 
 def check_stop() -> None:
@@ -120,7 +127,7 @@ def handling_stop_signals() -> Iterator[None]:
                     signal.setitimer(signal.ITIMER_REAL, 0)
                 for signum, handler in _stop.previous.items():
                     signal.signal(signum, handler)
-                _stop.signum, _stop.at_once = None, False
+                _stop.signum, _stop.at_once, _stop.ending = None, False, False
 
 
 @contextlib.contextmanager
@@ -162,6 +169,10 @@ def _deferred() -> Iterator[None]:
 
 
 def _on_stop_signal(signum, frame) -> None:
+    if _stop.ending:
+        if not _stop.child:
+            end_children()
+        return
     if _stop.signum is not None:  # a second one: at once
         _stop.at_once = True
         if not _stop.child:
@@ -195,7 +206,7 @@ def _interruptible(frame) -> bool:
 
 
 def _on_retry(signum, frame) -> None:
-    if _stop.signum is not None and (_stop.at_once or not _stop.deferred):
+    if _stop.signum is not None and not _stop.ending and (_stop.at_once or not _stop.deferred):
         _interrupt(frame)
 
 

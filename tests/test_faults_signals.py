@@ -216,7 +216,7 @@ def test_ctrl_c_in_the_fine_tune_checkpoints_and_a_second_stops_at_once(trainabl
     time.sleep(0.05)
     twice.interrupt()
     started = time.monotonic()
-    assert twice.finish(timeout=30) == 130
+    assert twice.finish(timeout=30) == 130, twice.stderr[-3000:]
     assert time.monotonic() - started < 15
     assert twice.lines[-1] == "autopeft: interrupted", twice.stderr[-3000:]
 
@@ -346,6 +346,46 @@ def test_inside_a_deferring_region_a_stop_is_noted_and_raised_at_its_end_and_a_s
             os.kill(os.getpid(), signal.SIGINT)
             _wait_for_signal(5.0)
             pytest.fail("the second signal did not stop at once")
+
+
+def test_signals_that_come_while_a_stopped_command_exits_do_not_cut_its_last_words():
+    """A second Ctrl-C pressed while the command says how it stopped and ends its children (or a
+    retried interrupt that fires then) must not escape as a traceback or an exit by signal."""
+    from autopeft.processes import end_after_stop, handling_stop_signals, stop_requested
+
+    with handling_stop_signals():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            _wait_for_signal()
+        end_after_stop()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        _wait_for_signal(0.5)  # not interrupted
+        assert stop_requested()
+    with handling_stop_signals(), pytest.raises(KeyboardInterrupt):  # the next command stops again
+        os.kill(os.getpid(), signal.SIGINT)
+        _wait_for_signal()
+
+
+def test_ctrl_c_outside_a_commands_handling_exits_130_with_one_line(monkeypatch, capsys):
+    """Ctrl-C while the heavy libraries are still being imported, before a command takes signals."""
+    from autopeft import cli
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.main, "main", interrupted)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.run()
+        assert exit_.value.code == 130
+        assert capsys.readouterr().err == "autopeft: interrupted\n"
+        # a further signal on its way while the process exits is taken quietly
+        assert signal.getsignal(signal.SIGINT) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 class _SignalsItselfOnCollection:

@@ -67,12 +67,13 @@ def check_trackers(names: list[str], source: str = "--report-to") -> list[str]:
     available = get_available_reporting_integrations()
     if names == ["all"]:
         names = available
-    for name in names:
+    for name in names:  # a misspelt name first: it may be what is meant by one that is not installed
         if name not in INTEGRATION_TO_CALLBACK:
             close = close_names(name, [*INTEGRATION_TO_CALLBACK, "all", "none"])
             hint = f"; did you mean {one_of(close)}?" if close else ""
             raise BadInputError(f"unknown tracker {name!r}{hint} (known: {', '.join(INTEGRATION_TO_CALLBACK)}, all, "
                                 f"none)", source=source)
+    for name in names:
         if name not in available:
             what = f'"autopeft[{name}]"' if name in EXTRAS else PACKAGES.get(name, name)
             raise BadInputError(f"{name} is not installed here: pip install {what}", source=source)
