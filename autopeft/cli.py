@@ -737,8 +737,8 @@ def _choice_options(command):
                      help="A capability the adapter must have; repeatable."),
         click.option("--objective", help="quality (default), memory, speed, or a mix like quality=0.7,memory=0.3."),
         click.option("--target-gpu", help="Plan for a known accelerator (see profiles/hardware.json)."),
-        click.option("--pilot-budget", help="Pilot time: a fraction of the estimated fine-tune (default 0.15) "
-                                            "or a duration such as 5m."),
+        click.option("--pilot-budget", help="Pilot time: a fraction of the estimated fine-tune or a duration "
+                                            "such as 5m (default: 0.15 of the run, at least 2 minutes)."),
         click.option("--no-pilot", is_flag=True, help="Rank from the cost model and stored profiles only."),
     ]
     return _with(options)(command)

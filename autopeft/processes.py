@@ -384,6 +384,13 @@ def on_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def start_fork_server() -> None:
+    """Start the fork server now (Linux), so that its imports of the heavy libraries overlap the work
+    the caller does before its first child (screening the methods before the pilots); the first child
+    then costs what every later one does. Elsewhere it does nothing."""
+    _context()
+
+
 def _context():
     """Forkserver on Linux: a clean single-threaded server process that has imported the heavy
     libraries once forks each child, so a pilot starts in about a second. Forking this process

@@ -241,7 +241,7 @@ def test_a_cost_model_its_pilot_proves_wrong_is_named_and_judged_by_the_measurem
             status="ok", learning_rate=1e-3, pilot_steps=3, pilot_loss=2.0, seconds_per_step=0.1,
             estimated_full_seconds=1.0, curve=[CurvePoint(step=s, train_loss=3.0 - s / 3) for s in (1, 2, 3)],
             peak_memory_bytes=row.estimated.peak_memory_bytes * (3 if row.method == "ia3" else 1))
-            for row in feasible}
+            for row in feasible}, None
 
     monkeypatch.setattr(recommend_module, "_run_pilots", pilots)
 
@@ -294,3 +294,63 @@ def test_pilots_sample_split_and_pack_the_data_as_the_fine_tune_will(entry, trai
                                            "--pack", "--train-on-inputs"])
         assert seen, result.output  # the command reports the stand-in's exception as an error: no matter
     assert seen == {"seed": 5, "data_seed": 2, "validation_fraction": 0.2, "pack": True, "train_on_inputs": True}
+
+
+@pytest.mark.parametrize("given, expected", [
+    ({}, 120.0),  # a short job: the floor, less what screening took
+    ({"pilot_fraction": 0.15}, 0.0),  # a share the user asked for is kept exactly, however small
+    ({"pilot_seconds": 7.0}, 7.0),
+])
+def test_a_short_job_gets_the_floor_of_choosing_time_unless_the_user_set_a_budget(given, expected, trainable_llama,
+                                                                                   monkeypatch):
+    """A 10-step run buys a share of nothing: by default choosing still gets MIN_CHOOSE_SECONDS, and the
+    explanation says how many methods the pilots covered and why the rest were ranked without one."""
+    import autopeft.choose.pilots as pilots_module
+    from autopeft.choose import recommend as recommend_module
+    from autopeft.choose.constraints import Constraints
+
+    budgets = []
+
+    def halving(configs, base, *, budget, **kwargs):  # no pilot runs: the budget it is given is all we need
+        budgets.append(budget(1.0, 0.01))
+        return []
+
+    monkeypatch.setattr(pilots_module, "successive_halving", halving)
+    said = []
+    rec = recommend_module.recommend(str(EXAMPLES / "instructions.jsonl"), model=str(trainable_llama), max_length=64,
+                                     max_examples=40, batch_size=4, max_steps=10, say=said.append,
+                                     constraints=Constraints(methods=("lora", "ia3", "vera")), **given)
+    (budget,) = budgets
+    if expected == 120.0:
+        assert recommend_module.MIN_CHOOSE_SECONDS == 120.0 and 90 < budget <= 120
+        assert any("at least 120 s in all" in line for line in said)
+    else:
+        assert budget == pytest.approx(expected, abs=1e-6)
+    assert rec.mode == "static"
+
+
+def test_the_explanation_says_how_many_methods_the_pilots_covered_and_why_not_the_rest(trainable_llama, monkeypatch):
+    import autopeft.choose.pilots as pilots_module
+    from autopeft.choose import recommend as recommend_module
+    from autopeft.choose.constraints import Constraints
+    from autopeft.profiles import CurvePoint
+    from autopeft.training.outputs import PilotResult
+
+    def halving(configs, base, *, budget, **kwargs):  # the budget reached the first two methods' first rates
+        budget(1.0, 0.01)
+        firsts = {}
+        for config in configs:
+            firsts.setdefault(config.method, config)
+        ran = list(firsts.values())[:2]
+        results = {c.name: PilotResult(status="ok", steps=3, curve=[CurvePoint(step=s, train_loss=3.0 - s / (3 + i))
+                                                                     for s in (1, 2, 3)], peak_memory_bytes=1)
+                   for i, c in enumerate(ran)}
+        return [pilots_module.Rung(steps=3, results=results, chosen={c.method: c.name for c in ran})]
+
+    monkeypatch.setattr(pilots_module, "successive_halving", halving)
+    rec = recommend_module.recommend(str(EXAMPLES / "instructions.jsonl"), model=str(trainable_llama), max_length=64,
+                                     max_examples=40, batch_size=4, max_steps=10, say=lambda line: None,
+                                     constraints=Constraints(methods=("lora", "ia3", "vera", "loha")))
+    assert rec.mode == "pilot"
+    assert "covered 2 of the 4 methods, the most promising by the stored profiles; the other 2 are ranked " \
+           "without a pilot" in rec.explanation

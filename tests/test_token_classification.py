@@ -264,7 +264,7 @@ def test_a_tagger_trains_scores_its_test_file_and_exports(trainable_bert, tmp_pa
 def test_tune_chooses_a_method_for_the_example_and_reports_its_entity_f1(trainable_bert, tmp_path):
     out = tmp_path / "tuned"
     result = run("tune", str(EXAMPLE), "--model", str(trainable_bert), "--methods", "lora,ia3,loha",
-                 "--test", str(EXAMPLE), "--epochs", "2", "--batch-size", "8", "--max-length", "64",
+                 "--pilot-budget", "30s", "--test", str(EXAMPLE), "--epochs", "2", "--batch-size", "8", "--max-length", "64",
                  "--output", str(out), "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

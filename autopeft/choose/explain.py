@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ..sizes import format_size
 
-def explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, prior_loss=None) -> str:
+def explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, prior_loss=None, coverage=None) -> str:
+    """``coverage``: a clause saying how many methods the pilot budget covered, when not all."""
     n = len(candidates)
     parts = [f"{chosen.method} is recommended"]
     if mode == "pilot" and chosen.pilot:
@@ -17,9 +18,9 @@ def explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, pri
         standing = ("the only pilot the budget allowed" if piloted == 1 else
                     f"the {'' if loss_rank == 1 else ordinal(loss_rank) + ' '}lowest loss of the {piloted} "
                     f"methods piloted")
+        unpiloted = coverage or f"{n - piloted} more ranked without a pilot"
         parts.append(f"its pilot ran {chosen.pilot[-1].step} steps at learning rate {chosen.learning_rate:g}, "
-                     f"{standing} ({n - piloted} more ranked without a pilot), and the recommender predicts "
-                     f"it will finish best")
+                     f"{standing} ({unpiloted}), and the recommender predicts it will finish best")
         close = too_close_to_call(chosen, candidates[order[1]]) if goal.quality == 1 and n > 1 else None
         if close:
             parts.append(close)

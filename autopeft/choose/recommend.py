@@ -3,7 +3,8 @@
 The pipeline (see the design brief): candidates are the installed methods for the task; the static
 cost model checks each against the constraints, trying gradient checkpointing and smaller
 micro-batches before excluding it; pilots of the survivors run with successive halving under a
-time budget (default 15% of the estimated full fine-tune); the recommender ranks them from their
+time budget (by default 15% of the estimated full fine-tune, and at least ``MIN_CHOOSE_SECONDS``, so
+that a short job still compares methods); the recommender ranks them from their
 pilot curves and priors; the objective picks one; ``tune`` trains it in a watched process.
 """
 
@@ -33,6 +34,9 @@ COST_MODEL_TOLERANCE = 1.75
 #: plan memory with this share of the budget: the cost model is within ~10% of what is measured
 PLANNING_MARGIN = 0.9
 DEFAULT_PILOT_FRACTION = 0.15
+#: by default choosing (screening and pilots) takes at least this long: on a short job, a share of the
+#: run buys a pilot or two and the choice would be the prior's; a user who gives --pilot-budget gets it exactly
+MIN_CHOOSE_SECONDS = 120.0
 
 
 class NoFeasibleMethodError(AutopeftError):
@@ -105,7 +109,7 @@ class Recommendation(BaseModel):
 
 def recommend(data: str, *, model: str | None = None, task: str | None = None, validation: str | None = None,
               constraints: Constraints | None = None, objective: str | None = None, target_gpu: str | None = None,
-              pilot: bool = True, pilot_fraction: float = DEFAULT_PILOT_FRACTION, pilot_seconds: float | None = None,
+              pilot: bool = True, pilot_fraction: float | None = None, pilot_seconds: float | None = None,
               learning_rates_per_method: int = 2, batch_size: int = 8, epochs: float = 3.0,
               max_steps: int | None = None, max_length: int = 512, max_examples: int | None = None,
               validation_fraction: float = 0.1, seed: int = 0, data_seed: int | None = None,
@@ -149,7 +153,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
                     listing="`autopeft profiles list` lists them")
     goal = Objective.parse(objective)
     device = target_device(target_gpu) if target_gpu else profile_device()
-    if not 0 < pilot_fraction < 1:
+    if pilot_fraction is not None and not 0 < pilot_fraction < 1:
         raise BadInputError(f"--pilot-budget as a fraction must be in (0, 1), got {pilot_fraction}")
     if quantize:
         constraints = _quantized_only(constraints, quantize, local=pilot or not device.planned)
@@ -167,6 +171,10 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
                            max_steps=max_steps, batch_size=batch_size, max_length=max_length, max_examples=max_examples,
                            validation_fraction=validation_fraction, seed=seed, data_seed=data_seed, pack=pack,
                            train_on_inputs=train_on_inputs, trust_remote_code=trust_remote_code, quantize=quantize)
+    if pilot:
+        from ..processes import start_fork_server
+
+        start_fork_server()  # its imports overlap the screening, not the first pilot
     # the pilots train on the sample and split the fine-tune will, so their losses are its losses
     prepared = options.prepare(tokenizer, test=False)
     options.task = task = prepared.info.task
@@ -193,8 +201,9 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     recommender = Recommender().fit([r for r in records if r.benchmark not in set(leave_out or ())])
     pilot_started = time.perf_counter()
     pilots: dict[str, Any] = {}
+    coverage = None
     if pilot:
-        pilots = _run_pilots(feasible, get_methods(), options, total_steps, pilot_fraction, pilot_seconds,
+        pilots, coverage = _run_pilots(feasible, get_methods(), options, total_steps, pilot_fraction, pilot_seconds,
                              learning_rates_per_method, limit if not device.planned else None, recommender, say,
                              spent=lambda: time.perf_counter() - started, time_budget=constraints.time_budget,
                              also=on_pilot)
@@ -236,7 +245,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     chosen, row = candidates[best], rows[best]
     order = sorted(range(len(candidates)), key=lambda i: -scores[i])
     explanation = explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots,
-                           prior_loss=prepared.label_frequency_loss())
+                          prior_loss=prepared.label_frequency_loss(), coverage=coverage)
     say(explanation)
     return Recommendation(
         chosen=chosen.method, settings=row._given,
@@ -366,15 +375,26 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     base = options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",
                                        "gradient_accumulation_steps", "gradient_checkpointing", "report_to"})
 
+    share = fraction or DEFAULT_PILOT_FRACTION
+    floor = 0.0 if fraction else MIN_CHOOSE_SECONDS
+    if time_budget is not None:
+        floor = min(floor, share * time_budget)
+
+    planned: list[float] = []
+
     def budget(overhead: float, per_step: float) -> float:
+        planned.append(_budget(overhead, per_step))
+        return planned[-1]
+
+    def _budget(overhead: float, per_step: float) -> float:
         if seconds is not None:
             return seconds
-        # choosing (this far, plus the pilots) is to be ``fraction`` of the whole run's wall time:
-        # choose <= fraction / (1 - fraction) x the fine-tune, estimated without its evaluations
+        # choosing (this far, plus the pilots) is to be ``share`` of the whole run's wall time:
+        # choose <= share / (1 - share) x the fine-tune, estimated without its evaluations
         full = overhead + total_steps * per_step
         if time_budget is not None:
-            full = min(full, (1 - fraction) * time_budget)
-        return max(0.0, fraction / (1 - fraction) * full - spent())
+            full = min(full, (1 - share) * time_budget)
+        return max(0.0, share / (1 - share) * full - spent(), floor - spent())
 
     def rank(configs_, results):
         cands = [Candidate(name=c.name, method=c.method, task=options.task, learning_rate=c.learning_rate,
@@ -392,7 +412,8 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
             also(config, steps, result)
 
     say(f"pilots: {len(configs)} configurations of {len(feasible)} methods, with successive halving; "
-        f"budget {'%.0f s' % seconds if seconds else f'{fraction:.0%} of the estimated full fine-tune'}")
+        f"budget {'%.0f s' % seconds if seconds else f'{share:.0%} of the estimated full fine-tune'}"
+        f"{f', at least {floor:.0f} s in all' if floor and not seconds else ''}")
     from ..models import autopeft_home
     from ..processes import stop_note
 
@@ -418,7 +439,13 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 # the method's initialisation once, then every step
                 estimated_full_seconds=((result.init_seconds or 0) + (result.seconds_per_step or 0) * total_steps
                                         or None), curve=result.curve)
-    return best
+    coverage = None
+    if len(best) < len(feasible) and planned:
+        left = len(feasible) - len(best)
+        coverage = (f"the pilot budget, {planned[0]:.0f} s, covered {len(best)} of the {len(feasible)} methods, the "
+                    f"most promising by the stored profiles; the other {left} {'is' if left == 1 else 'are'} ranked "
+                    f"without a pilot")
+    return best, coverage
 
 
 def _predict_by_rung(candidates, recommender) -> tuple[list[float], str]:

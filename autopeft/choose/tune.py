@@ -10,7 +10,7 @@ from typing import Callable
 from ..errors import AutopeftError, BadInputError
 from ..training.outputs import holding_output_dir
 from .constraints import Constraints
-from .recommend import DEFAULT_PILOT_FRACTION, Recommendation, recommend
+from .recommend import DEFAULT_PILOT_FRACTION, MIN_CHOOSE_SECONDS, Recommendation, recommend
 
 log = logging.getLogger("autopeft")
 
@@ -19,7 +19,7 @@ log = logging.getLogger("autopeft")
 def tune(data: str | None, *, output_dir: str, overwrite: bool = False, resume: bool = False,
          constraints: Constraints | None = None,
          objective: str | None = None, target_gpu: str | None = None, pilot: bool = True,
-         pilot_fraction: float = DEFAULT_PILOT_FRACTION, pilot_seconds: float | None = None,
+         pilot_fraction: float | None = None, pilot_seconds: float | None = None,
          progress: bool = True, say: Callable[[str], None] | None = None, **options):
     """Recommend, then fine-tune the winner into ``output_dir`` (the outputs of ``train``, with the
     recommendation in run.json and a Pareto plot in the report). The fine-tune runs in a watched
@@ -58,7 +58,9 @@ def _tune_parameters(data, options, constraints, objective, target_gpu, pilot_fr
     """What the tune's own tracker run records: the data, the options and the constraints it was given."""
     given = {k: v for k, v in options.items() if v is not None and k != "report_to"}
     limits = {k: v for k, v in constraints.model_dump(mode="json").items() if v not in (None, [], ())}
-    budget = {"pilot_seconds": pilot_seconds} if pilot_seconds else {"pilot_fraction": pilot_fraction}
+    budget = ({"pilot_seconds": pilot_seconds} if pilot_seconds else
+              {"pilot_fraction": pilot_fraction or DEFAULT_PILOT_FRACTION, "pilot_floor_seconds": 0 if pilot_fraction
+               else MIN_CHOOSE_SECONDS})
     return {"data": data, **given, **limits, "objective": objective or "quality", "target_gpu": target_gpu,
             "pilot": pilot, **budget}
 

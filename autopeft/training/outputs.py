@@ -355,14 +355,20 @@ def _plot_pareto(path: Path, recommendation: dict) -> None:
     on_front = {id(c) for _, _, c in front}
     for x, y, c in points:
         chosen = c["method"] == recommendation.get("chosen")
-        ax.scatter(x, y, s=90 if chosen else 28, marker="*" if chosen else "o", zorder=3,
-                   color="#ee6677" if chosen else ("#4477aa" if id(c) in on_front else "#bbbbbb"))
-        if chosen or id(c) in on_front:
-            ax.annotate(c["method"], (x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        loss = (c.get("measured") or {}).get("pilot_loss")
+        color = "#ee6677" if chosen else ("#4477aa" if id(c) in on_front else "#888888")
+        # a piloted candidate is a filled point labelled with its pilot loss; one ranked without a pilot is hollow
+        ax.scatter(x, y, s=110 if chosen else 30, marker="*" if chosen else "o", zorder=3, linewidths=1,
+                   color=color if loss is not None else "none", edgecolors=color)
+        if loss is not None or chosen or id(c) in on_front:
+            label = c["method"] + (f" ({loss:.3f})" if loss is not None else "")
+            ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#4477aa", alpha=0.5, zorder=2,
                 label="Pareto frontier (memory, predicted score)")
-        ax.legend()
+    ax.scatter([], [], s=30, color="#888888", label="piloted (its pilot loss in brackets)")
+    ax.scatter([], [], s=30, color="none", edgecolors="#888888", label="ranked without a pilot")
+    ax.legend(fontsize=8)
     ax.set_xlabel("peak memory (GB)")
     ax.set_ylabel("predicted score (higher is better)")
     ax.grid(alpha=0.3)
@@ -407,7 +413,8 @@ def _report(r: RunRecord) -> str:
         rec = r.recommendation
         lines += ["", "## Why this method", "", rec.get("explanation", ""), "",
                   f"Pilots took {rec.get('pilot_seconds', 0):.0f} s. Predicted score against peak memory "
-                  f"(the frontier in blue, the choice starred; methods without a pilot rank below those with one):", "", "![pareto](pareto.png)", "",
+                  f"(the frontier in blue, the choice starred, piloted methods filled and labelled with their pilot loss; "
+                  f"methods without a pilot, hollow, rank below those with one):", "", "![pareto](pareto.png)", "",
                   "| method | feasible | predicted | pilot loss | peak memory | why not |", "|---|:-:|---:|---:|---:|---|"]
         for c in rec.get("candidates", []):
             m = c.get("measured") or {}
