@@ -399,6 +399,22 @@ def test_the_least_a_plan_costs_counts_each_rung_with_its_survivors_at_twice_the
     # 27 methods at two rates: 54 pilots of 4 steps, then 9 of 8, then 3 of 16 (2 s to start each)
     assert plan_cost(54, 27, overhead=2, per_unit=1, shortest=4) == 54 * 6 + 9 * 10 + 3 * 18
     assert plan_cost(1, 1, overhead=1, per_unit=1, shortest=4) == 5  # one pilot, one rung
+    assert plan_cost(54, 27, overhead=2, per_unit=1, shortest=4, rungs=2) == 54 * 6 + 9 * 10
+
+
+def test_a_short_budget_pilots_more_methods_rather_than_longer_pilots_of_a_few():
+    """What the pilots afford: every method's first rung and the second rung of the survivors; the
+    rungs after that run only on what is left."""
+    from autopeft.choose.pilots import PilotConfig, affordable
+
+    configs = [PilotConfig(name=f"m{i} lr={lr}", method=f"m{i}", learning_rate=lr, batch_size=8)
+               for i in range(12) for lr in (1e-4, 1e-3)]
+    # 1 s to start a pilot, 1 s a step: 11 more methods at 3 steps (44 s) and 4 survivors at 6 (28 s) fit 75 s,
+    # not counting a third rung (2 survivors at 12 steps, 26 s more)
+    afforded = affordable(configs, 75.0, overhead=1.0, per_step=1.0)
+    assert [c.name for c in afforded] == [f"m{i} lr=0.0001" for i in range(12)]
+    assert len(affordable(configs, 30.0, overhead=1.0, per_step=1.0)) < 12
+    assert affordable(configs, 1e6, overhead=1.0, per_step=1.0) == configs
 
 
 def test_store_appends_whole_records_and_reads_them_back(tmp_path):

@@ -58,13 +58,15 @@ def next_length(configs: int, methods: int, left: float, *, overhead: float, per
     return None
 
 
-def plan_cost(configs: int, methods: int, *, overhead: float, per_unit: float, shortest: float) -> float:
-    """The least a plan over ``configs`` (of ``methods`` methods) costs: every rung it needs at its
-    shortest, the first ``configs`` pilots of ``shortest``, each next one the survivors (one
-    configuration per method) at twice the length. Counting every rung as dear as the first, as this
-    did before, left a third of a 150 s budget unspent on SST-2 with 9 of 27 methods piloted."""
+def plan_cost(configs: int, methods: int, *, overhead: float, per_unit: float, shortest: float,
+              rungs: int | None = None) -> float:
+    """The least a plan over ``configs`` (of ``methods`` methods) costs: every rung it needs (at most
+    ``rungs``) at its shortest, the first ``configs`` pilots of ``shortest``, each next one the
+    survivors (one configuration per method) at twice the length. Counting every rung as dear as the
+    first, as this did before, left a third of a 150 s budget unspent on SST-2 with 9 of 27 methods
+    piloted."""
     cost, length = 0.0, shortest
-    for _ in range(rounds_needed(methods)):
+    for _ in range(min(rounds_needed(methods), rungs or rounds_needed(methods))):
         cost += configs * (overhead + length * per_unit)
         methods = configs = survivors(methods)
         length *= 2

@@ -34,6 +34,8 @@ from ..processes import deferring_stop, handling_stop_signals, on_accelerator, r
 from ..training.outputs import PilotResult
 
 MIN_STEPS = 3
+#: the rungs a configuration must be affordable for to be piloted at all (see :func:`affordable`)
+AFFORDED_RUNGS = 2
 
 
 class PilotConfig(BaseModel):
@@ -244,7 +246,7 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
     parallel = len(slots)
     cap = max(MIN_STEPS, int(max_fraction * total_steps))
     rungs: list[Rung] = []
-    alive = _affordable(configs, budget_seconds * parallel, overhead, per_step)
+    alive = affordable(configs, budget_seconds * parallel, overhead, per_step)
     if announce and len(alive) < len(configs):
         announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
                  f"without a pilot")
@@ -270,12 +272,15 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
     return rungs
 
 
-def _affordable(configs: list[PilotConfig], seconds: float, overhead: float, per_step: float) -> list[PilotConfig]:
+def affordable(configs: list[PilotConfig], seconds: float, overhead: float, per_step: float) -> list[PilotConfig]:
     """The configurations that ``seconds`` can afford, taken in the order given (most promising
     first; the first has already run, as the calibration): all of them; else one learning rate per
-    method; else the first methods, down to the calibration alone."""
+    method; else the first methods, down to the calibration alone. Affording a configuration takes
+    its first rung and the second of the survivors: longer rungs run where the budget is left for
+    them, as a short budget is better spent on more methods than on longer pilots of a few."""
     def cost(group):
-        return plan_cost(len(group) - 1, _methods(group), overhead=overhead, per_unit=per_step, shortest=MIN_STEPS)
+        return plan_cost(len(group) - 1, _methods(group), overhead=overhead, per_unit=per_step, shortest=MIN_STEPS,
+                         rungs=AFFORDED_RUNGS)
 
     if cost(configs) <= seconds:
         return configs
