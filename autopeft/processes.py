@@ -442,7 +442,10 @@ def _in_child(environ: dict[str, str], max_memory: int | None, parent: int, targ
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(STOPPED_EXIT)
-    end_children()  # a process the target started and left running would outlive the command
+    try:
+        end_children()  # a process the target started and left running would outlive the command
+    except KeyboardInterrupt:  # asked to stop as the target ended: its result is written, nothing to say
+        os._exit(STOPPED_EXIT)
 
 
 def pid_alive(pid) -> bool:
