@@ -334,7 +334,9 @@ def _judged_tasks(records: list[ProfileRecord]):
     would pilot them, with a recommender fit on the other tasks (:func:`_other_tasks`)."""
     from .ranking import Recommender
 
-    usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)]
+    # a configuration's reruns at other seeds are not candidates of their own (the recommender weighs them)
+    usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)
+              and r.seed is None]
     for benchmark in sorted({r.benchmark for r in usable}):
         runs = [r for r in usable if r.benchmark == benchmark]
         if len(runs) >= 3:
