@@ -507,6 +507,19 @@ def data_stats(data: dict[str, Any]) -> dict[str, float] | None:
             "labels": float(len(data.get("labels") or ()))}
 
 
+def data_source(record: ProfileRecord) -> str:
+    """The data set a record's training data came from, however it was sampled or relabelled: tasks of
+    one source (SST-2 at two sizes; GSM8K questions labelled two ways) teach each other their answers,
+    so an evaluation leaves a source out whole. ``../shared/data/sst2/train.tsv`` and ``sst2 train (2,000
+    sampled)`` are ``sst2``; ``derived/gsm8k-division-train.jsonl`` is ``gsm8k``."""
+    text = record.dataset.replace("\\", "/").lower()
+    match = re.search(r"/data/([^/]+)/", text) or re.search(r"derived/([a-z0-9]+)", text)
+    if match:
+        return match.group(1)
+    stem = Path(text.split()[0]).name if text.split() else text
+    return re.split(r"[-_.]", stem)[0] or text
+
+
 def configuration_key(record: ProfileRecord) -> str:
     """What runs of one configuration share, whatever their seed: benchmark, method, settings, rate."""
     return json.dumps([record.benchmark, record.method, record.settings, record.learning_rate], sort_keys=True,

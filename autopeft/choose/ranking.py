@@ -52,10 +52,11 @@ TRAINING_FRACTIONS = (0.05, 0.1, 0.15, 0.2)
 STANDING_FLOOR = 0.1
 #: how many of its standard deviations over seeds a configuration's target gives up
 RISK = 0.5
-#: how much of a prediction the evidence of matching runs replaces, by how they match and the mode:
-#: where pilots ran they measure this job and may overturn the evidence; without pilots it leads
-EVIDENCE_WEIGHT = {("same", "pilot"): 0.4, ("same", "static"): 0.8,
-                   ("similar", "pilot"): 0.15, ("similar", "static"): 0.4}
+#: how much of a prediction the evidence of matching runs replaces, by how they match and the mode
+#: (same data: measured on the two SST-2 MiniLM benches, each with the other as evidence, see
+#: docs/design/recommender.md; similar data: half that, unmeasured, no two shipped benches are alike)
+EVIDENCE_WEIGHT = {("same", "pilot"): 0.4, ("same", "static"): 0.4,
+                   ("similar", "pilot"): 0.2, ("similar", "static"): 0.2}
 
 
 class Evidence(BaseModel):
