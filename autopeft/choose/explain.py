@@ -64,7 +64,8 @@ def how_sure(chosen, candidates, mode, confidence) -> str | None:
 
     if confidence is None:
         return None
-    text = f"the chance that it lands within {within_words(chosen.task)} of the best candidate is about {confidence:.0%}"
+    text = (f"the chance that it ends as good as the best candidate, give or take {within_words(chosen.task)}, is "
+            f"about {confidence:.0%}")
     more = advice(confidence, mode, sum(1 for c in candidates if c.pilot), len(candidates))
     return text + (f"; {more}" if more else "")
 

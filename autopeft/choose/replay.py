@@ -449,6 +449,7 @@ def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...
         for index in range(subsets + 1):
             sub = runs if index == 0 else [runs[i] for i in sorted(rng.choice(
                 len(runs), size=max(3, round(share * len(runs))), replace=False))]
+            methods = len({r.method for r in sub})  # tune's candidates are methods, each at its best rate
             for budget in budgets:
                 last: list = []
 
@@ -465,12 +466,12 @@ def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...
                 k = at.index(chosen)
                 rivals = [i for i, r in enumerate(at) if r.method != chosen.method]
                 judge(f"{budget:g}", index, sub, chosen,
-                      features(margin_of(scores, k, rivals), 1.0, evidence.kind if evidence else None, len(sub)))
+                      features(margin_of(scores, k, rivals), 1.0, evidence.kind if evidence else None, methods))
             static = recommender.predict([Candidate.from_record(r, None) for r in sub])
             k = int(np.argmax(static))
             judge("static", index, sub, sub[k],
                   features(margin_of(static, k, [i for i, r in enumerate(sub) if r.method != sub[k].method]), 0.0,
-                           evidence.kind if evidence else None, len(sub)))
+                           evidence.kind if evidence else None, methods))
             judge("always_lora", index, sub, _default_lora(sub))
             judge("lowest_pilot_loss", index, sub,
                   min(sub, key=lambda r: end_loss(r.pilot(budgets[len(budgets) // 2]))))
