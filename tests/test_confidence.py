@@ -205,6 +205,11 @@ def test_run_json_and_the_report_carry_the_confidence(tmp_path):
 
     kept = ROOT / "benchmarks" / "results" / "seed_noise" / "sst2-smollm2" / "runs" / "lora-lr-0.001-seed-1.json"
     record = RunRecord.model_validate_json(kept.read_text())
+    from autopeft.profiles import record_from_run
+
+    profile = record_from_run(record)  # what the store keeps of a run: its seed and its data
+    assert profile.seed == 1 and profile.fingerprint == record.data["fingerprint"]
+    assert profile.data_stats == {"examples": 1000.0, "mean_tokens": 11.204, "labels": 2.0}
     record.recommendation = {"chosen": "lora", "explanation": "lora is recommended: why.", "confidence": 0.42,
                              "candidates": [], "pilot_seconds": 1.0}
     record = RunRecord.model_validate_json(record.model_dump_json())  # as run.json holds it
