@@ -48,7 +48,7 @@ def source_report(records, out: Path, subsets: int, write: bool, seed_noise) -> 
     (out / "leave_one_source_out.md").write_text("\n".join(lines) + "\n")
     (out / "leave_one_source_out.json").write_text(json.dumps(
         {"choices": [r.model_dump() for r in rows], "same_data": [r.model_dump() for r in same],
-         "confidence_model": model}, indent=1))
+         "confidence_model": model}, separators=(",", ":")))
     if write:
         target = ROOT / "autopeft" / "resources" / "confidence.json"
         target.write_text(json.dumps({**model, "fitted_on": f"{sum(bool(r.features) for r in rows + same)} leave-one-source-out choices on "
