@@ -822,6 +822,8 @@ def _print_recommendation(rec) -> None:
         score = f"{c.predicted_score:.3f}" if c.predicted_score is not None else ""
         click.echo(f"{c.method:<14} {'yes' if c.feasible else 'no':<5} {score:>9} {loss:>10} "
                    f"{format_size(peak) if peak else '':>9}  {note}")
+    if rec.confidence is not None:
+        click.echo(f"confidence: {rec.confidence:.0%} that {rec.chosen} lands within one point of the best candidate")
     click.echo(rec.explanation)
 
 

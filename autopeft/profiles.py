@@ -36,7 +36,8 @@ from .locks import locked
 
 log = logging.getLogger("autopeft")
 
-SCHEMA_VERSION = 1
+#: 2 added ``seed``, ``fingerprint`` and ``data_stats`` (an older autopeft keeps such records unread)
+SCHEMA_VERSION = 2
 #: the package the top-level ``profiles/`` folder is installed as: records and tables read at run time
 SHIPPED_PACKAGE = "autopeft_profiles"
 STORE_NAME = "profiles.jsonl"
@@ -87,6 +88,13 @@ class ProfileRecord(BaseModel):
     error: str | None = Field(default=None, description="why the run failed")
     source: str = Field(description="where the record came from")
     licence: str | None = None
+    seed: int | None = Field(default=None, description="the training seed where runs of one configuration differ in "
+                                                       "it (None: the only run, or seed 0): several tell its spread")
+    fingerprint: str | None = Field(default=None, description="sha256 of the training file's bytes: a user's data "
+                                                              "is this run's data when they are equal")
+    data_stats: dict[str, float] | None = Field(
+        default=None, description="how the data looks: examples (trained on), mean_tokens, labels (classes; 0 for "
+                                  "causal LM), so that runs on data like a user's can be found")
 
     def pilot(self, fraction: float) -> list[CurvePoint]:
         """The part of the curve a pilot of ``fraction`` of the training steps would have seen."""
@@ -486,7 +494,36 @@ def record_from_run(run, benchmark: str | None = None) -> ProfileRecord:
         total_params=run.total_params, adapter_bytes=run.adapter_bytes, peak_memory_bytes=run.peak_memory_bytes,
         estimated_peak_memory_bytes=run.estimated_peak_memory_bytes, train_seconds=run.train_seconds,
         device=run.hardware.device_name, curve=curve, metric=metric,
-        higher_is_better=higher, score=run.metrics.get(metric), source="autopeft run on this machine")
+        higher_is_better=higher, score=run.metrics.get(metric), source="autopeft run on this machine",
+        seed=(run.options or {}).get("seed") or None, fingerprint=data.get("fingerprint"), data_stats=data_stats(data))
+
+
+def data_stats(data: dict[str, Any]) -> dict[str, float] | None:
+    """The figures of a run's data (``run.json``'s ``data``) that tell how alike two data sets are."""
+    tokens = data.get("tokens") or {}
+    if not data.get("num_train") or not tokens.get("mean"):
+        return None
+    return {"examples": float(data["num_train"]), "mean_tokens": float(tokens["mean"]),
+            "labels": float(len(data.get("labels") or ()))}
+
+
+def data_source(record: ProfileRecord) -> str:
+    """The data set a record's training data came from, however it was sampled or relabelled: tasks of
+    one source (SST-2 at two sizes; GSM8K questions labelled two ways) teach each other their answers,
+    so an evaluation leaves a source out whole. ``../shared/data/sst2/train.tsv`` and ``sst2 train (2,000
+    sampled)`` are ``sst2``; ``derived/gsm8k-division-train.jsonl`` is ``gsm8k``."""
+    text = record.dataset.replace("\\", "/").lower()
+    match = re.search(r"/data/([^/]+)/", text) or re.search(r"derived/([a-z0-9]+)", text)
+    if match:
+        return match.group(1)
+    stem = Path(text.split()[0]).name if text.split() else text
+    return re.split(r"[-_.]", stem)[0] or text
+
+
+def configuration_key(record: ProfileRecord) -> str:
+    """What runs of one configuration share, whatever their seed: benchmark, method, settings, rate."""
+    return json.dumps([record.benchmark, record.method, record.settings, record.learning_rate], sort_keys=True,
+                      default=str)
 
 
 def task_metric_of(run) -> tuple[str, bool] | None:

@@ -15,6 +15,15 @@ at other seeds, the task's regret beside that seed-noise floor, and the choices 
 configuration's mean over the seeds.
 
     python benchmarks/leave_one_task_out.py [--budget-fraction 0.1] [--profiles DIR_OR_FILE ...]
+
+With ``--sources``, leave out a whole data source at a time instead (SST-2 tasks teach each other their
+answers, GSM8K-derived tasks too), judge each choice by its configuration's mean over the stored seeds
+against the best mean, list every task with its seed-noise floor, and fit and check the probability a
+recommendation states (``autopeft/choose/confidence.py``): its calibration table, and with
+``--write-calibration`` the shipped ``autopeft/resources/confidence.json``. Writes
+``benchmarks/results/leave_one_source_out.md`` (and .json).
+
+    python benchmarks/leave_one_task_out.py --sources [--write-calibration]
 """
 
 from __future__ import annotations
@@ -39,8 +48,16 @@ def main() -> int:
     parser.add_argument("--budget-fraction", type=float, default=0.1)
     parser.add_argument("--profiles", action="append", default=[])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--sources", action="store_true", help="leave one data source out, judged by seed means")
+    parser.add_argument("--subsets", type=int, default=20, help="with --sources: random subsets per task")
+    parser.add_argument("--write-calibration", action="store_true",
+                        help="with --sources: write autopeft/resources/confidence.json from these folds")
     args = parser.parse_args()
     records = load_records(args.profiles, store=False)
+    if args.sources:
+        from source_folds import source_report
+
+        return source_report(records, Path(args.out), args.subsets, args.write_calibration, _seed_noise)
     rows = leave_one_task_out(records, args.budget_fraction)
     lines = [f"# `python benchmarks/leave_one_task_out.py` ({time.strftime('%Y-%m-%d')})", "",
              f"Pilot budget {args.budget_fraction:g} of training every candidate, spent by successive halving. "

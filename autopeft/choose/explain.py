@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from ..sizes import format_size
 
-def explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, prior_loss=None, coverage=None) -> str:
+def explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, prior_loss=None, evidence=None,
+            confidence=None, coverage=None) -> str:
     """``coverage``: a clause saying how many methods the pilot budget covered, when not all."""
     n = len(candidates)
     parts = [f"{chosen.method} is recommended"]
+    if evidence is not None:
+        parts.append(evidence.sentence())
     if mode == "pilot" and chosen.pilot:
         from ..profiles import end_loss
 
@@ -43,8 +46,29 @@ def explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, pri
         lora = next((k for k, i in enumerate(order) if candidates[i].method == "lora"), None)
         if lora is not None:
             parts.append(f"LoRA, the usual choice, ranks {ordinal(lora + 1)}")
+    sure = how_sure(chosen, candidates, mode, confidence)
+    if sure:
+        parts.append(sure)
     return "; ".join(parts[:1]) + ": " + "; ".join(parts[1:]) + "."
 
+
+def within_words(task: str | None) -> str:
+    """What "within one point" means for a task: of accuracy for classification, of the spread otherwise."""
+    return ("1 point of accuracy" if task in ("seq-cls", "token-cls")
+            else "1% of the best-to-worst spread")
+
+
+def how_sure(chosen, candidates, mode, confidence) -> str | None:
+    """A clause giving the probability that the choice lands within one point of the best candidate,
+    and what would raise it where it is low."""
+    from .confidence import advice
+
+    if confidence is None:
+        return None
+    text = (f"the chance that it ends as good as the best candidate, give or take {within_words(chosen.task)}, is "
+            f"about {confidence:.0%}")
+    more = advice(confidence, mode, sum(1 for c in candidates if c.pilot), len(candidates))
+    return text + (f"; {more}" if more else "")
 
 def too_close_to_call(chosen, runner_up) -> str | None:
     """A clause saying the runner-up's pilot ended within noise of the chosen one's, or None."""

@@ -17,6 +17,13 @@ Without pilots, a second regressor ranks from the static features (the trainable
 exact cost model) and a prior (how the method ranked in the other benchmarks), and the result says
 so; this ranking also decides which candidates get pilots first when the budget cannot cover them all.
 
+Where several seeds of a configuration are stored, its target is its mean over them less ``RISK`` times
+their spread (:func:`_by_configuration`): a configuration that wins at one seed and collapses at another
+stands below one as good on average that holds. Runs of the same model on the same data (the training
+file's fingerprint) or on similar data (same kind of task, alike in size, length and labels) are
+evidence about this very job: their standings are blended into the predictions (:meth:`Recommender.match`),
+strongly where no pilot ran, less where pilots can confirm or overturn them.
+
 Why this shape, and every variant measured against it (features, targets, weights, penalties, a
 pairwise model): ``docs/design/recommender.md``. Current figures: ``benchmarks/results/
 leave_one_task_out.md`` and ``replay_peft.md``.
@@ -31,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from ..profiles import CurvePoint, ProfileRecord, end_loss
+from ..profiles import CurvePoint, ProfileRecord, configuration_key, end_loss
 
 #: the kinds of task whose learning-rate offsets get a weight of their own; token classification is of
 #: the kind of sequence classification (a fresh head over an encoder, the same learning rates)
@@ -43,6 +50,37 @@ STATIC_FEATURES = ("log_trainable_fraction", "prior")
 TRAINING_FRACTIONS = (0.05, 0.1, 0.15, 0.2)
 #: the quantile of a benchmark's final quality that the target counts as its worst
 STANDING_FLOOR = 0.1
+#: how many of its standard deviations over seeds a configuration's target gives up
+RISK = 0.5
+#: how much of a prediction the evidence of matching runs replaces, by how they match and the mode
+#: (same data: measured on the two SST-2 MiniLM benches, each with the other as evidence, see
+#: docs/design/recommender.md; similar data: half that, unmeasured, no two shipped benches are alike)
+EVIDENCE_WEIGHT = {("same", "pilot"): 0.4, ("same", "static"): 0.4,
+                   ("similar", "pilot"): 0.2, ("similar", "static"): 0.2}
+
+
+class Evidence(BaseModel):
+    """Stored runs of this model on this job's data, or on data like it, and what they say."""
+
+    kind: str = Field(description="same: the very training file; similar: same model and kind of task, alike data")
+    benchmarks: list[str]
+    runs: int
+    standing: dict[str, float] = Field(description="each method's best standing there (1: the best run)")
+    by_rate: dict[str, list[tuple[float, float]]] = Field(default_factory=dict,
+                                                          description="method -> (learning rate, standing)")
+
+    def of(self, method: str, learning_rate: float | None) -> float | None:
+        """The standing the evidence gives a candidate: of its method at the nearest rate tried (within a
+        factor of 1.5), else the method's best; None for a method the matching runs never tried."""
+        if learning_rate and self.by_rate.get(method):
+            rate, standing = min(self.by_rate[method], key=lambda p: abs(math.log(p[0] / learning_rate)))
+            if abs(math.log(rate / learning_rate)) <= math.log(1.5):
+                return standing
+        return self.standing.get(method)
+
+    def sentence(self) -> str:
+        what = "your data" if self.kind == "same" else "data like yours"
+        return f"{self.runs} stored run{'s' * (self.runs != 1)} of this model on {what} weighed in"
 
 
 class Candidate(BaseModel):
@@ -90,6 +128,10 @@ class Recommender:
         from sklearn.base import clone
 
         groups = _scored_groups(records)
+        self.groups_ = groups
+        # runs stored per benchmark, reruns at other seeds included: what the evidence rests on
+        self.counts_ = {name: sum(r.benchmark == name and r.quality() is not None for r in records) for name in groups}
+        self.evidence_ = None
         self.benchmarks_ = sorted(groups)
         self.priors_ = _method_priors(groups)
         self.n_records_ = sum(len(g) for g in groups.values())
@@ -120,9 +162,60 @@ class Recommender:
         self.pilot_benchmarks_ = sorted(pilot_benchmarks)
         return self
 
+    def match(self, model: str, task: str | None, fingerprint: str | None = None,
+              stats: dict[str, float] | None = None) -> Evidence | None:
+        """Find the stored runs of ``model`` on this data (``fingerprint``) or, failing that, on data like
+        it (``task`` and ``stats``, see :func:`similar_data`); from now on :meth:`predict` blends their
+        standings in (:data:`EVIDENCE_WEIGHT`). Returns what was found, None when nothing matched."""
+        found: dict[str, list[ProfileRecord]] = {"same": [], "similar": []}
+        names: dict[str, list[str]] = {"same": [], "similar": []}
+        for name, group in self.groups_.items():
+            first = group[0]
+            if first.model != model:
+                continue
+            if fingerprint and first.fingerprint == fingerprint:
+                kind = "same"
+            elif similar_data(first, task, stats):
+                kind = "similar"
+            else:
+                continue
+            found[kind] += group
+            names[kind].append(name)
+        kind = "same" if found["same"] else "similar" if found["similar"] else None
+        if kind is None:
+            self.evidence_ = None
+            return None
+        best: dict[str, list[float]] = defaultdict(list)
+        rates: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for name in names[kind]:
+            group = self.groups_[name]
+            standing = _standing(np.array([r.quality() for r in group]))
+            top: dict[str, float] = {}
+            for r, p in zip(group, standing):
+                top[r.method] = max(top.get(r.method, 0.0), float(p))
+                if r.learning_rate:
+                    rates[r.method].append((r.learning_rate, float(p)))
+            for m, p in top.items():
+                best[m].append(p)
+        runs = sum(self.counts_[n] for n in names[kind])
+        self.evidence_ = Evidence(kind=kind, benchmarks=sorted(names[kind]), runs=runs,
+                                  standing={m: float(np.mean(v)) for m, v in best.items()}, by_rate=dict(rates))
+        return self.evidence_
+
     def predict(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """Predicted final standing of each of ``candidates`` (higher is better): where its final quality
-        will sit between the best of them (1) and their lowest tenth (0), see :func:`_standing`."""
+        will sit between the best of them (1) and their lowest tenth (0), see :func:`_standing`; with
+        the evidence of matching runs blended in after :meth:`match`."""
+        raw = self._predict(candidates)
+        evidence = getattr(self, "evidence_", None)
+        mode = self.mode(candidates)
+        if evidence is None or mode == "none":
+            return raw
+        weight = EVIDENCE_WEIGHT[evidence.kind, "static" if mode == "static" else "pilot"]
+        said = [evidence.of(c.method, c.learning_rate) for c in candidates]
+        return np.array([p if e is None else (1 - weight) * p + weight * e for p, e in zip(raw, said)])
+
+    def _predict(self, candidates: Sequence[Candidate]) -> np.ndarray:
         mode = self.mode(candidates)
         if mode == "pilot":
             return self.pilot_model_.predict(_features(candidates, self.priors_, PILOT_FEATURES))
@@ -153,11 +246,57 @@ def _default_estimator():
 
 
 def _scored_groups(records: Sequence[ProfileRecord]) -> dict[str, list[ProfileRecord]]:
+    """Each benchmark's scored configurations (reruns at other seeds folded in, :func:`_by_configuration`)."""
     groups: dict[str, list[ProfileRecord]] = defaultdict(list)
     for r in records:
         if r.quality() is not None and math.isfinite(r.quality()):
             groups[r.benchmark].append(r)
-    return {k: v for k, v in groups.items() if len(v) >= 3}
+    return {k: _by_configuration(v) for k, v in groups.items() if len({configuration_key(r) for r in v}) >= 3}
+
+
+def seed_spread(runs: Sequence[ProfileRecord]) -> tuple[float, float]:
+    """Mean quality of one configuration's runs and their standard deviation over seeds (0 for one run)."""
+    quality = np.array([r.quality() for r in runs])
+    return float(quality.mean()), float(quality.std(ddof=1)) if len(quality) > 1 else 0.0
+
+
+def _by_configuration(group: Sequence[ProfileRecord]) -> list[ProfileRecord]:
+    """One record per configuration: the seed-0 run (its curve is the pilot's), scored by the mean over
+    its seeds less :data:`RISK` times their standard deviation. A configuration run at one seed only is
+    charged the benchmark's typical (median) spread of those run at several, so that a measured steady
+    configuration gains on an unmeasured one, and a measured erratic one loses."""
+    by: dict[str, list[ProfileRecord]] = defaultdict(list)
+    for r in group:
+        by[configuration_key(r)].append(r)
+    if all(len(runs) == 1 for runs in by.values()):
+        return list(group)
+    spreads = [seed_spread(runs)[1] for runs in by.values() if len(runs) > 1]
+    typical = float(np.median(spreads))
+    out = []
+    for runs in by.values():
+        first = min(runs, key=lambda r: r.seed or 0)
+        mean, std = seed_spread(runs)
+        quality = mean - RISK * (std if len(runs) > 1 else typical)
+        out.append(first.model_copy(update={"score": quality if first.higher_is_better else -quality}))
+    return out
+
+
+def similar_data(record: ProfileRecord, task: str | None, stats: dict[str, float] | None) -> bool:
+    """Whether ``record`` trained on data like a job's: the same kind of task and, where both are known,
+    the same number of labels, a mean length within a factor of 2 and a size within a factor of 4."""
+    if task is None or _KIND_OF.get(record.task, record.task) != _KIND_OF.get(task, task):
+        return False
+    theirs = record.data_stats
+    if not stats or not theirs:
+        return False
+    if int(theirs.get("labels", 0)) != int(stats.get("labels", 0)):
+        return False
+
+    def within(key: str, factor: float) -> bool:
+        a, b = theirs.get(key), stats.get(key)
+        return bool(a and b) and max(a, b) / min(a, b) <= factor
+
+    return within("mean_tokens", 2.0) and within("examples", 4.0)
 
 
 def _method_priors(groups: dict[str, list[ProfileRecord]]) -> dict[str, float]:

@@ -105,6 +105,11 @@ class Recommendation(BaseModel):
     seconds: float = Field(default=0.0, description="wall time of the whole recommendation, pilots included")
     total_steps: int | None = None
     trained_on: list[str] = Field(default_factory=list, description="profile benchmarks the recommender learned from")
+    confidence: float | None = Field(default=None, description="probability that the choice lands within 1 point "
+                                     "(of accuracy or F1; else 1% of the best-to-worst spread) of the best candidate, "
+                                     "from the recommender's error on benches it did not learn from")
+    evidence: dict[str, Any] | None = Field(default=None, description="stored runs of this model on this data "
+                                            "(kind same) or data like it (similar) that weighed in the ranking")
 
 
 def recommend(data: str, *, model: str | None = None, task: str | None = None, validation: str | None = None,
@@ -199,6 +204,9 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         f"({task}, {len(prepared.train)} training examples, {total_steps} steps at batch {batch_size})")
 
     recommender = Recommender().fit([r for r in records if r.benchmark not in set(leave_out or ())])
+    evidence = recommender.match(model, task, fingerprint=prepared.info.fingerprint,
+                                 stats={"examples": prepared.info.num_train, "mean_tokens": prepared.info.tokens.mean,
+                                        "labels": len(prepared.info.labels or ())})
     pilot_started = time.perf_counter()
     pilots: dict[str, Any] = {}
     coverage = None
@@ -244,8 +252,10 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     best = max(range(len(candidates)), key=lambda i: scores[i])
     chosen, row = candidates[best], rows[best]
     order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+    sure = _confidence(candidates, predicted, best, mode, evidence)
     explanation = explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots,
-                          prior_loss=prepared.label_frequency_loss(), coverage=coverage)
+                          prior_loss=prepared.label_frequency_loss(), evidence=evidence, confidence=sure,
+                          coverage=coverage)
     say(explanation)
     return Recommendation(
         chosen=chosen.method, settings=row._given,
@@ -256,7 +266,19 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         candidates=sorted(reports.values(), key=lambda r: (not r.feasible, -(r.predicted_score or -math.inf))),
         device=device, constraints=constraints.model_dump(mode="json"), objective=goal.model_dump(),
         pilot_seconds=pilot_took, seconds=time.perf_counter() - started, total_steps=total_steps,
-        trained_on=recommender.benchmarks_)
+        trained_on=recommender.benchmarks_, confidence=None if sure is None else round(sure, 3),
+        evidence=evidence.model_dump(include={"kind", "benchmarks", "runs"}) if evidence else None)
+
+
+def _confidence(candidates, predicted, best, mode, evidence) -> float | None:
+    """The probability that the choice lands within one point of the best (:mod:`.confidence`), from
+    its lead over the runner-up among the pilots as long as its own (alone there: no lead)."""
+    from .confidence import features, margin_of, probability
+
+    rung = next(members for members in _by_pilot_length(candidates) if best in members)
+    piloted = sum(1 for c in candidates if c.pilot) / len(candidates)
+    return probability(features(margin_of(predicted, best, rung), piloted if mode != "static" else 0.0,
+                                evidence.kind if evidence else None, len(candidates)))
 
 
 def _cost_model_warning(method, estimated: Estimated, result: Measured) -> str | None:

@@ -334,7 +334,9 @@ def _judged_tasks(records: list[ProfileRecord]):
     would pilot them, with a recommender fit on the other tasks (:func:`_other_tasks`)."""
     from .ranking import Recommender
 
-    usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)]
+    # a configuration's reruns at other seeds are not candidates of their own (the recommender weighs them)
+    usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)
+              and r.seed is None]
     for benchmark in sorted({r.benchmark for r in usable}):
         runs = [r for r in usable if r.benchmark == benchmark]
         if len(runs) >= 3:
@@ -358,3 +360,119 @@ def _baseline_regrets(runs: list[ProfileRecord], budget_fraction: float, spread:
     lowest = min(runs, key=lambda r: end_loss(r.pilot(budget_fraction)))
     return {"always_lora": of_spread(_default_lora(runs)), "lowest_pilot_loss": of_spread(lowest),
             "random": float(np.mean([(best - r.quality()) / spread for r in runs])) if spread else 0.0}
+
+
+# -- leave one source out, judged by means over seeds ---------------------------------------------
+
+class SourceChoice(BaseModel):
+    """One choice on a task whose whole data source the recommender did not learn from, judged by its
+    configuration's mean over seeds (where several were stored) against the best such mean."""
+
+    benchmark: str
+    source: str
+    task: str
+    metric: str
+    way: str = Field(description="pilots at a budget ('0.1'), static (no pilots), always_lora, lowest_pilot_loss")
+    subset: int
+    chosen: str
+    regret: float = Field(description="best mean minus the choice's mean, in points (x100 for accuracy and F1)")
+    regret_of_spread: float
+    within: bool = Field(description="within 1 point (accuracy, F1) or 1% of the spread (other metrics) of the best")
+    features: list[float] = Field(default_factory=list, description="what autopeft.choose.confidence learns from")
+    evidence: str | None = None
+
+
+def judged_in_points(metric: str) -> bool:
+    """Whether a metric's "one point" is a point of it (accuracy, F1) rather than 1% of the spread."""
+    return any(k in metric for k in ("accuracy", "f1"))
+
+
+def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...] = (0.1, 0.15, 0.2),
+                         subsets: int = 20, share: float = 2 / 3, seed: int = 0,
+                         sources: dict[str, str] | None = None, same_data: bool = False) -> list[SourceChoice]:
+    """For every benchmark with pilot curves: learn from the records of every *other* data source
+    (:func:`autopeft.profiles.data_source`), then choose on ``subsets`` random ``share`` subsets of its
+    runs (the first "subset" is all of them) by successive halving at each of ``budgets``, without
+    pilots (static), and by the baselines. Each choice is judged by its configuration's mean over the
+    stored seeds against the best mean (a single run's score where one seed was stored), and carries
+    the features :mod:`autopeft.choose.confidence` learns the probability of landing within a point from.
+
+    :param sources: benchmark -> source, for tests; default: :func:`autopeft.profiles.data_source`.
+    :param same_data: judge only the benchmarks whose source holds runs of the same model on the same
+        data (another budget), and let those runs weigh in as evidence (:meth:`Recommender.match`), as a
+        user's earlier runs would; the recommender still learns from the other sources only.
+    """
+    from ..profiles import configuration_key, data_source
+    from .confidence import features, margin_of
+    from .ranking import Candidate, Recommender, seed_spread
+
+    source_of = sources or {r.benchmark: data_source(r) for r in records}
+    rng = np.random.default_rng(seed)
+    usable = [r for r in records if r.quality() is not None and any(p.train_loss is not None for p in r.curve)
+              and r.seed is None]
+    out: list[SourceChoice] = []
+    for benchmark in sorted({r.benchmark for r in usable}):
+        runs = [r for r in usable if r.benchmark == benchmark]
+        if len(runs) < 3:
+            continue
+        source = source_of[benchmark]
+        recommender = Recommender().fit([r for r in records if source_of.get(r.benchmark) != source])
+        first = runs[0]
+        evidence = recommender.match(first.model, first.task, first.fingerprint, first.data_stats)
+        if same_data:
+            witness = Recommender().fit([r for r in records if r.benchmark != benchmark])
+            evidence = witness.match(first.model, first.task, first.fingerprint, first.data_stats)
+            if evidence is None or evidence.kind != "same":
+                continue
+            recommender.evidence_ = evidence
+        seeds: dict[str, list[ProfileRecord]] = {}
+        for r in records:
+            if r.benchmark == benchmark and r.quality() is not None:
+                seeds.setdefault(configuration_key(r), []).append(r)
+        mean = {r.experiment: seed_spread(seeds[configuration_key(r)])[0] for r in runs}
+        runs = _in_tune_order(runs, recommender)
+        spread = max(mean.values()) - min(mean.values())
+        scale = 100 if judged_in_points(first.metric) else 1
+
+        def judge(way: str, index: int, sub: list[ProfileRecord], chosen: ProfileRecord | None,
+                  x: list[float] | None = None) -> None:
+            if chosen is None:
+                return
+            best = max(mean[r.experiment] for r in sub)
+            below = best - mean[chosen.experiment]
+            limit = 0.01 if scale == 100 else 0.01 * spread
+            out.append(SourceChoice(
+                benchmark=benchmark, source=source, task=first.task, metric=first.metric, way=way, subset=index,
+                chosen=chosen.experiment, regret=scale * below, regret_of_spread=below / spread if spread else 0.0,
+                within=below <= limit + 1e-12, features=x or [], evidence=evidence.kind if evidence else None))
+
+        for index in range(subsets + 1):
+            sub = runs if index == 0 else [runs[i] for i in sorted(rng.choice(
+                len(runs), size=max(3, round(share * len(runs))), replace=False))]
+            methods = len({r.method for r in sub})  # tune's candidates are methods, each at its best rate
+            for budget in budgets:
+                last: list = []
+
+                def learned(at: list[ProfileRecord], fraction: float) -> np.ndarray:
+                    scores = recommender.predict([Candidate.from_record(r, fraction) for r in at])
+                    last[:] = [at, scores]
+                    return scores
+
+                try:
+                    chosen = _halving(sub, budget, learned)[0]
+                except BadInputError:
+                    continue
+                at, scores = last
+                k = at.index(chosen)
+                rivals = [i for i, r in enumerate(at) if r.method != chosen.method]
+                judge(f"{budget:g}", index, sub, chosen,
+                      features(margin_of(scores, k, rivals), 1.0, evidence.kind if evidence else None, methods))
+            static = recommender.predict([Candidate.from_record(r, None) for r in sub])
+            k = int(np.argmax(static))
+            judge("static", index, sub, sub[k],
+                  features(margin_of(static, k, [i for i, r in enumerate(sub) if r.method != sub[k].method]), 0.0,
+                           evidence.kind if evidence else None, methods))
+            judge("always_lora", index, sub, _default_lora(sub))
+            judge("lowest_pilot_loss", index, sub,
+                  min(sub, key=lambda r: end_loss(r.pilot(budgets[len(budgets) // 2]))))
+    return out

@@ -416,6 +416,9 @@ def _report(r: RunRecord) -> str:
                   f"(the frontier in blue, the choice starred, piloted methods filled and labelled with their pilot loss; "
                   f"methods without a pilot, hollow, rank below those with one):", "", "![pareto](pareto.png)", "",
                   "| method | feasible | predicted | pilot loss | peak memory | why not |", "|---|:-:|---:|---:|---:|---|"]
+        if rec.get("confidence") is not None:
+            lines[-2:-2] = [f"Confidence: {rec['confidence']:.0%} that {rec.get('chosen')} lands within one point of "
+                            f"the best candidate (1 point of accuracy, or 1% of the best-to-worst spread).", ""]
         for c in rec.get("candidates", []):
             m = c.get("measured") or {}
             peak = m.get("peak_memory_bytes") or (c.get("estimated") or {}).get("peak_memory_bytes")

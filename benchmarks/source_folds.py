@@ -1,0 +1,146 @@
+"""Leave-one-source-out, judged by means over seeds, and the calibration of the stated confidence.
+
+Run through ``python benchmarks/leave_one_task_out.py --sources [--write-calibration]``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from autopeft.choose.confidence import fit, probability
+from autopeft.choose.replay import judged_in_points, leave_one_source_out
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGETS = (0.1, 0.15, 0.2)
+#: the stated probabilities' bins of the calibration table
+BINS = ((0.0, 1 / 3, "low"), (1 / 3, 2 / 3, "middle"), (2 / 3, 1.0 + 1e-9, "high"))
+
+
+def source_report(records, out: Path, subsets: int, write: bool, seed_noise) -> int:
+    started = time.perf_counter()
+    rows = leave_one_source_out(records, BUDGETS, subsets=subsets)
+    same = leave_one_source_out(records, BUDGETS, subsets=subsets, same_data=True)
+    took = time.perf_counter() - started
+    noise = seed_noise(ROOT / "benchmarks" / "results")
+    lines = [f"# `python benchmarks/leave_one_task_out.py --sources` ({time.strftime('%Y-%m-%d')})", "",
+             "Each task judged by a recommender that learned from every *other* data source (SST-2 tasks teach each "
+             "other their answers, GSM8K-derived ones too), on all its runs and on "
+             f"{subsets} random two-thirds of them. A choice scores its configuration's mean over the stored seeds "
+             "(`profiles/seeds-*.jsonl`, from `benchmarks/seed_noise.py`; one seed where only one was run); regret is "
+             "the best mean minus that, in points of accuracy (x100) for accuracy and F1, else as a share of the "
+             "task's best-to-worst spread (%). Mean over the subsets. Floor: the task's seed-noise floor in points "
+             "(`benchmarks/seed_noise.py`; - where no seeds were run).", ""]
+    lines += _task_table(rows, noise)
+    lines += ["## With runs on the same data as evidence", "",
+              "Tasks whose source holds runs of the same model on the same training file (another budget): those "
+              "runs weigh in (`Recommender.match`), as a user's stored runs or a shipped bench of the job would; "
+              "the recommender still learns from the other sources only.", ""]
+    lines += _task_table(same, noise) if same else ["None in these profiles.", ""]
+    calibration, model = _calibration(rows + same)
+    lines += calibration
+    lines += [f"Folds computed in {took:.0f} s."]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "leave_one_source_out.md").write_text("\n".join(lines) + "\n")
+    (out / "leave_one_source_out.json").write_text(json.dumps(
+        {"choices": [r.model_dump() for r in rows], "same_data": [r.model_dump() for r in same],
+         "confidence_model": model}, separators=(",", ":")))
+    if write:
+        target = ROOT / "autopeft" / "resources" / "confidence.json"
+        target.write_text(json.dumps({**model, "fitted_on": f"{sum(bool(r.features) for r in rows + same)} leave-one-source-out choices on "
+                                      f"{len({r.benchmark for r in rows})} benchmarks, {time.strftime('%Y-%m-%d')}"},
+                                     indent=1) + "\n")
+        lines.append(f"Wrote {target.relative_to(ROOT)}.")
+    print("\n".join(lines))
+    return 0
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _task_table(rows, noise) -> list[str]:
+    by: dict[tuple[str, str], list] = defaultdict(list)
+    for r in rows:
+        by[r.benchmark, r.way].append(r)
+    tasks = sorted({r.benchmark for r in rows}, key=lambda b: (next(r.source for r in rows if r.benchmark == b), b))
+    head = ["task", "source", "metric", "floor", *[f"pilots {b:g}" for b in BUDGETS], "static", "always LoRA",
+            "lowest pilot loss", "within 1 pt (pilots 0.15)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
+    beat_lora = beat_loss = judged_lora = 0
+    regrets: dict[str, list[float]] = defaultdict(list)
+    for task in tasks:
+        first = next(r for r in rows if r.benchmark == task)
+        points = judged_in_points(first.metric)
+
+        def cell(way: str) -> tuple[str, float | None]:
+            picks = by.get((task, way), [])
+            value = _mean([r.regret if points else 100 * r.regret_of_spread for r in picks])
+            return ("-" if value is None else f"{value:.2f}" + ("" if points else "%")), value
+
+        cells = {w: cell(w) for w in (*[f"{b:g}" for b in BUDGETS], "static", "always_lora", "lowest_pilot_loss")}
+        chosen = cells["0.15"][1]
+        if chosen is not None:
+            regrets["points" if points else "spread"].append(chosen)
+        if cells["always_lora"][1] is not None and chosen is not None:
+            judged_lora += 1
+            beat_lora += chosen < cells["always_lora"][1]
+        if cells["lowest_pilot_loss"][1] is not None and chosen is not None:
+            beat_loss += chosen < cells["lowest_pilot_loss"][1]
+        floor = f"{noise[task].floor:.2f}" if task in noise else "-"
+        within = _mean([r.within for r in by.get((task, "0.15"), [])])
+        lines.append(f"| {task} | {first.source} | {first.metric} | {floor} | "
+                     + " | ".join(c for c, _ in cells.values())
+                     + f" | {'-' if within is None else f'{within:.0%}'} |")
+    lines += ["", f"At the default budget (0.15): better than always-LoRA on {beat_lora} of {judged_lora} tasks with a "
+              f"LoRA run, than the lowest pilot loss on {beat_loss} of {len(tasks)}; mean regret "
+              + ", ".join(f"{np.mean(v):.2f} {'points' if k == 'points' else '% of the spread'} over {len(v)} tasks"
+                          for k, v in regrets.items()) + ".", ""]
+    return lines
+
+
+def _calibration(rows) -> tuple[list[str], dict]:
+    """Nested: each source's choices get the probability a model fitted on the other sources' choices
+    states; then the stated against the observed frequency of landing within a point, in three bins."""
+    judged = [r for r in rows if r.features]
+    sources = sorted({r.source for r in judged})
+    stated: list[tuple[float, bool, str]] = []
+    for source in sources:
+        train = [r for r in judged if r.source != source]
+        model = fit([r.features for r in train], [r.within for r in train])
+        for r in judged:
+            if r.source == source:
+                stated.append((probability(r.features, model), r.within, r.way))
+    cuts = np.quantile([p for p, _, _ in stated], [1 / 3, 2 / 3]) if stated else [1 / 3, 2 / 3]
+    tertiles = ((0.0, float(cuts[0]), "low third"), (float(cuts[0]), float(cuts[1]), "middle third"),
+                (float(cuts[1]), 1.0 + 1e-9, "high third"))
+    lines = ["## How sure: the stated probability against what happened", "",
+             "The probability a recommendation states that its pick lands within 1 point of the best (1 point of "
+             "accuracy or F1, else 1% of the spread), from a logistic model of the pick's predicted lead over the "
+             "runner-up, the share of candidates piloted, matching evidence and the number of candidates "
+             "(`autopeft/choose/confidence.py`). Here each source's choices (pilots at every budget and static, "
+             "over all subsets) get the probability a model fitted on the *other* sources' choices states.", "",
+             "Bins: the three thirds of the stated probabilities, then fixed thirds of [0, 1].", "",
+             "| bin | choices | mean stated | observed | gap |", "|---|---:|---:|---:|---:|"]
+    for low, high, name in (*tertiles, *BINS):
+        inside = [(p, w) for p, w, _ in stated if low <= p < high]
+        if not inside:
+            lines.append(f"| {name} ({low:.2f}-{min(high, 1):.2f}) | 0 | - | - | - |")
+            continue
+        p_mean, observed = float(np.mean([p for p, _ in inside])), float(np.mean([w for _, w in inside]))
+        lines.append(f"| {name} ({low:.2f}-{min(high, 1):.2f}) | {len(inside)} | {p_mean:.0%} | {observed:.0%} | "
+                     f"{100 * abs(p_mean - observed):.0f} pts |")
+    overall = float(np.mean([w for _, w, _ in stated])) if stated else 0.0
+    brier = float(np.mean([(p - w) ** 2 for p, w, _ in stated])) if stated else 0.0
+    base = float(np.mean([(overall - w) ** 2 for _, w, _ in stated])) if stated else 0.0
+    model = fit([r.features for r in judged], [r.within for r in judged])
+    lines += ["", f"Over {len(stated)} choices, {overall:.0%} landed within a point; Brier score {brier:.3f} "
+              f"(stating the overall frequency for every choice: {base:.3f}). Fitted on all of them (shipped): "
+              + ", ".join(f"{n} {w:+.2f}" for n, w in zip(model["features"], model["coef"]))
+              + f", intercept {model['intercept']:+.2f}.", ""]
+    return lines, model
