@@ -15,6 +15,7 @@ few hundred examples for one epoch, scored on 100 test prompts with the task's m
     python benchmarks/new_tasks.py list
     python benchmarks/new_tasks.py convert [TASK ...]
     python benchmarks/new_tasks.py bench TASK [--methods a,b] [--learning-rates 2] [--dry-run]
+    python benchmarks/new_tasks.py report     # benchmarks/results/new_tasks.md: best method per task, LoRA's place
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 BENCHES = ROOT / "benchmarks" / "results" / "bench"
+#: written into a bench directory when its bench ends with every run recorded
+FINISHED = "finished.json"
 
 #: the methods a classification bench sweeps: those of the held-out SST-2 and GSM8K benches, so the new
 #: tasks line up with the old ones method for method
@@ -62,7 +65,7 @@ class Task:
     options: tuple[str, ...]  # autopeft bench options beside the data, model and splits
     methods: str
     about: str  # one line for `list` and the profiles README
-    minutes: int  # rough bench time on one CPU core, planned runs only
+    minutes: int  # bench time on one CPU core: measured for classification (~40 s a run), a guess for generation
     #: environment the runs need, each a variable and a file of the source folder (the SQL metric's database)
     env: tuple[tuple[str, str], ...] = ()
 
@@ -245,7 +248,7 @@ def _lines(path: Path, encoding: str = "utf-8") -> list[str]:
 
 # --- the tasks ---------------------------------------------------------------------------------------------
 
-def _cls(name, source, convert, about, minutes=60, model="minilm-l6"):
+def _cls(name, source, convert, about, minutes=30, model="minilm-l6"):
     return Task(name=name, source=source, convert=convert, model=model, metric="accuracy",
                 options=tuple(CLS_OPTIONS), methods=CLS_METHODS, about=about, minutes=minutes)
 
@@ -287,7 +290,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          options=("--max-examples", "1200", "--max-length", "64", "--batch-size", "32", "--epochs", "2",
                   "--eval-steps", "29", "--early-stopping", "0", "--save-steps", "100000"),
          methods=CLS_METHODS, about="WNUT-17 emerging entities (6 types), entity F1 on its 1,287 test sentences; "
-                                    "the dev file is the validation set", minutes=60),
+                                    "the dev file is the validation set", minutes=30),
 ]}
 
 
@@ -353,12 +356,52 @@ def _test_sample(path: Path, count: int = 100, seed: int = 0) -> Path:
     return sample
 
 
+def report(benches: Path = BENCHES) -> str:
+    """The Markdown summary of the tasks' benches: per task, its best method, LoRA's place among the methods
+    (each at its best rate), and which tasks have not run or not finished (with the command that runs them)."""
+    lines = ["# The newer data sets: one `autopeft bench` per task", "",
+             "Written by `python benchmarks/new_tasks.py report` from `benchmarks/results/bench/<task>/`. Each task "
+             "converts its data set from `../shared/data` (`python benchmarks/new_tasks.py list` gives the sizes, "
+             "models and metrics); each method at its best learning rate of the sweep (its own search space, 2 rates "
+             "and up to 2 past an edge where it scored best). Only finished benches count here and ship as "
+             "profiles.", "",
+             "| task | model | metric | methods x runs | best (lr) | score | LoRA (lr) | LoRA's place | worst | "
+             "train min |", "|---|---|---|---:|---|---:|---|---:|---:|---:|"]
+    missing = []
+    for task in TASKS.values():
+        bench = benches / task.name
+        records = [r for r in _records(bench) if r.get("score") is not None]
+        if not (bench / FINISHED).is_file() or not records:
+            done = len(_records(bench))
+            missing.append(f"- `{task.name}`: " + (f"{done} runs recorded, not finished" if done else "not run")
+                           + f" (about {task.minutes} min on one core): `python benchmarks/new_tasks.py bench "
+                             f"{task.name}`")
+            continue
+        higher = records[0]["higher_is_better"]
+        best: dict[str, dict] = {}
+        for r in records:  # each method at its best rate
+            if r["method"] not in best or (r["score"] - best[r["method"]]["score"]) * (1 if higher else -1) > 0:
+                best[r["method"]] = r
+        order = sorted(best.values(), key=lambda r: -r["score"] if higher else r["score"])
+        lora = next((i for i, r in enumerate(order, 1) if r["method"] == "lora"), None)
+        minutes = sum(r.get("train_seconds") or 0 for r in _records(bench)) / 60
+        lora_cell = (f"{order[lora - 1]['score']:.4f} ({order[lora - 1]['learning_rate']:g})" if lora else "-")
+        lines.append(f"| {task.name} | {task.model} | {order[0]['metric']} | {len(best)} x "
+                     f"{len(_records(bench))} | {order[0]['method']} ({order[0]['learning_rate']:g}) | "
+                     f"{order[0]['score']:.4f} | {lora_cell} | {lora or '-'} of {len(order)} | "
+                     f"{order[-1]['score']:.4f} | {minutes:.0f} |")
+    if missing:
+        lines += ["", "Not in the table yet:", "", *missing]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", help="where converted files go (default $AUTOPEFT_HOME/newtasks)")
     parser.add_argument("--data", default=str(DATA), help="the shared data folder (default ../shared/data)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the tasks, their model, metric and rough bench time")
+    sub.add_parser("report", help="write benchmarks/results/new_tasks.md from the finished benches")
     conv = sub.add_parser("convert", help="write the tasks' splits under --work")
     conv.add_argument("tasks", nargs="*", help="default: every task")
     run = sub.add_parser("bench", help="convert, then run (or continue) one task's bench")
@@ -373,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for task in TASKS.values():
             print(f"{task.name:18} {task.model:13} {task.metric:14} ~{task.minutes:>3} min  {task.about}")
+        return 0
+    if args.command == "report":
+        path = ROOT / "benchmarks" / "results" / "new_tasks.md"
+        path.write_text(report())
+        print(f"wrote {path}")
         return 0
     data, work = Path(args.data), work_dir(args.work)
     if args.command == "convert":
@@ -395,8 +443,38 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     code = subprocess.call([sys.executable, "-m", *command], cwd=ROOT, env=env)
-    print(f"{task.name}: exit {code} after {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"{task.name}: exit {code} after {minutes:.1f} min", flush=True)
+    if code == 0:  # every planned run and every edge run has its record: make_profiles may ship it
+        finished = output / FINISHED
+        before = json.loads(finished.read_text()) if finished.is_file() else {}
+        finished.write_text(json.dumps({
+            "command": f"python benchmarks/new_tasks.py bench {task.name}" + (
+                f" --methods {args.methods}" if args.methods else "") + (
+                f" --learning-rates {args.learning_rates}" if args.learning_rates != 2 else ""),
+            "autopeft_bench": (shown + " " if shown else "") + shlex.join(command),
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "wall_minutes_last_call": round(minutes, 1),
+            "train_minutes_all_runs": round(sum(r.get("train_seconds") or 0 for r in _records(output)) / 60, 1),
+            "runs": len(_records(output)), "previous": before or None}, indent=2) + "\n")
     return code
+
+
+def _records(output: Path) -> list[dict]:
+    path = output / "records.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def is_unfinished(bench: Path) -> bool:
+    """Whether ``bench`` is a bench of a task here that has not finished (no ``finished.json``): its records
+    stay out of the shipped profiles until it has."""
+    spec = bench / "bench.json"
+    if not spec.is_file():
+        return False
+    benchmark = json.loads(spec.read_text()).get("benchmark")
+    return benchmark in {t.benchmark for t in TASKS.values()} and not (bench / FINISHED).is_file()
 
 
 if __name__ == "__main__":

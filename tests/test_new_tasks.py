@@ -266,3 +266,24 @@ def test_bench_dry_run_prints_the_command_with_the_database(nt, capsys, tmp_path
     assert out.startswith(f"$ AUTOPEFT_SQL_DATABASE={(data / 'text2sql').resolve()}/geography-db")
     assert "--metric sql_execution" in out
     assert "--validation" in out and "test-100.jsonl" in out
+
+
+def _fake_bench(folder: Path, benchmark: str, scores: dict[str, float]) -> None:
+    write(folder, "bench.json", json.dumps({"benchmark": benchmark}))
+    write(folder, "records.jsonl", "".join(json.dumps(
+        {"method": name.split("@")[0], "learning_rate": float(name.split("@")[1]), "score": score, "metric":
+         "test_accuracy", "higher_is_better": True, "train_seconds": 60}) + "\n" for name, score in scores.items()))
+
+
+def test_report_ranks_finished_benches_only_and_says_how_to_run_the_rest(nt, tmp_path):
+    _fake_bench(tmp_path / "trec", "autopeft/trec-minilm-l6",
+                {"lora@0.001": 0.70, "lora@0.0003": 0.20, "full@0.0001": 0.88, "ia3@0.005": 0.40})
+    _fake_bench(tmp_path / "banking77", "autopeft/banking77-minilm-l6", {"lora@0.001": 0.5})
+    assert nt.is_unfinished(tmp_path / "trec")  # no finished.json yet: make_profiles leaves it out
+    write(tmp_path / "trec", nt.FINISHED, "{}")
+    assert not nt.is_unfinished(tmp_path / "trec")
+    text = nt.report(tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| trec"))
+    assert "full (0.0001) | 0.8800 | 0.7000 (0.001) | 2 of 3 | 0.4000 | 4 |" in row
+    assert "- `banking77`: 1 runs recorded, not finished" in text
+    assert "`python benchmarks/new_tasks.py bench scan`" in text
