@@ -287,3 +287,25 @@ def test_report_ranks_finished_benches_only_and_says_how_to_run_the_rest(nt, tmp
     assert "full (0.0001) | 0.8800 | 0.7000 (0.001) | 2 of 3 | 0.4000 | 4 |" in row
     assert "- `banking77`: 1 runs recorded, not finished" in text
     assert "`python benchmarks/new_tasks.py bench scan`" in text
+
+
+def test_train_refuses_sql_execution_without_a_database_before_training(trainable_llama, tmp_path, monkeypatch,
+                                                                         database):
+    from click.testing import CliRunner
+
+    from autopeft.cli import main
+
+    data = tmp_path / "sql.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"cities in {s}", "completion": f"SELECT name FROM city WHERE "
+                                        f"state = '{s}'"}) + "\n" for s in ("texas", "nevada") * 5))
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"prompt": "all towns", "completion": "SELECT name FROM towns"}) + "\n")
+    argv = ["train", str(data), "--model", str(trainable_llama), "-o", str(tmp_path / "run"), "--metric",
+            "sql_execution", "--max-length", "32", "--test", str(test)]
+    monkeypatch.delenv("AUTOPEFT_SQL_DATABASE", raising=False)
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 2 and "AUTOPEFT_SQL_DATABASE" in result.output and "Traceback" not in result.output
+    monkeypatch.setenv("AUTOPEFT_SQL_DATABASE", str(database))
+    result = CliRunner().invoke(main, argv)  # now the test file's reference is the problem: no table "towns"
+    assert result.exit_code == 2 and "test.jsonl:1" in result.output and "no such table: towns" in result.output
+    assert not (tmp_path / "run").exists()
