@@ -5,7 +5,8 @@
   :mod:`autopeft.profiles`: every method's settings, learning rate, cost, measured peak memory, loss
   curve and final score. Runs that failed are kept with no score, so the recommender knows them.
 - Each ``autopeft bench`` directory under ``benchmarks/results/bench/`` (its ``records.jsonl``)
-  becomes ``profiles/bench-<directory>.jsonl``.
+  becomes ``profiles/bench-<directory>.jsonl``; a bench of ``benchmarks/new_tasks.py`` only once it has
+  finished.
 - The PEFT method-comparison results (``--peft-results``, Apache-2.0) are imported as
   ``profiles/peft-<directory>.jsonl``, each record naming its source file and licence.
 
@@ -42,7 +43,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "profiles"))
     args = parser.parse_args()
     out = Path(args.out)
+    from new_tasks import is_unfinished
+
     for bench in sorted(Path(args.benches).glob("*/records.jsonl")):
+        if is_unfinished(bench.parent):
+            print(f"{bench.parent}: not finished (benchmarks/new_tasks.py writes finished.json when it is); not shipped")
+            continue
         records = read_jsonl(bench)
         _write(out / f"bench-{bench.parent.name}.jsonl", records)
     for results in args.peft_results or [str(ROOT.parent / "shared" / "data" / "peft-method-comparison" / "MetaMathQA")]:

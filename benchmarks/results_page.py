@@ -24,6 +24,7 @@ SECTIONS = [
         ("Live on SST-2: `recommend` against training every candidate", "sst2_choice.md"),
     ]),
     ("Training", [
+        ("The newer data sets: best method per task, and LoRA's place", "new_tasks.md"),
         ("Does every method learn?", "train_quality.md"),
         ("SST-2: the methods below 80% with longer training", "sst2_epochs.md"),
         ("Throughput against a plain transformers + peft script", "train_throughput.md"),

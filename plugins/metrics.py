@@ -4,12 +4,17 @@
 - ``final_number``: the answer's final number equals the reference's (GSM8K's ``#### 72``, SVAMP's ``72.0``).
 - ``json_valid``: the answer parses as JSON.
 - ``json_equal``: the answer parses as JSON equal to the reference's.
+- ``sql_execution``: the answer, run as a query on a SQLite database, returns the reference's result.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import sqlite3
+import time
+from collections import Counter
 from decimal import Decimal, InvalidOperation
 
 from autopeft import Metric, hookimpl
@@ -126,7 +131,83 @@ class JsonEqual(Metric):
         return None
 
 
+#: where ``sql_execution`` finds its database when none is given to it
+SQL_DATABASE_ENV = "AUTOPEFT_SQL_DATABASE"
+
+
+class SqlExecution(Metric):
+    """Text to SQL judged by what a query returns rather than how it is written: the prediction and the
+    reference run on the same SQLite database (opened read-only) and score 1 when they return the same
+    rows (in the same order where the reference has ORDER BY, as a multiset otherwise). A prediction that
+    fails to run, runs past ``timeout`` seconds or is more than one statement scores 0.
+
+    The database is ``database``, else the file named by ``$AUTOPEFT_SQL_DATABASE`` (how the CLI passes
+    it: ``AUTOPEFT_SQL_DATABASE=geo.sqlite autopeft train ... --metric sql_execution``)."""
+
+    name = "sql_execution"
+    description = (f"The answer, run as a query on the SQLite database ${SQL_DATABASE_ENV} names (read-only), "
+                   "returns the same rows as the reference; a query that fails scores 0.")
+
+    def __init__(self, database: str | os.PathLike | None = None, timeout: float = 5.0):
+        self.database = database
+        self.timeout = timeout
+        self._connection: sqlite3.Connection | None = None
+        self._opened: str | None = None
+        self._reference_rows: dict[str, object] = {}
+
+    def database_path(self) -> str | None:
+        path = self.database if self.database is not None else os.environ.get(SQL_DATABASE_ENV)
+        return str(path) if path else None
+
+    def _connect(self) -> sqlite3.Connection:
+        path = self.database_path()
+        if path is None:
+            raise ValueError(f"sql_execution needs a SQLite database: set ${SQL_DATABASE_ENV} to its file")
+        if not os.path.isfile(path):
+            raise ValueError(f"sql_execution's database {path} is not a file")
+        if self._connection is None or self._opened != path:
+            self._connection = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True,
+                                               check_same_thread=False)
+            self._opened, self._reference_rows = path, {}
+        return self._connection
+
+    def rows(self, query: str):
+        """What ``query`` returns: a list (ordered query) or a Counter of rows. Raises sqlite3.Error or
+        ValueError when it does not run."""
+        connection = self._connect()
+        deadline = time.monotonic() + self.timeout
+        connection.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+        try:
+            rows = connection.execute(query.strip().rstrip(";")).fetchall()
+        finally:
+            connection.set_progress_handler(None, 0)
+        return rows if re.search(r"\border\s+by\b", query, re.IGNORECASE) else Counter(rows)
+
+    def score_one(self, prediction: str, reference: str) -> float:
+        if reference not in self._reference_rows or self._opened != self.database_path():
+            self._reference_rows[reference] = self.rows(reference)
+        expected = self._reference_rows[reference]
+        try:
+            got = self.rows(prediction)
+        except Exception:  # a generated query can fail in any way (sqlite3.Warning is not an sqlite3.Error)
+            return 0.0
+        if isinstance(expected, Counter) and isinstance(got, list):
+            got = Counter(got)
+        elif isinstance(expected, list) and isinstance(got, Counter):
+            return 0.0  # the reference's order is part of its answer
+        return float(got == expected)
+
+    def reference_problem(self, reference: str) -> str | None:
+        try:
+            self._reference_rows[reference] = self.rows(reference)
+        except ValueError as exc:
+            return str(exc)
+        except sqlite3.Error as exc:
+            return f"the reference does not run on {self.database_path()} ({exc})"
+        return None
+
+
 @hookimpl
 def register_metrics(register):
-    for metric in (ExactMatch(), FinalNumber(), JsonValid(), JsonEqual()):
+    for metric in (ExactMatch(), FinalNumber(), JsonValid(), JsonEqual(), SqlExecution()):
         register(metric)
