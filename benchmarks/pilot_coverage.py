@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import new_tasks  # noqa: E402  (a sibling script)
 
-PLANS = {"default (15%, at least 2 min)": [], "before: 15% of the run": ["--pilot-budget", "0.15"]}
+PLANS = {"default (15%, at least 3 min)": [], "before: 15% of the run": ["--pilot-budget", "0.15"]}
 
 
 def recommend(args: list[str], home: Path) -> tuple[dict, float]:
@@ -49,6 +49,15 @@ def recommend(args: list[str], home: Path) -> tuple[dict, float]:
     if done.returncode != 0:
         raise SystemExit(f"recommend {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout), took
+
+
+def recommend_options(options) -> list[str]:
+    """A bench's options that ``recommend`` takes too (evaluation and checkpoint steps are the runs')."""
+    options, kept = list(options), []
+    for i in range(0, len(options), 2):
+        if options[i] not in ("--eval-steps", "--early-stopping", "--save-steps"):
+            kept += options[i:i + 2]
+    return kept
 
 
 def piloted(rec: dict) -> int:
@@ -105,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             paths = new_tasks.convert(task, new_tasks.work_dir(None))
             leave = ["--leave-out", task.benchmark] if task.benchmark in shipped else []
             jobs.append((f"{task.name} (900 x 2 epochs)",
-                         [str(paths["train"]), "--model", task.model, *task.options, "--methods", task.methods, *leave],
+                         [str(paths["train"]), "--model", task.model, *recommend_options(task.options),
+                          "--methods", task.methods, *leave],
                          new_tasks.BENCHES / task.name))
         for name, job, bench in jobs:
             for plan, extra in PLANS.items():
