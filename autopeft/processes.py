@@ -407,9 +407,15 @@ def _context():
             from multiprocessing import forkserver
 
             os.environ[PARENT_ENV] = str(os.getpid())
+            # a Ctrl-C while the server imports its libraries (it reaches the whole process group) is
+            # this process's to handle: the server starts with SIGINT ignored (a disposition that
+            # survives exec, and Python then keeps), for the few milliseconds its start takes here
+            handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
                 forkserver.ensure_running()
             finally:
+                # (None: a handler not set from Python, which cannot be put back; the default then)
+                signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
                 os.environ.pop(PARENT_ENV, None)
         return ctx
     return multiprocessing.get_context("spawn")
