@@ -22,7 +22,7 @@ their spread (:func:`_by_configuration`): a configuration that wins at one seed 
 stands below one as good on average that holds. Runs of the same model on the same data (the training
 file's fingerprint) or on similar data (same kind of task, alike in size, length and labels) are
 evidence about this very job: their standings are blended into the predictions (:meth:`Recommender.match`),
-strongly where no pilot ran, less where pilots can confirm or overturn them.
+with or without pilots, which can confirm or overturn them.
 
 Why this shape, and every variant measured against it (features, targets, weights, penalties, a
 pairwise model): ``docs/design/recommender.md``. Current figures: ``benchmarks/results/
@@ -52,11 +52,10 @@ TRAINING_FRACTIONS = (0.05, 0.1, 0.15, 0.2)
 STANDING_FLOOR = 0.1
 #: how many of its standard deviations over seeds a configuration's target gives up
 RISK = 0.5
-#: how much of a prediction the evidence of matching runs replaces, by how they match and the mode
-#: (same data: measured on the two SST-2 MiniLM benches, each with the other as evidence, see
+#: how much of a prediction the evidence of matching runs replaces, by how they match, with pilots or
+#: without (same data: measured on the two SST-2 MiniLM benches, each with the other as evidence, see
 #: docs/design/recommender.md; similar data: half that, unmeasured, no two shipped benches are alike)
-EVIDENCE_WEIGHT = {("same", "pilot"): 0.4, ("same", "static"): 0.4,
-                   ("similar", "pilot"): 0.2, ("similar", "static"): 0.2}
+EVIDENCE_WEIGHT = {"same": 0.4, "similar": 0.2}
 
 
 class Evidence(BaseModel):
@@ -211,7 +210,7 @@ class Recommender:
         mode = self.mode(candidates)
         if evidence is None or mode == "none":
             return raw
-        weight = EVIDENCE_WEIGHT[evidence.kind, "static" if mode == "static" else "pilot"]
+        weight = EVIDENCE_WEIGHT[evidence.kind]
         said = [evidence.of(c.method, c.learning_rate) for c in candidates]
         return np.array([p if e is None else (1 - weight) * p + weight * e for p, e in zip(raw, said)])
 
