@@ -300,7 +300,9 @@ def check_choice(cfg: Config, key: str, name: str, value: Any) -> None:
     try:
         if name in ("max_vram", "max_adapter_size", "max_rank", "max_trainable_params", "time_budget", "methods",
                     "exclude", "require"):
-            Constraints.parse(**{name: value})
+            constraints = Constraints.parse(**{name: value})
+            if name in ("methods", "exclude"):  # a misspelt name is the file's line, not a command-line option
+                constraints.check_names()
         elif name == "objective":
             from .choose.ranking import Objective
 

@@ -85,6 +85,19 @@ def test_a_bad_config_is_one_line_naming_the_file_line_and_key(tmp_path, monkeyp
     assert not Path("out").exists()
 
 
+@pytest.mark.parametrize("command", ["recommend", "tune"])
+def test_a_misspelt_method_in_a_config_names_the_file_and_line(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    output = ["-o", "out"] if command == "tune" else []
+    Path("choose.yaml").write_text("max_vram: 3GB\nmethods: [lora, lorra]\n")
+    one_line_error(run(command, "--config", "choose.yaml", "data.jsonl", *output),
+                   "choose.yaml:2: methods: unknown method 'lorra'; did you mean 'lora'")
+    Path("choose.yaml").write_text("exclude: dorra\n")
+    one_line_error(run(command, "--config", "choose.yaml", "data.jsonl", *output),
+                   "choose.yaml:1: exclude: unknown method 'dorra'; did you mean 'dora'")
+    assert not Path("out").exists()
+
+
 def test_a_missing_config_file_is_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     one_line_error(run("train", "--config", "nope.yaml"), "nope.yaml: no such config file")
