@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 from pydantic import Field
 
@@ -33,7 +34,11 @@ class OSF(PeftMethod):
         config.rank_pattern = frozen_ranks(model, settings.r)
         if config.target_modules is None and model.config.model_type not in DEFAULTS:
             config.target_modules = "all-linear"  # what PEFT falls back to, said here so the head stays out of it
-        return self.build_from_peft_config(model, config)
+        with warnings.catch_warnings():
+            # the pattern names every linear layer, the targeted ones and the rest (the head): PEFT warns of the rest
+            warnings.filterwarnings("ignore", message="The following rank_pattern keys did not match",
+                                    category=RuntimeWarning)
+            return self.build_from_peft_config(model, config)
 
     def peft_config(self, settings, task):
         from peft import OSFConfig
@@ -44,7 +49,9 @@ class OSF(PeftMethod):
 def frozen_ranks(model, trained: int) -> dict[str, int]:
     """OSF's ``rank_pattern``: for each linear layer, the singular directions kept frozen (PEFT's
     ``effective_rank``), its smaller size less ``trained`` and at least one. One pattern per layer
-    name where all layers of that name agree in size, else one per layer."""
+    name where all layers of that name agree in size, else one per layer. A pattern matches the
+    whole last part of a module's name (``(?<![^.])q_proj$``) both as OSF searches it and as PEFT's
+    ``get_pattern_key`` matches it (``(.*\.)?(KEY)$``)."""
     import torch
 
     sizes: dict[str, set[int]] = {}
@@ -57,7 +64,7 @@ def frozen_ranks(model, trained: int) -> dict[str, int]:
     pattern = {}
     for leaf, found in sizes.items():
         if len(found) == 1:
-            pattern[rf"(^|\.){re.escape(leaf)}$"] = max(found.pop() - trained, 1)
+            pattern[rf"(?<![^.]){re.escape(leaf)}$"] = max(found.pop() - trained, 1)
     for name, smaller in full.items():
         if len(sizes[name.rsplit(".", 1)[-1]]) > 1:
             pattern[rf"^{re.escape(name)}$"] = max(smaller - trained, 1)

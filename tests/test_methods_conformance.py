@@ -332,3 +332,19 @@ def test_a_method_never_probed_is_probed_once_and_remembered(tmp_path, monkeypat
     assert found.merge.value is True and found.merge.source == "probe"
     assert probes.known_capabilities(method) == found  # read back from $AUTOPEFT_HOME
     assert (tmp_path / "capabilities.json").is_file()
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "seq-cls"])
+def test_osf_freezes_the_directions_its_r_leaves_and_warns_of_nothing(task, recwarn):
+    """OSF trains the ``r`` smallest singular directions of each targeted layer and freezes the rest
+    (PEFT's ``effective_rank``), whatever the layer's name; PEFT's check of the rank pattern finds
+    nothing to warn of."""
+    method = autopeft.get_method("osf")
+    model = _tiny_model(task)
+    smaller = {name: min(module.weight.shape) for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear)}
+    net = method.build(model, method.settings({"r": 8}), task)
+    ranks = {name: module.effective_rank["default"] for name, module in net.named_modules()
+             if isinstance(getattr(module, "effective_rank", None), dict)}
+    assert ranks and all(rank == smaller[name.removeprefix("base_model.model.")] - 8 for name, rank in ranks.items())
+    assert not [w for w in recwarn if "rank_pattern" in str(w.message)]
