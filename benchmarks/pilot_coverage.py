@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,8 +39,9 @@ import new_tasks  # noqa: E402  (a sibling script)
 PLANS = {"default (15%, at least 3 min)": [], "before: 15% of the run": ["--pilot-budget", "0.15"]}
 
 
-def recommend(args: list[str], home: Path) -> tuple[dict, float]:
-    """``autopeft recommend ... --json`` with an empty pilot cache; its JSON and wall seconds."""
+def recommend(args: list[str], home: Path) -> tuple[dict, float, float | None]:
+    """``autopeft recommend ... --json`` with an empty pilot cache; its JSON, wall seconds and the
+    seconds it announced its pilots would take."""
     shutil.rmtree(home / "pilots", ignore_errors=True)
     env = {**os.environ, "AUTOPEFT_HOME": str(home), "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
@@ -48,7 +50,8 @@ def recommend(args: list[str], home: Path) -> tuple[dict, float]:
     took = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"recommend {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout), took
+    announced = re.search(r"pilots will take about (\d+) s", done.stderr)
+    return json.loads(done.stdout), took, float(announced.group(1)) if announced else None
 
 
 def recommend_options(options) -> list[str]:
@@ -102,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
              "Written by `python benchmarks/pilot_coverage.py`. Each row is one `autopeft recommend --json` with an "
              "empty pilot cache, on this machine "
              f"({os.cpu_count()} CPU cores, shared), {time.strftime('%Y-%m-%d')}.", "",
-             "| job | plan | methods piloted | of | pilot s | recommend s | chosen (lr) | regret, points | run |",
-             "|---|---|---:|---:|---:|---:|---|---:|---|"]
+             "| job | plan | methods piloted | of | pilots announced s | pilot s | recommend s | chosen (lr) | "
+             "regret, points | run |",
+             "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
     with tempfile.TemporaryDirectory(prefix="autopeft-coverage-") as tmp:
         home = Path(tmp)
         jobs = []
@@ -119,13 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                          new_tasks.BENCHES / task.name))
         for name, job, bench in jobs:
             for plan, extra in PLANS.items():
-                rec, took = recommend([*job, *extra], home)
+                rec, took, announced = recommend([*job, *extra], home)
                 judged = regret(rec, bench) if bench else None
                 lr = rec.get("learning_rate")
-                row = (f"| {name} | {plan} | {piloted(rec)} | {feasible(rec)} | {rec.get('pilot_seconds', 0):.0f} | "
-                       f"{took:.0f} | {rec['chosen']} ({lr:g}) | " if lr else
-                       f"| {name} | {plan} | {piloted(rec)} | {feasible(rec)} | {rec.get('pilot_seconds', 0):.0f} | "
-                       f"{took:.0f} | {rec['chosen']} | ")
+                row = (f"| {name} | {plan} | {piloted(rec)} | {feasible(rec)} | "
+                       f"{'%.0f' % announced if announced is not None else ''} | {rec.get('pilot_seconds', 0):.0f} | "
+                       f"{took:.0f} | {rec['chosen']}{f' ({lr:g})' if lr else ''} | ")
                 row += (f"{judged[0]:.1f} | {judged[1]} |" if judged else " | |")
                 print(row, flush=True)
                 lines.append(row)

@@ -32,7 +32,8 @@ def test_the_wheel_holds_the_profiles_the_accelerators_the_plugins_and_the_resou
     for record_file in (ROOT / "profiles").glob("*.jsonl"):
         assert f"autopeft_profiles/{record_file.name}" in names
     assert "autopeft_profiles/hardware.json" in names
-    assert "autopeft/resources/general_text.txt" in names
+    for resource in (ROOT / "autopeft" / "resources").iterdir():
+        assert f"autopeft/resources/{resource.name}" in names
     for plugin in (ROOT / "plugins").glob("*.py"):
         assert f"autopeft_plugins/{plugin.name}" in names
     for module in (ROOT / "autopeft").rglob("*.py"):

@@ -411,10 +411,77 @@ def test_a_short_budget_pilots_more_methods_rather_than_longer_pilots_of_a_few()
                for i in range(12) for lr in (1e-4, 1e-3)]
     # 1 s to start a pilot, 1 s a step: 11 more methods at 3 steps (44 s) and 4 survivors at 6 (28 s) fit 75 s,
     # not counting a third rung (2 survivors at 12 steps, 26 s more)
-    afforded = affordable(configs, 75.0, overhead=1.0, per_step=1.0)
+    def flat(config):
+        return 1.0, 1.0
+
+    afforded = affordable(configs, 75.0, flat)
     assert [c.name for c in afforded] == [f"m{i} lr=0.0001" for i in range(12)]
-    assert len(affordable(configs, 30.0, overhead=1.0, per_step=1.0)) < 12
-    assert affordable(configs, 1e6, overhead=1.0, per_step=1.0) == configs
+    assert len(affordable(configs, 30.0, flat)) < 12
+    assert affordable(configs, 1e6, flat) == configs
+
+
+def test_a_method_too_dear_for_the_budget_is_passed_over_for_cheaper_ones_after_it():
+    """A method whose initialisation costs as much as ten pilots is left out of a short budget, and
+    the methods ranked after it get pilots instead; with the budget for it, it is kept in its place."""
+    from autopeft.choose.pilots import PilotConfig, affordable, passed_over
+
+    configs = [PilotConfig(name=f"m{i}", method=f"m{i}", learning_rate=1e-3, batch_size=8,
+                           init_steps=60.0 if i == 2 else 0.0) for i in range(8)]
+
+    def cost(config):
+        return 1.0 + config.init_steps, 1.0
+
+    short = affordable(configs, 48.0, cost)
+    assert "m2" not in [c.method for c in short] and short[-1].method == "m7"
+    assert passed_over(configs, {c.method for c in short}) == ["m2"]
+    assert [c.method for c in affordable(configs, 200.0, cost)] == [f"m{i}" for i in range(8)]
+
+
+def _fake_pilots(monkeypatch, seconds_of):
+    """Pilots that take ``seconds_of(config)`` on a fake clock and learn nothing in particular."""
+    from autopeft.choose import pilots
+    from autopeft.profiles import CurvePoint
+    from autopeft.training.outputs import PilotResult
+
+    clock = [0.0]
+    ran = []
+
+    def run_pilot(config, base_options, steps, **kwargs):
+        init, per_step = seconds_of(config)
+        clock[0] += 1.0 + init + steps * per_step
+        ran.append((config.name, steps))
+        return PilotResult(status="ok", steps=steps, seconds=1.0 + init + steps * per_step,
+                           train_seconds=steps * per_step, seconds_per_step=per_step, init_seconds=init,
+                           curve=[CurvePoint(step=s, train_loss=2.0 - 0.01 * s) for s in range(1, steps + 1)])
+
+    monkeypatch.setattr(pilots, "run_pilot", run_pilot)
+    monkeypatch.setattr(pilots.time, "perf_counter", lambda: clock[0])
+    return clock, ran
+
+
+def test_pilots_keep_to_the_budget_when_a_method_costs_more_than_its_price(monkeypatch):
+    """The plan prices m1 as LoRA, but its initialisation takes 60 s: the pilots after it that would
+    end well past the budget are not started, so the halving overruns its budget by m1's unpriced
+    minute at most, not by that minute and every pilot after it."""
+    from autopeft.choose.pilots import PilotConfig, successive_halving
+
+    configs = [PilotConfig(name=f"m{i}", method=f"m{i}", learning_rate=1e-3, batch_size=8) for i in range(10)]
+    clock, ran = _fake_pilots(monkeypatch, lambda c: (60.0 if c.method == "m1" else 0.0, 1.0))
+    said = []
+    rungs = successive_halving(configs, {}, budget=lambda overhead, per_step: 60.0, total_steps=1000,
+                               rank=lambda cs, rs: [-i for i in range(len(cs))], slots=[None], announce=said.append)
+    assert clock[0] - 4.0 <= 60.0 * 1.1 + 60.0  # the calibration's 4 s came before the budget
+    assert [name for name, _ in ran][-1] == "m1"  # none of m2..m8 started once m1 had spent the budget
+    assert len(rungs[0].results) == 2
+    assert any("the pilot budget ran out" in line for line in said)
+
+
+def test_shipped_pilot_costs_price_data_driven_inits_above_lora():
+    from autopeft.choose.pilots import expected_cost
+
+    assert expected_cost("causal-lm", "lora")[0] < 2
+    assert expected_cost("causal-lm", "eva")[0] > 5 * max(1.0, expected_cost("causal-lm", "lora")[0])
+    assert expected_cost("seq-cls", "a-third-party-method") == (0.0, 1.0)
 
 
 def test_store_appends_whole_records_and_reads_them_back(tmp_path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +49,9 @@ class PilotConfig(BaseModel):
     batch_size: int
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
+    # what the plan expects the pilot to cost beside the calibration's (see :class:`PilotCosts`)
+    init_steps: float = Field(default=0.0, description="its one-off initialisation before step 1, in LoRA steps")
+    step_ratio: float = Field(default=1.0, description="its seconds a step over LoRA's")
 
     def options(self) -> dict[str, Any]:
         return {"method": self.method, "settings": self.settings, "learning_rate": self.learning_rate,
@@ -78,16 +82,24 @@ def pilot_slots() -> list[str | None]:
 
 
 def run_rung(configs: Sequence[PilotConfig], base_options: dict[str, Any], steps: int, *,
-             slots: Sequence[str | None] = (None,), max_memory: int | None = None, timeout: float | None = None,
+             slots: Sequence[str | None] = (None,), max_memory: int | None = None,
+             timeout: float | Callable[[PilotConfig], float] | None = None,
              on_pilot: Callable[[PilotConfig, int, PilotResult], None] | None = None,
-             cache: Path | None = None) -> dict[str, PilotResult]:
+             cache: Path | None = None, until: Callable[[PilotConfig], bool] | None = None) -> dict[str, PilotResult]:
     """Pilot every configuration for ``steps`` steps, as many at a time as there are ``slots``
     (GPU ids a pilot is pinned to; None: wherever the process runs). Results by configuration name.
-    ``cache``: a dir of finished pilots (see :func:`run_pilot`)."""
+    ``cache``: a dir of finished pilots (see :func:`run_pilot`). ``timeout``: seconds, or each
+    configuration's. ``until(config)``: true when the budget has no time left to start that pilot;
+    it and the configurations after it are not piloted (absent from the results)."""
+    def limit(config: PilotConfig) -> float | None:
+        return timeout(config) if callable(timeout) else timeout
+
     if len(slots) <= 1:
         results = {}
         for config in configs:
-            results[config.name] = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=timeout,
+            if until is not None and until(config):
+                break
+            results[config.name] = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=limit(config),
                                              gpu=slots[0] if slots else None, cache=cache)
             if on_pilot:
                 on_pilot(config, steps, results[config.name])
@@ -100,10 +112,12 @@ def run_rung(configs: Sequence[PilotConfig], base_options: dict[str, Any], steps
     for slot in slots:
         free.put(slot)
 
-    def one(config: PilotConfig) -> PilotResult:
+    def one(config: PilotConfig) -> PilotResult | None:
         slot = free.get()
         try:
-            result = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=timeout, gpu=slot,
+            if until is not None and until(config):
+                return None
+            result = run_pilot(config, base_options, steps, max_memory=max_memory, timeout=limit(config), gpu=slot,
                                cache=cache)
         finally:
             free.put(slot)
@@ -113,7 +127,7 @@ def run_rung(configs: Sequence[PilotConfig], base_options: dict[str, Any], steps
 
     # held here, in the caller's thread, so that a stop signal reaches the pilots' watchers
     with handling_stop_signals(), ThreadPoolExecutor(max_workers=len(slots)) as pool:
-        return dict(zip((c.name for c in configs), pool.map(one, configs)))
+        return {c.name: r for c, r in zip(configs, pool.map(one, configs)) if r is not None}
 
 
 def run_pilot(config: PilotConfig, base_options: dict[str, Any], steps: int, *, max_memory: int | None = None,
@@ -179,8 +193,8 @@ def _cache_key(config: PilotConfig, base_options: dict[str, Any], steps: int, ma
     from ..version import __version__
 
     options = {k: v for k, v in base_options.items() if k != "output_dir"}
-    described = {"config": config.model_dump(mode="json"), "options": options, "steps": steps,
-                 "max_memory": max_memory, "data": _stamp(options.get("data")),
+    described = {"config": config.model_dump(mode="json", exclude={"init_steps", "step_ratio"}), "options": options,
+                 "steps": steps, "max_memory": max_memory, "data": _stamp(options.get("data")),
                  "validation": _stamp(options.get("validation")), "model": _stamp(options.get("model")),
                  "version": __version__}
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -227,7 +241,9 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
 
     The first configuration runs first, for ``MIN_STEPS`` steps, to measure the process overhead and
     the step time; ``budget(overhead, seconds_per_step)`` then gives the seconds to spend, and the
-    rungs are planned to fit what is left of it. ``slots`` (default: :func:`pilot_slots`) run a
+    rungs are planned to fit what is left of it, each configuration priced by :class:`PilotCosts`.
+    No pilot starts that would end well past the budget: a plan that priced a method too low costs
+    that method its pilot, not the user the time. ``slots`` (default: :func:`pilot_slots`) run a
     rung's pilots side by side, which divides its wall time by their number. ``cache``: see
     :func:`run_pilot`.
     """
@@ -236,22 +252,31 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
     calibration = run_pilot(configs[0], base_options, MIN_STEPS, max_memory=max_memory, gpu=slots[0], cache=cache)
     if on_pilot:
         on_pilot(configs[0], MIN_STEPS, calibration)
-    overhead, per_step = _costs(calibration)
-    budget_seconds = budget(overhead, per_step)
+    costs = PilotCosts(configs[0], calibration)
+    budget_seconds = budget(*_costs(calibration))
     deadline = time.perf_counter() + budget_seconds
-    if announce:
-        side_by_side = f", {len(slots)} at a time" if len(slots) > 1 else ""
-        announce(f"pilots will take about {budget_seconds:.0f} s ({overhead:.1f} s to start a pilot, "
-                 f"{per_step:.2f} s a step{side_by_side})")
     parallel = len(slots)
+    if announce:
+        side_by_side = f", {parallel} at a time" if parallel > 1 else ""
+        announce(f"pilots will take about {budget_seconds:.0f} s ({costs.start:.1f} s to start a pilot, "
+                 f"{costs.unit:.2f} s a LoRA step{side_by_side})")
     cap = max(MIN_STEPS, int(max_fraction * total_steps))
     rungs: list[Rung] = []
-    alive = affordable(configs, budget_seconds * parallel, overhead, per_step)
+    alive = affordable(configs, budget_seconds * parallel, costs)
     if announce and len(alive) < len(configs):
+        dear = passed_over(configs, {c.method for c in alive})
         announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
-                 f"without a pilot")
+                 f"without a pilot" + (f" ({', '.join(dear)}: too dear for the budget)" if dear else ""))
+    # a pilot that would end later than this is not started (the plan's estimates are a tenth out at most)
+    grace = 0.1 * budget_seconds
+
+    def too_late(config: PilotConfig, steps: int) -> bool:
+        fixed, per_step = costs(config)
+        return time.perf_counter() + fixed + steps * per_step > deadline + grace
+
     while len(alive) > 1 or not rungs:
         shortest = 2 * rungs[-1].steps if rungs else MIN_STEPS
+        overhead, per_step = costs.mean(alive)
         # n slots side by side: the wall time left buys n times the pilot time
         length = next_length(len(alive), _methods(alive), parallel * (deadline - time.perf_counter()),
                              overhead=overhead, per_unit=per_step, shortest=shortest, cap=cap)
@@ -260,38 +285,115 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
         steps = max(int(length or 0), MIN_STEPS)
         reuse = steps == MIN_STEPS and configs[0] in alive
         results = {configs[0].name: calibration} if reuse else {}
-        results.update(run_rung([c for c in alive if not (reuse and c is configs[0])], base_options, steps,
-                                slots=slots, max_memory=max_memory, on_pilot=on_pilot, cache=cache,
-                                timeout=max(120.0, 5 * (overhead + steps * per_step))))
-        for result in results.values():
-            overhead, per_step = _costs(result, overhead, per_step)
-        alive, chosen = _survivors(alive, results, rank)
+        todo = [c for c in alive if not (reuse and c is configs[0])]
+        results.update(run_rung(todo, base_options, steps, slots=slots, max_memory=max_memory, on_pilot=on_pilot,
+                                cache=cache, until=lambda c: too_late(c, steps),
+                                timeout=lambda c: max(120.0, 5 * (costs(c)[0] + steps * costs(c)[1]))))
+        for config in todo:
+            if config.name in results:
+                costs.update(config, results[config.name])
+        if announce and any(c.name not in results for c in todo):
+            announce(f"the pilot budget ran out: {sum(c.name not in results for c in todo)} of the {len(todo)} "
+                     f"pilots of {steps} steps were not run")
+        alive, chosen = _survivors([c for c in alive if c.name in results], results, rank)
         rungs.append(Rung(steps=steps, results=results, chosen=chosen))
         if steps >= cap:
             break
     return rungs
 
 
-def affordable(configs: list[PilotConfig], seconds: float, overhead: float, per_step: float) -> list[PilotConfig]:
+class PilotCosts:
+    """What each configuration's pilot is expected to cost, as (seconds before step 1, seconds a step).
+
+    Measured, for a configuration that has run; else the calibration pilot's figures scaled by the
+    configuration's ``init_steps`` and ``step_ratio`` (each method's cost beside LoRA's, measured by
+    ``benchmarks/pilot_costs.py`` and shipped in ``autopeft/resources/pilot_costs.json``: see
+    :func:`expected_cost`). ``start`` is what starting a pilot costs (the process, the model), ``unit``
+    the seconds of one LoRA step.
+    """
+
+    def __init__(self, calibration: PilotConfig, result: PilotResult):
+        overhead, per_step = _costs(result)
+        self.unit = per_step / max(calibration.step_ratio, 1e-6)
+        self.start = max(0.0, overhead - calibration.init_steps * self.unit)
+        self.measured: dict[str, tuple[float, float]] = {}
+        self._starts: list[float] = []
+        self.update(calibration, result)
+
+    def update(self, config: PilotConfig, result: PilotResult) -> None:
+        if result.status != "ok" or not result.seconds_per_step or result.seconds is None:
+            return
+        self.measured[config.name] = _costs(result)
+        self._starts.append(max(0.0, self.measured[config.name][0] - (result.init_seconds or 0.0)))
+        self.start = statistics.median(self._starts)
+
+    def __call__(self, config: PilotConfig) -> tuple[float, float]:
+        return self.measured.get(config.name) or (self.start + config.init_steps * self.unit,
+                                                  config.step_ratio * self.unit)
+
+    def mean(self, configs: Sequence[PilotConfig]) -> tuple[float, float]:
+        """The mean of ``configs``' costs: a rung of them costs ``len(configs)`` times it."""
+        priced = [self(c) for c in configs] or [(self.start, self.unit)]
+        return statistics.fmean(f for f, _ in priced), statistics.fmean(p for _, p in priced)
+
+
+def passed_over(configs: Sequence[PilotConfig], piloted: set[str]) -> list[str]:
+    """The methods of ``configs`` (in their order) left without a pilot though one ranked below them
+    had one: those the budget passed over for what their pilot would cost."""
+    last = max((i for i, c in enumerate(configs) if c.method in piloted), default=-1)
+    return list(dict.fromkeys(c.method for c in configs[:last] if c.method not in piloted))
+
+
+def expected_cost(task: str, method: str) -> tuple[float, float]:
+    """A method's pilot beside LoRA's on the embedded model of ``task``'s kind, as (initialisation in
+    LoRA steps, step time over LoRA's), from ``autopeft/resources/pilot_costs.json``; (0, 1) for a
+    method it does not list (a third-party plugin, a task it was not measured on): priced as LoRA."""
+    known = _pilot_costs().get("seq-cls" if task == "token-cls" else task, {}).get("methods", {}).get(method)
+    return (known["init_steps"], known["step_ratio"]) if known else (0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _pilot_costs() -> dict[str, Any]:
+    import json
+    from importlib.resources import files
+
+    try:
+        return json.loads(files("autopeft").joinpath("resources", "pilot_costs.json").read_text())
+    except (FileNotFoundError, ValueError):  # an install without it prices every method as LoRA
+        return {}
+
+
+def affordable(configs: list[PilotConfig], seconds: float,
+               cost: Callable[[PilotConfig], tuple[float, float]] | PilotCosts) -> list[PilotConfig]:
     """The configurations that ``seconds`` can afford, taken in the order given (most promising
     first; the first has already run, as the calibration): all of them; else one learning rate per
-    method; else the first methods, down to the calibration alone. Affording a configuration takes
-    its first rung and the second of the survivors: longer rungs run where the budget is left for
-    them, as a short budget is better spent on more methods than on longer pilots of a few."""
-    def cost(group):
-        return plan_cost(len(group) - 1, _methods(group), overhead=overhead, per_unit=per_step, shortest=MIN_STEPS,
+    method, every method that still fits once those before it are in (a method too dear for what is
+    left is passed over for the cheaper ones after it). Affording a configuration takes its first
+    rung and the second of the survivors: longer rungs run where the budget is left for them, as a
+    short budget is better spent on more methods than on longer pilots of a few. ``cost`` prices a
+    configuration's pilot as (seconds before step 1, seconds a step)."""
+    def plan(group):
+        rest = group[1:]
+        if not rest:
+            return 0.0
+        priced = [cost(c) for c in rest]
+        overhead = statistics.fmean(f for f, _ in priced)
+        per_step = statistics.fmean(p for _, p in priced)
+        return plan_cost(len(rest), _methods(group), overhead=overhead, per_unit=per_step, shortest=MIN_STEPS,
                          rungs=AFFORDED_RUNGS)
 
-    if cost(configs) <= seconds:
+    if plan(configs) <= seconds:
         return configs
     firsts, seen = [], set()
     for c in configs:
         if c.method not in seen:
             seen.add(c.method)
             firsts.append(c)
-    while len(firsts) > 1 and cost(firsts) > seconds:
-        firsts.pop()
-    return firsts
+    chosen = firsts[:1]
+    for c in firsts[1:]:
+        if plan(chosen + [c]) <= seconds:
+            chosen.append(c)
+    return chosen
 
 
 def _survivors(alive: list[PilotConfig], results: dict[str, PilotResult],

@@ -376,7 +376,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 say, spent: Callable[[], float], time_budget: float | None = None,
                 also: Callable[[Any, int, Any], None] | None = None) -> dict[str, Any]:
     """Successive halving over (method, learning rate) configurations; each method's best pilot."""
-    from .pilots import PilotConfig, successive_halving
+    from .pilots import PilotConfig, expected_cost, passed_over, successive_halving
     from .ranking import Candidate
 
     # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
@@ -388,11 +388,13 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     configs = []
     for row in (feasible[i] for i in order):
         method = methods[row.method]
+        init_steps, step_ratio = expected_cost(options.task, row.method)
         for lr in method.search_space.learning_rate_grid(options.task, per_method):
             configs.append(PilotConfig(
                 name=f"{row.method} lr={lr:g}", method=row.method, settings=row._given, learning_rate=lr,
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
-                gradient_checkpointing=row.estimated.gradient_checkpointing))
+                gradient_checkpointing=row.estimated.gradient_checkpointing, init_steps=init_steps,
+                step_ratio=step_ratio))
     # (pilots report to no tracker: tune logs them itself, from their results)
     base = options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",
                                        "gradient_accumulation_steps", "gradient_checkpointing", "report_to"})
@@ -464,9 +466,12 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     coverage = None
     if len(best) < len(feasible) and planned:
         left = len(feasible) - len(best)
+        dear = passed_over(configs, set(best))
         coverage = (f"the pilot budget, {planned[0]:.0f} s, covered {len(best)} of the {len(feasible)} methods, the "
-                    f"most promising by the stored profiles; the other {left} {'is' if left == 1 else 'are'} ranked "
-                    f"without a pilot")
+                    f"most promising by the stored profiles"
+                    + (f" that it could afford (it passed over {', '.join(dear)}: their pilots cost more than was left)"
+                       if dear else "")
+                    + f"; the other {left} {'is' if left == 1 else 'are'} ranked without a pilot")
     return best, coverage
 
 
