@@ -403,14 +403,14 @@ def test_the_least_a_plan_costs_counts_each_rung_with_its_survivors_at_twice_the
 
 
 def test_a_short_budget_pilots_more_methods_rather_than_longer_pilots_of_a_few():
-    """What the pilots afford: every method's first rung and the second rung of the survivors; the
-    rungs after that run only on what is left."""
+    """What the pilots afford: every method's first rung, at one learning rate where both do not fit;
+    longer rungs run only on what is left."""
     from autopeft.choose.pilots import PilotConfig, affordable
 
     configs = [PilotConfig(name=f"m{i} lr={lr}", method=f"m{i}", learning_rate=lr, batch_size=8)
                for i in range(12) for lr in (1e-4, 1e-3)]
-    # 1 s to start a pilot, 1 s a step: 11 more methods at 3 steps (44 s) and 4 survivors at 6 (28 s) fit 75 s,
-    # not counting a third rung (2 survivors at 12 steps, 26 s more)
+    # 1 s to start a pilot, 1 s a step: 11 more methods at 3 steps (44 s) fit 75 s, not their second rates
+    # (12 more pilots, 48 s); later rungs are not counted
     def flat(config):
         return 1.0, 1.0
 

@@ -35,8 +35,9 @@ from ..processes import deferring_stop, handling_stop_signals, on_accelerator, r
 from ..training.outputs import PilotResult
 
 MIN_STEPS = 3
-#: the rungs a configuration must be affordable for to be piloted at all (see :func:`affordable`)
-AFFORDED_RUNGS = 2
+#: the rungs a configuration must be affordable for to be piloted at all (see :func:`affordable`): its
+#: first; later rungs run on the survivors where the budget is left for them
+AFFORDED_RUNGS = 1
 
 
 class PilotConfig(BaseModel):
@@ -369,8 +370,8 @@ def affordable(configs: list[PilotConfig], seconds: float,
     first; the first has already run, as the calibration): all of them; else one learning rate per
     method, every method that still fits once those before it are in (a method too dear for what is
     left is passed over for the cheaper ones after it). Affording a configuration takes its first
-    rung and the second of the survivors: longer rungs run where the budget is left for them, as a
-    short budget is better spent on more methods than on longer pilots of a few. ``cost`` prices a
+    rung (``AFFORDED_RUNGS``): longer rungs run where the budget is left for them, as a short budget
+    is better spent on more methods than on longer pilots of a few. ``cost`` prices a
     configuration's pilot as (seconds before step 1, seconds a step)."""
     def plan(group):
         rest = group[1:]

@@ -36,7 +36,7 @@ PLANNING_MARGIN = 0.9
 DEFAULT_PILOT_FRACTION = 0.15
 #: by default choosing (screening and pilots) takes at least this long: on a short job, a share of the
 #: run buys a pilot or two and the choice would be the prior's; a user who gives --pilot-budget gets it exactly
-MIN_CHOOSE_SECONDS = 180.0
+MIN_CHOOSE_SECONDS = 240.0
 
 
 class NoFeasibleMethodError(AutopeftError):
