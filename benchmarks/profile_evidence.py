@@ -29,7 +29,7 @@ def main() -> int:
     from autopeft.training.outputs import RunRecord
 
     data_of: dict[str, dict] = {}
-    for bench in sorted((RESULTS / "bench").iterdir()):
+    for bench in sorted(p.parent for p in (RESULTS / "bench").glob(f"*/{BENCH_FILE}")):
         spec = json.loads((bench / BENCH_FILE).read_text())
         kept = sorted((bench / "runs").glob("*.json"))
         if kept:
