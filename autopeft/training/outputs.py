@@ -353,6 +353,7 @@ def _plot_pareto(path: Path, recommendation: dict) -> None:
             front.append((x, y, c))
             best = y
     on_front = {id(c) for _, _, c in front}
+    labels = []
     for x, y, c in points:
         chosen = c["method"] == recommendation.get("chosen")
         loss = (c.get("measured") or {}).get("pilot_loss")
@@ -361,11 +362,11 @@ def _plot_pareto(path: Path, recommendation: dict) -> None:
         ax.scatter(x, y, s=110 if chosen else 30, marker="*" if chosen else "o", zorder=3, linewidths=1,
                    color=color if loss is not None else "none", edgecolors=color)
         if loss is not None or chosen or id(c) in on_front:
-            label = c["method"] + (f" ({loss:.3f})" if loss is not None else "")
-            ax.annotate(label, (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            labels.append((x, y, c["method"] + (f" ({loss:.3f})" if loss is not None else "")))
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#4477aa", alpha=0.5, zorder=2,
                 label="Pareto frontier (memory, predicted score)")
+    _place_labels(fig, ax, labels)
     ax.scatter([], [], s=30, color="#888888", label="piloted (its pilot loss in brackets)")
     ax.scatter([], [], s=30, color="none", edgecolors="#888888", label="ranked without a pilot")
     ax.legend(fontsize=8)
@@ -377,6 +378,30 @@ def _plot_pareto(path: Path, recommendation: dict) -> None:
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+#: where a point's label may go, in points from it (right and above first); the first that overlaps no
+#: label placed before it is taken, else the first
+_LABEL_OFFSETS = ((4, 3, "left"), (4, -9, "left"), (-4, 3, "right"), (-4, -9, "right"), (4, 11, "left"),
+                  (4, -17, "left"), (-4, 11, "right"), (-4, -17, "right"))
+
+
+def _place_labels(fig, ax, labels: list[tuple[float, float, str]]) -> None:
+    """Label each point where its text overlaps no label placed before it (a cluster of piloted
+    methods at nearly the same memory would otherwise print over each other)."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for x, y, text in labels:
+        for dx, dy, align in _LABEL_OFFSETS:
+            note = ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points", ha=align)
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            note.remove()
+        else:  # nowhere free: the first place
+            note = ax.annotate(text, (x, y), fontsize=7, xytext=_LABEL_OFFSETS[0][:2], textcoords="offset points")
+            box = note.get_window_extent(renderer)
+        placed.append(box)
 
 
 def _metric_rows(metrics: dict[str, float | None]) -> str:
