@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import new_tasks  # noqa: E402  (a sibling script)
 
-PLANS = {"default (15%, at least 3 min)": [], "before: 15% of the run": ["--pilot-budget", "0.15"]}
+PLANS = {"default (15%, at least 4 min)": [], "before: 15% of the run": ["--pilot-budget", "0.15"]}
 
 
 def recommend(args: list[str], home: Path) -> tuple[dict, float, float | None]:
