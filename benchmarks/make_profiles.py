@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "profiles"))
     args = parser.parse_args()
     out = Path(args.out)
-    from new_tasks import TASKS as NEW_TASKS, is_unfinished
+    from new_tasks import TASKS as NEW_TASKS, is_unfinished, shipped_dataset
 
     for bench in sorted(Path(args.benches).glob("*/records.jsonl")):
         if is_unfinished(bench.parent):
@@ -53,8 +53,7 @@ def main() -> int:
         task = bench.parent.name
         if task in NEW_TASKS:  # its data was converted outside the project: say from what and how, not where
             for r in records:
-                r.dataset = (f"../shared/data/{NEW_TASKS[task].source}/ converted by `python benchmarks/new_tasks.py "
-                             f"convert {task}` ({Path(r.dataset).name})")
+                r.dataset = shipped_dataset(NEW_TASKS[task], r.dataset)
                 r.source = f"python benchmarks/new_tasks.py bench {task} (autopeft bench on this project's CPU machine)"
         _write(out / f"bench-{bench.parent.name}.jsonl", records)
     for results in args.peft_results or [str(ROOT.parent / "shared" / "data" / "peft-method-comparison" / "MetaMathQA")]:

@@ -467,6 +467,14 @@ def _records(output: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def shipped_dataset(task: Task, converted: str) -> str:
+    """How a shipped profile names a task's data: the data set it was converted from and how, not the
+    converted file's path on the machine that benched it (which also names the source for
+    ``autopeft.profiles.data_source``)."""
+    return (f"../shared/data/{task.source}/ converted by `python benchmarks/new_tasks.py convert {task.name}` "
+            f"({Path(converted).name})")
+
+
 def is_unfinished(bench: Path) -> bool:
     """Whether ``bench`` is a bench of a task here that has not finished (no ``finished.json``): its records
     stay out of the shipped profiles until it has."""

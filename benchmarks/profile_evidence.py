@@ -27,6 +27,7 @@ def main() -> int:
     from autopeft.choose.bench import BENCH_FILE, RECORDS_FILE, run_file
     from autopeft.profiles import SCHEMA_VERSION, ProfileRecord, data_stats, read_jsonl, record_from_run
     from autopeft.training.outputs import RunRecord
+    from new_tasks import TASKS as NEW_TASKS, shipped_dataset
 
     data_of: dict[str, dict] = {}
     for bench in sorted(p.parent for p in (RESULTS / "bench").glob(f"*/{BENCH_FILE}")):
@@ -57,6 +58,9 @@ def main() -> int:
         if not (bench / RECORDS_FILE).is_file():
             continue
         base = {r.experiment: r for r in read_jsonl(bench / RECORDS_FILE) if r.score is not None}
+        if runs.name in NEW_TASKS:  # named as make_profiles names the bench's own records
+            for r in base.values():
+                r.dataset = shipped_dataset(NEW_TASKS[runs.name], r.dataset)
         out: list[ProfileRecord] = []
         for experiment, record in base.items():
             for seed in range(1, 10):
