@@ -289,7 +289,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task(name="wnut17", source="wnut17", convert=wnut17, model="minilm-l6", metric="f1",
          options=("--max-examples", "1200", "--max-length", "64", "--batch-size", "32", "--epochs", "2",
                   "--eval-steps", "29", "--early-stopping", "0", "--save-steps", "100000"),
-         methods=CLS_METHODS, about="WNUT-17 emerging entities (6 types), entity F1 on its 1,287 test sentences; "
+         # prompt tuning's virtual tokens have no label of their own to tag: it cannot train a tagger
+         methods=CLS_METHODS.replace("prompt_tuning,", ""), about="WNUT-17 emerging entities (6 types), entity F1 on its 1,287 test sentences; "
                                     "the dev file is the validation set", minutes=45),
 ]}
 

@@ -103,6 +103,16 @@ def test_sql_execution_takes_its_database_from_the_sdk_too(database, monkeypatch
     assert metric.score([REFERENCE, "SELECT 1"], [REFERENCE, REFERENCE]) == 0.5
 
 
+def test_every_task_benches_only_methods_that_can_train_its_kind_of_model(nt):
+    """A method that cannot train the task's kind of model would stop its bench at the start."""
+    import autopeft
+
+    for task in nt.TASKS.values():
+        kind = {"accuracy": "seq-cls", "f1": "token-cls"}.get(task.metric, "causal-lm")
+        unable = [m for m in task.methods.split(",") if kind not in autopeft.get_method(m).tasks]
+        assert not unable, f"{task.name}: {unable} cannot train {kind}"
+
+
 # -- the converters, each on a tiny file in its data set's format -------------------------------------
 
 
