@@ -357,3 +357,13 @@ def test_the_explanation_says_how_many_methods_the_pilots_covered_and_why_not_th
     assert rec.mode == "pilot"
     assert "covered 2 of the 4 methods, the most promising by the stored profiles; the other 2 are ranked " \
            "without a pilot" in rec.explanation
+
+    def dear_halving(configs, base, **kwargs):  # as above, and the last method was too dear to pilot
+        rungs = halving(configs, base, **kwargs)
+        return [rungs[0].model_copy(update={"passed_over": [configs[-1].method]})]
+
+    monkeypatch.setattr(pilots_module, "successive_halving", dear_halving)
+    rec = recommend_module.recommend(str(EXAMPLES / "instructions.jsonl"), model=str(trainable_llama), max_length=64,
+                                     max_examples=40, batch_size=4, max_steps=10, say=lambda line: None,
+                                     constraints=Constraints(methods=("lora", "ia3", "vera", "loha")))
+    assert ": a pilot of it costs over 3 typical ones); the other 2 are ranked without a pilot" in rec.explanation

@@ -420,21 +420,23 @@ def test_a_short_budget_pilots_more_methods_rather_than_longer_pilots_of_a_few()
     assert affordable(configs, 1e6, flat) == configs
 
 
-def test_a_method_too_dear_for_the_budget_is_passed_over_for_cheaper_ones_after_it():
-    """A method whose initialisation costs as much as ten pilots is left out of a short budget, and
-    the methods ranked after it get pilots instead; with the budget for it, it is kept in its place."""
-    from autopeft.choose.pilots import PilotConfig, affordable, passed_over
+def test_a_method_dearer_than_several_others_is_afforded_after_them():
+    """A method whose initialisation costs as much as fifteen pilots is piloted only after the others
+    fit: a short budget covers the methods ranked after it instead, and names it; with the budget for
+    it, it is kept, run after the others."""
+    from autopeft.choose.pilots import PilotConfig, affordable, dear_methods
 
-    configs = [PilotConfig(name=f"m{i}", method=f"m{i}", learning_rate=1e-3, batch_size=8,
-                           init_steps=60.0 if i == 2 else 0.0) for i in range(8)]
+    configs = [PilotConfig(name=f"m{i} lr={lr}", method=f"m{i}", learning_rate=lr, batch_size=8,
+                           init_steps=60.0 if i == 2 else 0.0) for i in range(8) for lr in (1e-4, 1e-3)]
 
     def cost(config):
         return 1.0 + config.init_steps, 1.0
 
+    assert dear_methods(configs, cost) == {"m2"}
     short = affordable(configs, 48.0, cost)
-    assert "m2" not in [c.method for c in short] and short[-1].method == "m7"
-    assert passed_over(configs, {c.method for c in short}) == ["m2"]
-    assert [c.method for c in affordable(configs, 200.0, cost)] == [f"m{i}" for i in range(8)]
+    assert [c.method for c in short] == ["m0", "m1", "m3", "m4", "m5", "m6", "m7"]
+    assert [c.method for c in affordable(configs, 120.0, cost)] == ["m0", "m1", "m3", "m4", "m5", "m6", "m7", "m2"]
+    assert affordable(configs, 1e6, cost) == configs
 
 
 def _fake_pilots(monkeypatch, seconds_of):

@@ -35,6 +35,8 @@ from ..processes import deferring_stop, handling_stop_signals, on_accelerator, r
 from ..training.outputs import PilotResult
 
 MIN_STEPS = 3
+#: a method whose shortest pilot costs over this many times the median method's is afforded after the others
+DEAR = 3.0
 #: the rungs a configuration must be affordable for to be piloted at all (see :func:`affordable`): its
 #: first; later rungs run on the survivors where the budget is left for them
 AFFORDED_RUNGS = 1
@@ -67,6 +69,8 @@ class Rung(BaseModel):
     results: dict[str, PilotResult]
     chosen: dict[str, str] = Field(default_factory=dict,
                                    description="each method's best configuration by the ranking: {method: name}")
+    passed_over: list[str] = Field(default_factory=list, description="methods left without a pilot for its price: "
+                                                                     "over DEAR times the median pilot's (first rung)")
 
 
 def pilot_slots() -> list[str | None]:
@@ -264,10 +268,12 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
     cap = max(MIN_STEPS, int(max_fraction * total_steps))
     rungs: list[Rung] = []
     alive = affordable(configs, budget_seconds * parallel, costs)
+    left_out = sorted(dear_methods(configs, costs) - {c.method for c in alive},
+                      key=[c.method for c in configs].index)
     if announce and len(alive) < len(configs):
-        dear = passed_over(configs, {c.method for c in alive})
         announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
-                 f"without a pilot" + (f" ({', '.join(dear)}: too dear for the budget)" if dear else ""))
+                 f"without a pilot" + (f" ({', '.join(left_out)}: a pilot of each costs over {DEAR:g} typical ones)"
+                                       if left_out else ""))
     # a pilot that would end later than this is not started (the plan's estimates are a tenth out at most)
     grace = 0.1 * budget_seconds
 
@@ -297,7 +303,7 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
             announce(f"the pilot budget ran out: {sum(c.name not in results for c in todo)} of the {len(todo)} "
                      f"pilots of {steps} steps were not run")
         alive, chosen = _survivors([c for c in alive if c.name in results], results, rank)
-        rungs.append(Rung(steps=steps, results=results, chosen=chosen))
+        rungs.append(Rung(steps=steps, results=results, chosen=chosen, passed_over=[] if rungs else left_out))
         if steps >= cap:
             break
     return rungs
@@ -338,11 +344,18 @@ class PilotCosts:
         return statistics.fmean(f for f, _ in priced), statistics.fmean(p for _, p in priced)
 
 
-def passed_over(configs: Sequence[PilotConfig], piloted: set[str]) -> list[str]:
-    """The methods of ``configs`` (in their order) left without a pilot though one ranked below them
-    had one: those the budget passed over for what their pilot would cost."""
-    last = max((i for i, c in enumerate(configs) if c.method in piloted), default=-1)
-    return list(dict.fromkeys(c.method for c in configs[:last] if c.method not in piloted))
+def dear_methods(configs: Sequence[PilotConfig], cost: Callable[[PilotConfig], tuple[float, float]]) -> set[str]:
+    """The methods whose shortest pilot is priced over ``DEAR`` times the median method's: one of them
+    costs as much as several others (EVA's or CorDA's initialisation), so a budget that cannot cover
+    every method covers the others first."""
+    prices: dict[str, float] = {}
+    for c in configs:
+        fixed, per_step = cost(c)
+        prices.setdefault(c.method, fixed + MIN_STEPS * per_step)
+    if len(prices) < 2:
+        return set()
+    typical = statistics.median(prices.values())
+    return {m for m, price in prices.items() if price > DEAR * typical}
 
 
 def expected_cost(task: str, method: str) -> tuple[float, float]:
@@ -368,8 +381,10 @@ def affordable(configs: list[PilotConfig], seconds: float,
                cost: Callable[[PilotConfig], tuple[float, float]] | PilotCosts) -> list[PilotConfig]:
     """The configurations that ``seconds`` can afford, taken in the order given (most promising
     first; the first has already run, as the calibration): all of them; else one learning rate per
-    method, every method that still fits once those before it are in (a method too dear for what is
-    left is passed over for the cheaper ones after it). Affording a configuration takes its first
+    method, every method that still fits once those before it are in, the :func:`dear_methods` last
+    (one of them would cost the pilots of several others) and a method too dear for what is left
+    passed over for cheaper ones after it. They are returned in the order they run: the calibration,
+    the others in the given order, then the dear ones. Affording a configuration takes its first
     rung (``AFFORDED_RUNGS``): longer rungs run where the budget is left for them, as a short budget
     is better spent on more methods than on longer pilots of a few. ``cost`` prices a
     configuration's pilot as (seconds before step 1, seconds a step)."""
@@ -390,8 +405,9 @@ def affordable(configs: list[PilotConfig], seconds: float,
         if c.method not in seen:
             seen.add(c.method)
             firsts.append(c)
+    dear = dear_methods(firsts, cost)
     chosen = firsts[:1]
-    for c in firsts[1:]:
+    for c in [c for c in firsts[1:] if c.method not in dear] + [c for c in firsts[1:] if c.method in dear]:
         if plan(chosen + [c]) <= seconds:
             chosen.append(c)
     return chosen

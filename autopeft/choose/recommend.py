@@ -376,7 +376,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 say, spent: Callable[[], float], time_budget: float | None = None,
                 also: Callable[[Any, int, Any], None] | None = None) -> dict[str, Any]:
     """Successive halving over (method, learning rate) configurations; each method's best pilot."""
-    from .pilots import PilotConfig, expected_cost, passed_over, successive_halving
+    from .pilots import DEAR, PilotConfig, expected_cost, successive_halving
     from .ranking import Candidate
 
     # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
@@ -466,11 +466,11 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     coverage = None
     if len(best) < len(feasible) and planned:
         left = len(feasible) - len(best)
-        dear = passed_over(configs, set(best))
+        dear = [m for m in (rungs[0].passed_over if rungs else []) if m not in best]
         coverage = (f"the pilot budget, {planned[0]:.0f} s, covered {len(best)} of the {len(feasible)} methods, the "
                     f"most promising by the stored profiles"
-                    + (f" that it could afford (it passed over {', '.join(dear)}: their pilots cost more than was left)"
-                       if dear else "")
+                    + (f" (not {', '.join(dear)}: a pilot of {'each' if len(dear) > 1 else 'it'} costs over {DEAR:g} "
+                       f"typical ones)" if dear else "")
                     + f"; the other {left} {'is' if left == 1 else 'are'} ranked without a pilot")
     return best, coverage
 
