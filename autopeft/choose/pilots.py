@@ -69,7 +69,7 @@ class Rung(BaseModel):
     results: dict[str, PilotResult]
     chosen: dict[str, str] = Field(default_factory=dict,
                                    description="each method's best configuration by the ranking: {method: name}")
-    passed_over: list[str] = Field(default_factory=list, description="methods left without a pilot for its price: "
+    passed_over: list[str] = Field(default_factory=list, description="methods left without a pilot for their price: "
                                                                      "over DEAR times the median pilot's (first rung)")
 
 
@@ -274,7 +274,7 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
         announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
                  f"without a pilot" + (f" ({', '.join(left_out)}: a pilot of each costs over {DEAR:g} typical ones)"
                                        if left_out else ""))
-    # a pilot that would end later than this is not started (the plan's estimates are a tenth out at most)
+    # a pilot that would end later than this is not started: a tenth of the budget is the slack given to the prices
     grace = 0.1 * budget_seconds
 
     def too_late(config: PilotConfig, steps: int) -> bool:
