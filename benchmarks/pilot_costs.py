@@ -35,7 +35,7 @@ LORA_EVERY = 10
 
 
 def measure(task: str, methods: list[str] | None, say) -> dict:
-    from autopeft.choose.pilots import PilotConfig, run_pilot
+    from autopeft.choose.pilots import PilotConfig, base_options, run_pilot
     from autopeft.methods.registry import get_methods
     from autopeft.models import DEFAULT_MODEL
     from autopeft.processes import start_fork_server
@@ -43,8 +43,7 @@ def measure(task: str, methods: list[str] | None, say) -> dict:
 
     model = DEFAULT_MODEL[task]
     options = TrainOptions(data=str(SETUPS[task]), output_dir="-", model=model, task=task)
-    base = options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",
-                                       "gradient_accumulation_steps", "gradient_checkpointing", "report_to"})
+    base = base_options(options)
     registry = get_methods()
     names = methods or sorted(n for n, m in registry.items() if task in m.tasks and m.unavailable_reason() is None)
     start_fork_server()

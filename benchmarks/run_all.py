@@ -72,10 +72,9 @@ GSM8K_DIVISION = ["autopeft", "bench", "benchmarks/results/derived/gsm8k-divisio
                   "--methods", GSM8K_STEPS[GSM8K_STEPS.index("--methods") + 1],
                   "-o", "benchmarks/results/bench/gsm8k-division-minilm"]
 
-#: the benches on the newer data sets (benchmarks/new_tasks.py: each converts its data set, then runs or
-#: continues its bench), smallest first; a bench ships as profiles once it has finished
-NEW_TASKS = ["trec", "tweeteval-emotion", "clinc150-domains", "davidson", "wnut17", "banking77", "scan", "svamp",
-             "nl-rx-turk", "geoquery", "advising"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from new_tasks import TASKS as NEW_TASKS  # noqa: E402  (a sibling script)
+
 
 #: name, command, the Markdown file its stdout becomes (None: the script writes its own), rough time
 STEPS = [
@@ -103,8 +102,10 @@ STEPS = [
                              "ln_tuning@0.01,fourierft@0.125"], None, "4 min"),
     ("sst2_epochs_rates_8", [sys.executable, "benchmarks/sst2_epochs.py", "--epochs", "8", "--methods",
                              "vera@0.02,ptuning@0.02,ln_tuning@0.01,fourierft@0.125,vera@0.01"], None, "12 min"),
-    *((f"bench_{task.replace('-', '_')}", [sys.executable, "benchmarks/new_tasks.py", "bench", task], None,
-       "45 min" if task in NEW_TASKS[:6] else "2-3 h") for task in NEW_TASKS),
+    # the benches on the newer data sets: each converts its data set, then runs or continues its bench,
+    # shortest first; a bench ships as profiles once it has finished
+    *((f"bench_{t.name.replace('-', '_')}", [sys.executable, "benchmarks/new_tasks.py", "bench", t.name], None,
+       f"{t.minutes} min") for t in sorted(NEW_TASKS.values(), key=lambda t: t.minutes)),
     ("new_tasks_report", [sys.executable, "benchmarks/new_tasks.py", "report"], None, "1 s"),
     ("make_profiles", [sys.executable, "benchmarks/make_profiles.py"], None, "10 s"),
     ("profile_memory", [sys.executable, "benchmarks/profile_memory.py", "--json",

@@ -340,8 +340,20 @@ class PilotCosts:
 
     def mean(self, configs: Sequence[PilotConfig]) -> tuple[float, float]:
         """The mean of ``configs``' costs: a rung of them costs ``len(configs)`` times it."""
-        priced = [self(c) for c in configs] or [(self.start, self.unit)]
-        return statistics.fmean(f for f, _ in priced), statistics.fmean(p for _, p in priced)
+        return _mean_cost(configs, self) if configs else (self.start, self.unit)
+
+
+def _mean_cost(configs: Sequence[PilotConfig],
+               cost: Callable[[PilotConfig], tuple[float, float]]) -> tuple[float, float]:
+    priced = [cost(c) for c in configs]
+    return statistics.fmean(f for f, _ in priced), statistics.fmean(p for _, p in priced)
+
+
+def base_options(options) -> dict[str, Any]:
+    """What every pilot of a run shares: its :class:`autopeft.training.TrainOptions` less what a
+    :class:`PilotConfig` sets, the output dir and the trackers (pilots report to none)."""
+    return options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",
+                                       "gradient_accumulation_steps", "gradient_checkpointing", "report_to"})
 
 
 def dear_methods(configs: Sequence[PilotConfig], cost: Callable[[PilotConfig], tuple[float, float]]) -> set[str]:
@@ -392,9 +404,7 @@ def affordable(configs: list[PilotConfig], seconds: float,
         rest = group[1:]
         if not rest:
             return 0.0
-        priced = [cost(c) for c in rest]
-        overhead = statistics.fmean(f for f, _ in priced)
-        per_step = statistics.fmean(p for _, p in priced)
+        overhead, per_step = _mean_cost(rest, cost)
         return plan_cost(len(rest), _methods(group), overhead=overhead, per_unit=per_step, shortest=MIN_STEPS,
                          rungs=AFFORDED_RUNGS)
 

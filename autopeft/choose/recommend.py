@@ -376,7 +376,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 say, spent: Callable[[], float], time_budget: float | None = None,
                 also: Callable[[Any, int, Any], None] | None = None) -> dict[str, Any]:
     """Successive halving over (method, learning rate) configurations; each method's best pilot."""
-    from .pilots import DEAR, PilotConfig, expected_cost, successive_halving
+    from .pilots import DEAR, PilotConfig, base_options, expected_cost, successive_halving
     from .ranking import Candidate
 
     # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
@@ -395,9 +395,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
                 gradient_checkpointing=row.estimated.gradient_checkpointing, init_steps=init_steps,
                 step_ratio=step_ratio))
-    # (pilots report to no tracker: tune logs them itself, from their results)
-    base = options.model_dump(exclude={"output_dir", "method", "settings", "learning_rate", "batch_size",
-                                       "gradient_accumulation_steps", "gradient_checkpointing", "report_to"})
+    base = base_options(options)  # (pilots report to no tracker: tune logs them itself, from their results)
 
     share = fraction or DEFAULT_PILOT_FRACTION
     floor = 0.0 if fraction else MIN_CHOOSE_SECONDS
