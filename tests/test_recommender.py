@@ -427,16 +427,33 @@ def test_a_method_dearer_than_several_others_is_afforded_after_them():
     from autopeft.choose.pilots import PilotConfig, affordable, dear_methods
 
     configs = [PilotConfig(name=f"m{i} lr={lr}", method=f"m{i}", learning_rate=lr, batch_size=8,
-                           init_steps=60.0 if i == 2 else 0.0) for i in range(8) for lr in (1e-4, 1e-3)]
+                           init_steps=60.0 if i == 4 else 0.0) for i in range(8) for lr in (1e-4, 1e-3)]
 
     def cost(config):
         return 1.0 + config.init_steps, 1.0
 
-    assert dear_methods(configs, cost) == {"m2"}
+    assert dear_methods(configs, cost) == {"m4"}
     short = affordable(configs, 48.0, cost)
-    assert [c.method for c in short] == ["m0", "m1", "m3", "m4", "m5", "m6", "m7"]
-    assert [c.method for c in affordable(configs, 120.0, cost)] == ["m0", "m1", "m3", "m4", "m5", "m6", "m7", "m2"]
+    assert [c.method for c in short] == ["m0", "m1", "m2", "m3", "m5", "m6", "m7"]
+    assert [c.method for c in affordable(configs, 120.0, cost)] == ["m0", "m1", "m2", "m3", "m5", "m6", "m7", "m4"]
     assert affordable(configs, 1e6, cost) == configs
+
+
+def test_a_dear_method_close_to_the_leader_keeps_its_place():
+    """Among the leading methods of the static ranking (``CONTENDERS``), a dear one is piloted in its
+    place: its pilot could overturn the leader, which the pilots of methods far behind cannot."""
+    from autopeft.choose.pilots import CONTENDERS, PilotConfig, affordable
+
+    configs = [PilotConfig(name=f"m{i}", method=f"m{i}", learning_rate=1e-4, batch_size=8,
+                           init_steps=30.0 if i in (1, CONTENDERS) else 0.0) for i in range(8)]
+
+    def cost(config):
+        return 1.0 + config.init_steps, 1.0
+
+    # m1 (second) costs 34 s and is taken before m2; m{CONTENDERS}, as dear, waits for the others
+    afforded = [c.method for c in affordable(configs, 60.0, cost)]
+    assert afforded[:3] == ["m0", "m1", "m2"] and f"m{CONTENDERS}" not in afforded
+    assert afforded == ["m0", "m1"] + [f"m{i}" for i in range(2, 8) if i != CONTENDERS]
 
 
 def _fake_pilots(monkeypatch, seconds_of):

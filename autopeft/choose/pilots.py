@@ -37,6 +37,9 @@ from ..training.outputs import PilotResult
 MIN_STEPS = 3
 #: a method whose shortest pilot costs over this many times the median method's is afforded after the others
 DEAR = 3.0
+#: the leading methods by the static ranking: afforded in their place however dear, as a pilot that could
+#: overturn the leader changes the decision more than several pilots of methods far behind it
+CONTENDERS = 3
 #: the rungs a configuration must be affordable for to be piloted at all (see :func:`affordable`): its
 #: first; later rungs run on the survivors where the budget is left for them
 AFFORDED_RUNGS = 1
@@ -394,9 +397,10 @@ def affordable(configs: list[PilotConfig], seconds: float,
     """The configurations that ``seconds`` can afford, taken in the order given (most promising
     first; the first has already run, as the calibration): all of them; else one learning rate per
     method, every method that still fits once those before it are in, the :func:`dear_methods` last
-    (one of them would cost the pilots of several others) and a method too dear for what is left
-    passed over for cheaper ones after it. They are returned in the order they run: the calibration,
-    the others in the given order, then the dear ones. Affording a configuration takes its first
+    (one of them would cost the pilots of several others) unless they are among the first
+    ``CONTENDERS`` methods, and a method too dear for what is left passed over for cheaper ones after
+    it. They are returned in the order they run: the calibration, the others in the given order, then
+    the dear ones. Affording a configuration takes its first
     rung (``AFFORDED_RUNGS``): longer rungs run where the budget is left for them, as a short budget
     is better spent on more methods than on longer pilots of a few. ``cost`` prices a
     configuration's pilot as (seconds before step 1, seconds a step)."""
@@ -415,7 +419,7 @@ def affordable(configs: list[PilotConfig], seconds: float,
         if c.method not in seen:
             seen.add(c.method)
             firsts.append(c)
-    dear = dear_methods(firsts, cost)
+    dear = dear_methods(firsts, cost) - {c.method for c in firsts[:CONTENDERS]}
     chosen = firsts[:1]
     for c in [c for c in firsts[1:] if c.method not in dear] + [c for c in firsts[1:] if c.method in dear]:
         if plan(chosen + [c]) <= seconds:
