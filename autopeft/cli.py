@@ -898,7 +898,8 @@ def replay(results_dir, budget_fraction, pilots, max_vram, extra, as_json):
 @click.option("--learning-rates", type=click.IntRange(min=1), default=3, show_default=True,
               help="Learning rates per method, from its search space (its default first).")
 @click.option("--edge-rates", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Where a method scores best at its highest (or lowest) rate, try up to N more past it.")
+              help="Where a method scores best at its highest (or lowest) rate, or the same at every rate, "
+                   "try up to N more past it (upwards for the same).")
 @click.option("--run-timeout", type=click.FloatRange(min=0, min_open=True), help="Stop a run after N seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON lines on stdout.")
 @partial(_training_options, outputs=False)

@@ -7,10 +7,11 @@ work directory outside the project (``--work``, default ``$AUTOPEFT_HOME/newtask
 the same command again continues it). ``benchmarks/make_profiles.py`` then turns each finished bench into
 ``profiles/bench-<task>.jsonl``.
 
-Each task is sized so that one run takes well under two minutes on one CPU core: classification is the
+Each task is sized so that a bench of about 70 runs takes a few CPU hours: classification is the
 set-up of the held-out SST-2 and GSM8K benches (1,200 sampled examples, a quarter held out and evaluated
-as it trains, 2 epochs of the other 900, the published test split scored once at the end), generation a
-few hundred examples for one epoch, scored on 100 test prompts with the task's metric. WNUT-17 trains
+as it trains, 2 epochs of the other 900, the published test split scored once at the end; about 50 s a
+run on one core), generation a few hundred examples for one epoch, scored on 100 test prompts with the
+task's metric (SVAMP: about 4 minutes a run, most of it generating). WNUT-17 trains
 on twice the classification sample (2,400 sentences, its dev file as validation): with 900, every run
 still tagged every word O, as entities are rare words.
 
@@ -67,7 +68,7 @@ class Task:
     options: tuple[str, ...]  # autopeft bench options beside the data, model and splits
     methods: str
     about: str  # one line for `list` and the profiles README
-    minutes: int  # bench time on one shared CPU core: measured for classification (~60 s a run), a guess for generation
+    minutes: int  # bench time on one shared CPU core: measured (about 70 runs of ~50 s for classification), else a guess
     #: environment the runs need, each a variable and a file of the source folder (the SQL metric's database)
     env: tuple[tuple[str, str], ...] = ()
 
@@ -250,7 +251,7 @@ def _lines(path: Path, encoding: str = "utf-8") -> list[str]:
 
 # --- the tasks ---------------------------------------------------------------------------------------------
 
-def _cls(name, source, convert, about, minutes=45, model="minilm-l6"):
+def _cls(name, source, convert, about, minutes=60, model="minilm-l6"):
     return Task(name=name, source=source, convert=convert, model=model, metric="accuracy",
                 options=tuple(CLS_OPTIONS), methods=CLS_METHODS, about=about, minutes=minutes)
 
@@ -275,7 +276,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     _cls("davidson", "hate-offensive", davidson,
          "Davidson tweets: hate, offensive or neither (seeded stratified split, a fifth of each class is test)"),
     _gen("svamp", "svamp", svamp, "final_number", "SVAMP word problems: equation and answer, scored by the answer "
-         "number on 100 of 200 held-out problems", examples=400, length=160, new_tokens=24, minutes=150),
+         "number on 100 of 200 held-out problems", examples=400, length=160, new_tokens=24, minutes=180),
     _gen("nl-rx-turk", "nl-rx-turk", nl_rx_turk, "exact_match", "NL-RX-Turk: English to regular expression, "
          "exact match on 100 test descriptions", examples=400, length=96, new_tokens=48, minutes=150),
     _gen("geoquery", "text2sql", text2sql("geography.json", GEOQUERY_DB), "sql_execution", "GeoQuery text to SQL (question "

@@ -76,6 +76,7 @@ def _record(method, lr, score, *, higher=True):
 
 
 def test_edge_runs_go_one_step_past_an_edge_best_until_a_rate_scores_worse_or_the_limit():
+    # "flat" scored the same at every rate (a classifier at the majority class): its sweep goes up
     records = [
         _record("up", 1e-3, 0.70), _record("up", 3e-3, 0.80),            # best at the top: 3x further
         _record("down", 1e-4, 0.80), _record("down", 1e-3, 0.70),        # at the bottom: the step is capped at 5x
@@ -84,14 +85,15 @@ def test_edge_runs_go_one_step_past_an_edge_best_until_a_rate_scores_worse_or_th
         _record("capped", 2.7e-2, 0.85),                                 # two past its planned top already
         _record("failed", 1e-3, 0.7), _record("failed", 3e-3, 0.8), _record("failed", 9e-3, None),
         _record("one", 1e-3, 0.8),                                       # a single rate has no edge
-        _record("tied", 1e-3, 0.8), _record("tied", 3e-3, 0.8),
+        _record("tied", 1e-3, 0.7), _record("tied", 3e-3, 0.8), _record("tied", 9e-3, 0.8),  # no single best
+        _record("flat", 1e-3, 0.6), _record("flat", 3e-3, 0.6),         # learned nothing: up from the top
         _record("loss", 1e-3, 1.5, higher=False), _record("loss", 2e-3, 1.2, higher=False),  # lower is better
         _record("unplanned", 1e-3, 0.7), _record("unplanned", 3e-3, 0.8),
     ]
-    planned = {m: [1e-3, 3e-3] for m in ("up", "inside", "capped", "failed", "one", "tied", "loss")}
+    planned = {m: [1e-3, 3e-3] for m in ("up", "inside", "capped", "failed", "one", "tied", "flat", "loss")}
     planned["down"] = [1e-4, 1e-3]
     runs = {r.method: r.learning_rate for r in edge_runs(records, planned, limit=2)}
-    assert runs == {"up": 9e-3, "down": 2e-5, "loss": 4e-3}
+    assert runs == {"up": 9e-3, "down": 2e-5, "loss": 4e-3, "flat": 9e-3}
     assert [r.experiment for r in edge_runs(records, {"up": [1e-3, 3e-3]}, 2)] == ["up lr=0.009"]
     assert edge_runs(records, planned, limit=0) == []
 

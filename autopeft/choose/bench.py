@@ -15,7 +15,8 @@ its nearest neighbours in its own search space, since untuned learning rates are
 published comparisons disagree. A method whose best rate is the highest (or lowest) it tried has not
 found its best yet, so the sweep goes on past that edge, one rate at a time, until a rate scores worse
 or ``edge_rates`` more have been tried: otherwise a method whose search space sits too low for the
-task would be ranked by its best *un*tuned rate.
+task would be ranked by its best *un*tuned rate. A method that scored the same at every rate (a
+classifier that predicts the majority class at each) is pushed upwards the same way.
 """
 
 from __future__ import annotations
@@ -89,7 +90,9 @@ def edge_runs(records: list[ProfileRecord], planned: dict[str, list[float]], lim
     :param planned: each method's planned learning rates; ``limit`` more may be tried past either end.
 
     A method needs two scored rates to have an edge, and its edge rate must score strictly better than
-    every other: a rate past its best that failed or scored worse ends the search that way. The next
+    every other: a rate past its best that failed or scored worse ends the search that way. A method
+    that scored the same at every rate learned nothing at any of them, most often for a rate too low
+    for a short run: its search goes up from its highest rate. The next
     rate is one step further, the step being the ratio between the edge rate and its neighbour
     (within :data:`EDGE_STEP`), rounded to 3 significant digits."""
     by_method: dict[str, list[ProfileRecord]] = {}
@@ -102,7 +105,10 @@ def edge_runs(records: list[ProfileRecord], planned: dict[str, list[float]], lim
         if len(scored) < 2:
             continue
         best = max(scored, key=lambda r: r.quality())
-        if sum(r.quality() == best.quality() for r in scored) > 1:
+        ties = sum(r.quality() == best.quality() for r in scored)
+        if ties == len(scored):  # the same at every rate (the majority class, an F1 of 0): it learned nothing
+            best = scored[-1]
+        elif ties > 1:
             continue
         rates = sorted({r.learning_rate for r in tried})
         if best.learning_rate == rates[-1] and sum(lr > max(grid) for lr in rates) < limit:
