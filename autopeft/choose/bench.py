@@ -174,8 +174,8 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
 
 def _methods_at_the_edge(count: int) -> str:
     if count == 1:
-        return "1 method scores best at the edge of the learning rates it tried"
-    return f"{count} methods score best at the edge of the learning rates they tried"
+        return "1 method scores best at the edge of the learning rates it tried (or the same at each)"
+    return f"{count} methods score best at the edge of the learning rates they tried (or the same at each)"
 
 
 def _run_each(spec: BenchSpec, runs: list[BenchRun], out: Path, timeout: float | None,
