@@ -850,8 +850,8 @@ def tune(data, output_dir, resume, overwrite, as_json, **given):
         _emit_json({**record.summary(), "recommendation": rec.model_dump(
             mode="json", exclude={"candidates": {"__all__": {"measured": {"curve"}}}}),
             "pilot_seconds": rec.pilot_seconds})
-    else:
-        click.echo(rec.explanation)
+    else:  # the explanation went to stderr before the fine-tune; report.md and run.json keep it
+        click.echo(f"{rec.chosen} was chosen; why: {record.output_dir}/report.md")
         _print_run(record)
 
 

@@ -139,8 +139,17 @@ def _calibration(rows) -> tuple[list[str], dict]:
     brier = float(np.mean([(p - w) ** 2 for p, w, _ in stated])) if stated else 0.0
     base = float(np.mean([(overall - w) ** 2 for _, w, _ in stated])) if stated else 0.0
     model = fit([r.features for r in judged], [r.within for r in judged])
+    # what a model without features could state: each fold, the other sources' frequency
+    rate = {s: float(np.mean([r.within for r in judged if r.source == s])) for s in sources}
+    elsewhere = {s: float(np.mean([r.within for r in judged if r.source != s])) for s in sources}
+    base_oos = float(np.mean([(elsewhere[r.source] - r.within) ** 2 for r in judged])) if judged else 0.0
     lines += ["", f"Over {len(stated)} choices, {overall:.0%} landed within a point; Brier score {brier:.3f} "
-              f"(stating the overall frequency for every choice: {base:.3f}). Fitted on all of them (shipped): "
+              f"(stating the overall frequency for every choice: {base:.3f}; stating each source the other sources' "
+              f"frequency: {base_oos:.3f}). Fitted on all of them (shipped): "
               + ", ".join(f"{n} {w:+.2f}" for n, w in zip(model["features"], model["coef"]))
-              + f", intercept {model['intercept']:+.2f}.", ""]
+              + f", intercept {model['intercept']:+.2f}.", "",
+              "How often a choice landed within a point, by source: "
+              + ", ".join(f"{s} {rate[s]:.0%}" for s in sorted(sources, key=rate.get))
+              + ". Where the sources differ this much and the features do not tell them apart, a probability "
+              "learned from the other sources is off by the held-out source's difference from them.", ""]
     return lines, model

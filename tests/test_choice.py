@@ -186,6 +186,9 @@ def test_a_tune_whose_fine_tune_learned_nothing_names_the_runner_up(trainable_be
     assert record.warnings and "from the text" in record.warnings[0]
     other = ({"lora", "ia3"} - {record.method}).pop()
     assert f"the runner-up was {other}: `autopeft train {EXAMPLES / 'sentiment.jsonl'} --method {other}" in res.stderr
+    # the explanation is told once, before the fine-tune; the result names the choice and where the reasons are
+    assert res.output.count("is recommended") == 1 and "is recommended" in res.stderr
+    assert f"{record.method} was chosen; why: {out}/report.md" in res.stdout
 
 
 def test_profiles_commands(tmp_path):
