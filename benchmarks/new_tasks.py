@@ -9,11 +9,11 @@ the same command again continues it). ``benchmarks/make_profiles.py`` then turns
 
 Each task is sized so that a bench of about 70 runs takes a few CPU hours: classification is the
 set-up of the held-out SST-2 and GSM8K benches (1,200 sampled examples, a quarter held out and evaluated
-as it trains, 2 epochs of the other 900, the published test split scored once at the end; about 50 s a
-run on one core), generation a few hundred examples for one epoch, scored on 100 test prompts with the
-task's metric (SVAMP: about 4 minutes a run, most of it generating). WNUT-17 trains
-on twice the classification sample (2,400 sentences, its dev file as validation): with 900, every run
-still tagged every word O, as entities are rare words.
+as it trains, 2 epochs of the other 900, the published test split scored once at the end; about 50 s to
+1.5 min a run on one core), generation a few hundred examples for one epoch, scored on 100 test prompts
+with the task's metric (SVAMP: about 6 minutes a run, NL-RX-Turk's first run 14, a third of it
+generating). WNUT-17 trains on twice the classification sample (2,400 sentences, its dev file as
+validation): with 900, every run still tagged every word O, as entities are rare words.
 
     python benchmarks/new_tasks.py list
     python benchmarks/new_tasks.py convert [TASK ...]
@@ -68,7 +68,7 @@ class Task:
     options: tuple[str, ...]  # autopeft bench options beside the data, model and splits
     methods: str
     about: str  # one line for `list` and the profiles README
-    minutes: int  # bench time on one shared CPU core: measured (about 70 runs of ~50 s for classification), else a guess
+    minutes: int  # wall time of a bench on one core of this 2-core machine, the other busy: measured where it ran
     #: environment the runs need, each a variable and a file of the source folder (the SQL metric's database)
     env: tuple[tuple[str, str], ...] = ()
 
@@ -267,34 +267,35 @@ def _gen(name, source, convert, metric, about, *, examples, length, new_tokens, 
 GEOQUERY_DB = "geography-db.added-in-2020.sqlite"
 
 TASKS: dict[str, Task] = {t.name: t for t in [
-    _cls("trec", "trec", trec, "TREC question type, 6 coarse classes; test: the 500 TREC test questions"),
+    _cls("trec", "trec", trec, "TREC question type, 6 coarse classes; test: the 500 TREC test questions", minutes=40),
     _cls("tweeteval-emotion", "tweeteval-emotion", tweeteval_emotion,
          "TweetEval emotion (anger, joy, optimism, sadness); test: its 1,421 test tweets"),
     _cls("clinc150-domains", "clinc150", clinc150_domains,
-         "CLINC150 in-scope queries by intent domain (10 balanced classes); test: its 4,500 test queries"),
-    _cls("banking77", "banking77", banking77, "Banking77, 77 intents; test: its 3,080 test queries"),
+         "CLINC150 in-scope queries by intent domain (10 balanced classes); test: its 4,500 test queries", minutes=70),
+    _cls("banking77", "banking77", banking77, "Banking77, 77 intents; test: its 3,080 test queries", minutes=90),
     _cls("davidson", "hate-offensive", davidson,
-         "Davidson tweets: hate, offensive or neither (seeded stratified split, a fifth of each class is test)"),
+         "Davidson tweets: hate, offensive or neither (seeded stratified split, a fifth of each class is test)",
+         minutes=115),
     _gen("svamp", "svamp", svamp, "final_number", "SVAMP word problems: equation and answer, scored by the answer "
-         "number on 100 of 200 held-out problems", examples=400, length=160, new_tokens=24, minutes=180),
+         "number on 100 of 200 held-out problems", examples=400, length=160, new_tokens=24, minutes=255),
     _gen("nl-rx-turk", "nl-rx-turk", nl_rx_turk, "exact_match", "NL-RX-Turk: English to regular expression, "
-         "exact match on 100 test descriptions", examples=400, length=96, new_tokens=48, minutes=150),
+         "exact match on 100 test descriptions", examples=400, length=96, new_tokens=48, minutes=420),
     _gen("geoquery", "text2sql", text2sql("geography.json", GEOQUERY_DB), "sql_execution", "GeoQuery text to SQL (question "
          "split): the predicted query's result on the bundled SQLite database equals the reference's",
-         examples=400, length=192, new_tokens=96, minutes=180,
+         examples=400, length=192, new_tokens=96, minutes=480,
          env=(("AUTOPEFT_SQL_DATABASE", GEOQUERY_DB),)),
     # Advising ships no database: its queries are judged by exact match (spacing and case aside)
     _gen("advising", "text2sql", text2sql("advising.json"), "exact_match", "Advising text to SQL (question "
          "split), exact match of the query (no database is bundled)", examples=400, length=256,
-         new_tokens=128, minutes=200),
+         new_tokens=128, minutes=540),
     _gen("scan", "scan", scan, "exact_match", "SCAN commands to actions (simple split), exact match on 100 test "
-         "commands", examples=400, length=96, new_tokens=64, minutes=150),
+         "commands", examples=400, length=96, new_tokens=64, minutes=420),
     Task(name="wnut17", source="wnut17", convert=wnut17, model="minilm-l6", metric="f1",
          options=("--max-examples", "2400", "--max-length", "64", "--batch-size", "32", "--epochs", "2",
                   "--eval-steps", "50", "--early-stopping", "0", "--save-steps", "100000"),
          # prompt tuning's virtual tokens have no label of their own to tag: it cannot train a tagger
          methods=CLS_METHODS.replace("prompt_tuning,", ""), about="WNUT-17 emerging entities (6 types), entity F1 on its 1,287 test sentences; "
-                                    "the dev file is the validation set", minutes=90),
+                                    "the dev file is the validation set", minutes=170),
 ]}
 
 
