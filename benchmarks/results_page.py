@@ -20,6 +20,9 @@ SECTIONS = [
     ("Choosing: the recommender", [
         ("Replay on the PEFT method-comparison results", "replay_peft.md"),
         ("Leave one task out", "leave_one_task_out.md"),
+        ("Leave one data source out: choices judged by means over seeds, and how sure they are",
+         "leave_one_source_out.md"),
+        ("Pilot coverage on short jobs: the default budget against 15% of the run", "pilot_coverage.md"),
         ("How much of a bench's ranking is training noise", "seed_noise-*.md"),
         ("Live on SST-2: `recommend` against training every candidate", "sst2_choice.md"),
     ]),
@@ -80,10 +83,10 @@ def _bench_tables(records) -> list[str]:
     lines = []
     rates: dict[tuple[str, str], set] = {}
     for r in records:
-        if r.source.startswith("autopeft"):
+        if "autopeft bench" in r.source:  # run by `autopeft bench`, directly or by new_tasks.py
             rates.setdefault((r.benchmark, r.method), set()).add(r.learning_rate)
     for benchmark in sorted({b for (b, _), lrs in rates.items() if len(lrs) > 1}):
-        runs = [r for r in records if r.benchmark == benchmark]
+        runs = [r for r in records if r.benchmark == benchmark and r.seed is None]  # the bench's own runs
         scored = [r for r in runs if r.score is not None]
         higher = scored[0].higher_is_better if scored else True
         lines += [f"### `autopeft bench`: {benchmark}", "",

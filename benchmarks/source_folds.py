@@ -33,8 +33,9 @@ def source_report(records, out: Path, subsets: int, write: bool, seed_noise) -> 
              f"{subsets} random two-thirds of them. A choice scores its configuration's mean over the stored seeds "
              "(`profiles/seeds-*.jsonl`, from `benchmarks/seed_noise.py`; one seed where only one was run); regret is "
              "the best mean minus that, in points of accuracy (x100) for accuracy and F1, else as a share of the "
-             "task's best-to-worst spread (%). Mean over the subsets. Floor: the task's seed-noise floor in points "
-             "(`benchmarks/seed_noise.py`; - where no seeds were run).", ""]
+             "task's best-to-worst spread (%). Mean over the subsets. Floor: the task's seed-noise floor in points, or "
+             "as a share of the spread for the other metrics (`benchmarks/seed_noise.py`; - where no seeds were "
+             "run).", ""]
     lines += _task_table(rows, noise)
     lines += ["## With runs on the same data as evidence", "",
               "Tasks whose source holds runs of the same model on the same training file (another budget): those "
@@ -72,7 +73,7 @@ def _task_table(rows, noise) -> list[str]:
     head = ["task", "source", "metric", "floor", *[f"pilots {b:g}" for b in BUDGETS], "static", "always LoRA",
             "lowest pilot loss", "within 1 pt (pilots 0.15)"]
     lines = ["| " + " | ".join(head) + " |", "|---|---|---|" + "---:|" * (len(head) - 3)]
-    beat_lora = beat_loss = judged_lora = 0
+    beat_lora = beat_loss = judged_lora = judged_floor = on_target = 0
     regrets: dict[str, list[float]] = defaultdict(list)
     for task in tasks:
         first = next(r for r in rows if r.benchmark == task)
@@ -92,16 +93,33 @@ def _task_table(rows, noise) -> list[str]:
             beat_lora += chosen < cells["always_lora"][1]
         if cells["lowest_pilot_loss"][1] is not None and chosen is not None:
             beat_loss += chosen < cells["lowest_pilot_loss"][1]
-        floor = f"{noise[task].floor:.2f}" if task in noise else "-"
+        floor = _floor(task, points, rows, noise)
+        if floor is not None and chosen is not None:
+            judged_floor += 1
+            on_target += chosen <= floor + (1.0 if points else 5.0) + 1e-9
         within = _mean([r.within for r in by.get((task, "0.15"), [])])
-        lines.append(f"| {task} | {first.source} | {first.metric} | {floor} | "
+        lines.append(f"| {task} | {first.source} | {first.metric} | "
+                     f"{'-' if floor is None else f'{floor:.2f}' + ('' if points else '%')} | "
                      + " | ".join(c for c, _ in cells.values())
                      + f" | {'-' if within is None else f'{within:.0%}'} |")
     lines += ["", f"At the default budget (0.15): better than always-LoRA on {beat_lora} of {judged_lora} tasks with a "
               f"LoRA run, than the lowest pilot loss on {beat_loss} of {len(tasks)}; mean regret "
               + ", ".join(f"{np.mean(v):.2f} {'points' if k == 'points' else '% of the spread'} over {len(v)} tasks"
-                          for k, v in regrets.items()) + ".", ""]
+                          for k, v in regrets.items())
+              + f"; within its floor plus 1 point (plus 5% of the spread for other metrics) on {on_target} of "
+                f"{judged_floor} tasks with a floor.", ""]
     return lines
+
+
+def _floor(task: str, points: bool, rows, noise) -> float | None:
+    """The task's seed-noise floor: in points, or for a metric judged by its spread, as a share (%) of the
+    best-to-worst spread of the configurations' means that the regret is measured against."""
+    if task not in noise:
+        return None
+    if points:
+        return noise[task].floor
+    spreads = [r.regret / r.regret_of_spread for r in rows if r.benchmark == task and r.regret_of_spread > 0]
+    return 100 * (noise[task].floor / 100) / spreads[0] if spreads else None
 
 
 def _calibration(rows) -> tuple[list[str], dict]:
