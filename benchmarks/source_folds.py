@@ -118,8 +118,9 @@ def _floor(task: str, points: bool, rows, noise) -> float | None:
         return None
     if points:
         return noise[task].floor
+    # the spread in the metric's units (one per task); the floor is in points, a hundredth of those units
     spreads = [r.regret / r.regret_of_spread for r in rows if r.benchmark == task and r.regret_of_spread > 0]
-    return 100 * (noise[task].floor / 100) / spreads[0] if spreads else None
+    return noise[task].floor / spreads[0] if spreads else None
 
 
 def _calibration(rows) -> tuple[list[str], dict]:
