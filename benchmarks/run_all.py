@@ -77,7 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from new_tasks import TASKS as NEW_TASKS  # noqa: E402  (a sibling script)
 
 #: the seed studies of the newer tasks that reran fewer than the default 5 best configurations
-NEW_TASK_SEED_TOP = {"trec": 4, "tweeteval-emotion": 4, "clinc150-domains": 4}
+NEW_TASK_SEED_TOP = {"trec": 4, "tweeteval-emotion": 4, "clinc150-domains": 4, "svamp": 4}
 
 
 #: name, command, the Markdown file its stdout becomes (None: the script writes its own), rough time
@@ -133,7 +133,7 @@ STEPS = [
     ("seed_noise_sst2_smollm2", [sys.executable, "benchmarks/seed_noise.py", "--bench",
                                  "benchmarks/results/bench/sst2-smollm2", "--also", "rslora@0.001"], None, "40 min"),
     # the newer data sets' best configurations at seeds 1 to 3 (a quarter of a bench's runs; TREC,
-    # TweetEval and CLINC150 were studied with their best four)
+    # TweetEval, CLINC150 and SVAMP were studied with their best four)
     *((f"seed_noise_{t.name.replace('-', '_')}", [sys.executable, "benchmarks/seed_noise.py", "--bench",
                                                  f"benchmarks/results/bench/{t.name}", "--top",
                                                  str(NEW_TASK_SEED_TOP.get(t.name, 5))], None, f"{t.minutes // 4} min")

@@ -258,3 +258,35 @@ def test_leave_one_task_out_sets_each_classification_task_beside_its_seed_noise_
     assert "| x/a | 1.25 | 3.00 | 2.00 |" in table and "x/b" not in table and "x/a-lm" not in table
     assert "| x/a | full: 82.0 | 5.25 (40 of 40) | - (0 of 40) |" in table
     assert script._noise_table(subsets, {}) == []
+
+
+def test_leave_one_source_out_puts_each_floor_beside_the_regret_in_the_regrets_units_and_counts_those_within(
+        tmp_path):
+    """An accuracy task's floor is in points; a task judged by its spread (a loss, SVAMP's answer number)
+    gets its floor as a share of that spread, so that "floor plus 5% of the spread" compares like with
+    like; the summary counts the tasks whose choice lands within its floor plus the issue's margin."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from autopeft.choose.replay import SourceChoice
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "source_folds.py"
+    spec = importlib.util.spec_from_file_location("source_folds", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def choice(benchmark, metric, regret, regret_of_spread):
+        return SourceChoice(benchmark=benchmark, source=benchmark, task="seq-cls", metric=metric, way="0.15", subset=0,
+                            chosen="lora lr=0.001", regret=regret, regret_of_spread=regret_of_spread, within=False)
+
+    # x/acc: regret 1.5 points against a 0.6-point floor (within 0.6 + 1); x/num: the best-to-worst spread is
+    # 0.20 of the metric (regret 0.05 = 25% of it) and the floor 2 points = 10% of it, so 25% > 10% + 5%
+    rows = [choice("x/acc", "test_accuracy", 1.5, 0.1), choice("x/num", "test_final_number", 0.05, 0.25),
+            choice("x/none", "test_accuracy", 9.0, 0.5)]
+    noise = {"x/acc": SimpleNamespace(floor=0.6), "x/num": SimpleNamespace(floor=2.0)}  # seed_noise's floors, in points
+    table = "\n".join(script._task_table(rows, noise))
+    assert "| x/acc | x/acc | test_accuracy | 0.60 |" in table
+    assert "| x/num | x/num | test_final_number | 10.00% |" in table and "| 25.00% |" in table
+    assert "| x/none | x/none | test_accuracy | - |" in table
+    assert "within its floor plus 1 point (plus 5% of the spread for other metrics) on 1 of 2 tasks with a floor" in table
+
