@@ -31,6 +31,7 @@ SECTIONS = [
         ("Does every method learn?", "train_quality.md"),
         ("SST-2: the methods below 80% with longer training", "sst2_epochs.md"),
         ("Throughput against a plain transformers + peft script", "train_throughput.md"),
+        ("A shared CPU: OpenMP's wait policy, idle and with one core busy", "cpu_threads.md"),
     ]),
     ("The cost model", [
         ("Against the 63 PEFT method-comparison runs (Llama-3.2-3B, bf16, L40S)", "cost_model_peft.md"),

@@ -88,6 +88,7 @@ STEPS = [
      "cpu_memory.md", "25 min"),
     ("train_quality", [sys.executable, "benchmarks/train_quality.py"], None, "40 min"),
     ("train_throughput", [sys.executable, "benchmarks/train_throughput.py"], "train_throughput.md", "10 min"),
+    ("cpu_threads", [sys.executable, "benchmarks/cpu_threads.py"], None, "20 min"),
     ("bench_gsm8k", GSM8K, None, "90 min"),
     ("bench_sst2", SST2, None, "100 min"),
     ("bench_sst2_smollm2", SST2_SMOLLM2, None, "90 min"),

@@ -288,5 +288,6 @@ def test_leave_one_source_out_puts_each_floor_beside_the_regret_in_the_regrets_u
     assert "| x/acc | x/acc | test_accuracy | 0.60 |" in table
     assert "| x/num | x/num | test_final_number | 10.00% |" in table and "| 25.00% |" in table
     assert "| x/none | x/none | test_accuracy | - |" in table
-    assert "within its floor plus 1 point (plus 5% of the spread for other metrics) on 1 of 2 tasks with a floor" in table
+    assert ("within its floor plus 1 point (plus 5% of the spread for other metrics) on 1 of 2 tasks with a floor"
+            in table)
 
