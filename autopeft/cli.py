@@ -60,7 +60,6 @@ class _Choice(click.Choice):
 
 def run() -> None:
     """The console entry point: click's usage errors become one line and exit status 2 too."""
-    _openmp_waits_sleep_on_a_busy_machine()
     try:
         _run()
     except SystemExit as exc:
@@ -72,25 +71,6 @@ def run() -> None:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_IGN)
         raise
-
-
-#: the 1-minute load average from which OpenMP's waiting threads sleep rather than spin
-BUSY_LOAD = 0.5
-
-
-def _openmp_waits_sleep_on_a_busy_machine() -> None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` when other processes keep a core busy (a 1-minute load average of
-    0.5 or more) and the user has not chosen a policy: there, OpenMP threads that wait by spinning made
-    CPU training several times slower; on an idle machine spinning is faster. Set before torch loads,
-    here or in the pilots' processes (docs/design/cpu-threads.md)."""
-    if "OMP_WAIT_POLICY" in os.environ or not hasattr(os, "getloadavg"):
-        return
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        return
-    if busy >= BUSY_LOAD:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def _run() -> None:

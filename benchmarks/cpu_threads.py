@@ -1,7 +1,7 @@
 """What OpenMP's wait policy costs a CPU training step, on an idle machine and with one core busy.
 
-The ``autopeft`` command sets ``OMP_WAIT_POLICY=PASSIVE`` on a busy machine, unless the user has set
-a policy (see ``docs/design/cpu-threads.md``). This times a training step under libgomp's default and under
+The README tells users of a shared CPU to set ``OMP_WAIT_POLICY=PASSIVE`` (see
+``docs/design/cpu-threads.md``). This times a training step under libgomp's default and under
 ``PASSIVE``, side by side in one run. Each timing is its own process, since OpenMP reads the variable
 once, when torch loads. It is timed twice: with the machine as it is, and with one more process
 spinning on a core, as a second job or a browser would.

@@ -193,26 +193,3 @@ def test_methods_json_lists_every_method_with_probed_capabilities():
         assert m["probed"] is not None, m["name"]
         for flag in ("merge", "quantized", "multi_adapter", "lora_convertible"):
             assert m["probed"][flag]["source"] in ("probe", "peft-source", "declared"), (m["name"], flag)
-
-
-
-@pytest.mark.parametrize("given, load, expected", [(None, 1.0, "PASSIVE"), (None, 0.1, None),
-                                                   ("ACTIVE", 1.0, "ACTIVE")])
-def test_the_command_lets_openmp_threads_sleep_on_a_busy_machine_unless_the_user_chose(given, load, expected,
-                                                                                       monkeypatch):
-    """Spinning OpenMP waiters slow CPU training several times over when another process keeps a core
-    busy: there the command sets a passive wait before torch loads (its pilots' processes inherit it);
-    an idle machine keeps the faster default, and a policy the user chose is kept."""
-    import os
-    import sys
-
-    from autopeft.cli import run as command
-
-    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if given:
-        environ["OMP_WAIT_POLICY"] = given
-    monkeypatch.setattr(os, "environ", environ)
-    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
-    monkeypatch.setattr(sys, "argv", ["autopeft", "--version"])
-    command()
-    assert environ.get("OMP_WAIT_POLICY") == expected
