@@ -10,7 +10,6 @@ interrupted and started again. ``--page-only`` rebuilds the page from the result
 from __future__ import annotations
 
 import argparse
-import difflib
 import subprocess
 import sys
 import time
@@ -160,11 +159,11 @@ def main() -> int:
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     known = [s[0] for s in STEPS]
-    for name in sorted(only or ()):
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=3)
-            parser.error(f"--only {name}: no such step" + (f" (did you mean {', '.join(close)}?)" if close else
-                                                            "; the steps are listed in --help"))
+    unknown = [name for name in sorted(only or ()) if name not in known]
+    if unknown:
+        from autopeft.errors import unknown_names
+
+        parser.error(str(unknown_names("step", unknown, known, source="--only", listing="--help lists them")))
     steps = [] if args.page_only else [s for s in STEPS if only is None or s[0] in only]
     print(f"{len(steps)} steps: " + ", ".join(f"{name} (~{eta})" for name, _, _, eta in steps), flush=True)
     for name, command, markdown, _ in steps:
