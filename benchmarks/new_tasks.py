@@ -1,4 +1,5 @@
-"""Benches on the ten newer data sets of ``../shared/data``: each task's converter, size, model and metric.
+"""Benches on the ten newer data sets of ``../shared/data`` (thirteen tasks): each task's converter, size, model
+and metric.
 
 Every task here reads its data set as published (see ``../shared/data/README.md``), converts it into one
 of autopeft's input formats (classification ``{text, label}``, prompt/completion, tagged tokens) under a
@@ -12,8 +13,11 @@ set-up of the held-out SST-2 and GSM8K benches (1,200 sampled examples, a quarte
 as it trains, 2 epochs of the other 900, the published test split scored once at the end; about 50 s to
 1.5 min a run on one core), generation a few hundred examples for one epoch, scored on 100 test prompts
 with the task's metric (SVAMP: about 6 minutes a run, NL-RX-Turk's first run 14, a third of it
-generating). WNUT-17 trains on twice the classification sample (2,400 sentences, its dev file as
-validation): with 900, every run still tagged every word O, as entities are rare words.
+generating). TREC's 50 fine classes and CLINC150's 150 intents are sampled by class in their converters
+(``class_sample``; CLINC150's 3,000, so that 15 queries an intent are left to train on): the bench's random
+sample can miss a class the test split asks for. WNUT-17 trains on twice the classification sample (2,400
+sentences, its dev file as validation): with 900, every run still tagged every word O, as entities are
+rare words.
 
     python benchmarks/new_tasks.py list
     python benchmarks/new_tasks.py convert [TASK ...]
@@ -95,6 +99,22 @@ def trec(src: Path) -> dict[str, list[dict]]:
     return {"train": read("TREC.train.all"), "test": read("TREC.test.all")}
 
 
+def trec_fine(src: Path) -> dict[str, list[dict]]:
+    """TREC's ``<coarse>:<fine> <question>`` lines (Latin-1), labelled with the fine class (50, skewed:
+    ``HUM:ind`` has 962 training questions, ``ENTY:currency`` 4): the harder of TREC's two standard tasks.
+    The training split is a class-proportional sample of 1,200 (see ``class_sample``): the bench's own
+    random sample leaves out rare classes that the test set asks for."""
+    def read(name: str) -> list[dict]:
+        rows = []
+        for number, line in enumerate(_lines(src / name, "latin-1"), 1):
+            label, _, text = line.partition(" ")
+            if not re.fullmatch(r"[A-Z]+:[a-z]+", label) or not text.strip():
+                raise ValueError(f"{src / name}:{number}: not '<COARSE>:<fine> <question>'")
+            rows.append({"text": text.strip(), "label": label})
+        return rows
+    return {"train": class_sample(read("TREC.train"), 1200), "test": read("TREC.test")}
+
+
 def tweeteval_emotion(src: Path) -> dict[str, list[dict]]:
     """TweetEval emotion: ``SPLIT_text.txt`` and ``SPLIT_labels.txt`` line by line, names from ``mapping.txt``."""
     names = dict(line.split("\t") for line in _lines(src / "mapping.txt"))
@@ -116,6 +136,33 @@ def clinc150_domains(src: Path) -> dict[str, list[dict]]:
     full = json.loads((src / "data_full.json").read_text())
     return {split: [{"text": text, "label": domain[intent]} for text, intent in full[key]]
             for split, key in (("train", "train"), ("validation", "val"), ("test", "test"))}
+
+
+def clinc150_intents(src: Path) -> dict[str, list[dict]]:
+    """CLINC150's in-scope queries labelled with their intent (150 balanced classes). Training: a
+    class-proportional sample of 3,000 (20 of each intent, 15 left after the bench holds out its
+    validation quarter): the few-shot end of intent detection; the 1,200 of the other tasks leave 6."""
+    full = json.loads((src / "data_full.json").read_text())
+    rows = {split: [{"text": text, "label": intent} for text, intent in full[key]]
+            for split, key in (("train", "train"), ("test", "test"))}
+    return {"train": class_sample(rows["train"], 3000), "test": rows["test"]}
+
+
+def class_sample(rows: list[dict], size: int, minimum: int = 3, seed: int = 0) -> list[dict]:
+    """A seeded sample of ``size`` rows (at most), each label in its share of them and at least ``minimum``
+    (or all it has), in a seeded order: a test split can then ask for every label the training split holds."""
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_label[row["label"]].append(row)
+    labels = sorted(by_label)
+    share = {label: min(len(by_label[label]), max(minimum, round(size * len(by_label[label]) / len(rows))))
+             for label in labels}
+    while sum(share.values()) > size:  # the minimums come out of the largest classes
+        share[max(labels, key=lambda label: share[label])] -= 1
+    rng = random.Random(seed)
+    chosen = [row for label in labels for row in rng.sample(by_label[label], share[label])]
+    rng.shuffle(chosen)
+    return chosen
 
 
 def banking77(src: Path) -> dict[str, list[dict]]:
@@ -251,9 +298,11 @@ def _lines(path: Path, encoding: str = "utf-8") -> list[str]:
 
 # --- the tasks ---------------------------------------------------------------------------------------------
 
-def _cls(name, source, convert, about, minutes=60, model="minilm-l6"):
+def _cls(name, source, convert, about, minutes=60, model="minilm-l6", examples=1200):
+    options = [str(examples) if previous == "--max-examples" else option
+               for previous, option in zip([None, *CLS_OPTIONS], CLS_OPTIONS)]
     return Task(name=name, source=source, convert=convert, model=model, metric="accuracy",
-                options=tuple(CLS_OPTIONS), methods=CLS_METHODS, about=about, minutes=minutes)
+                options=tuple(options), methods=CLS_METHODS, about=about, minutes=minutes)
 
 
 def _gen(name, source, convert, metric, about, *, examples, length, new_tokens, minutes, env=()):
@@ -268,10 +317,15 @@ GEOQUERY_DB = "geography-db.added-in-2020.sqlite"
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     _cls("trec", "trec", trec, "TREC question type, 6 coarse classes; test: the 500 TREC test questions", minutes=40),
+    _cls("trec-fine", "trec", trec_fine,
+         "TREC question type, 50 fine classes (1,200 sampled by class); test: the 500 TREC test questions", minutes=30),
     _cls("tweeteval-emotion", "tweeteval-emotion", tweeteval_emotion,
          "TweetEval emotion (anger, joy, optimism, sadness); test: its 1,421 test tweets"),
     _cls("clinc150-domains", "clinc150", clinc150_domains,
          "CLINC150 in-scope queries by intent domain (10 balanced classes); test: its 4,500 test queries", minutes=70),
+    _cls("clinc150-intents", "clinc150", clinc150_intents,
+         "CLINC150 in-scope queries by intent (150 balanced classes, 3,000 sampled); test: its 4,500 test "
+         "queries", minutes=71, examples=3000),
     _cls("banking77", "banking77", banking77, "Banking77, 77 intents; test: its 3,080 test queries", minutes=90),
     _cls("davidson", "hate-offensive", davidson,
          "Davidson tweets: hate, offensive or neither (seeded stratified split, a fifth of each class is test)",

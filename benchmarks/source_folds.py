@@ -118,9 +118,9 @@ def _floor(task: str, points: bool, rows, noise) -> float | None:
         return None
     if points:
         return noise[task].floor
-    # the spread in the metric's units (one per task); the floor is in points, a hundredth of those units
-    spreads = [r.regret / r.regret_of_spread for r in rows if r.benchmark == task and r.regret_of_spread > 0]
-    return noise[task].floor / spreads[0] if spreads else None
+    # the floor is in points (hundredths of the metric), so floor / spread is its share of the spread in %
+    spread = next((r.spread for r in rows if r.benchmark == task), 0.0)
+    return noise[task].floor / spread if spread else None
 
 
 def _calibration(rows) -> tuple[list[str], dict]:

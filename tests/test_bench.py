@@ -275,19 +275,23 @@ def test_leave_one_source_out_puts_each_floor_beside_the_regret_in_the_regrets_u
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
 
-    def choice(benchmark, metric, regret, regret_of_spread):
+    def choice(benchmark, metric, regret, regret_of_spread, spread):
         return SourceChoice(benchmark=benchmark, source=benchmark, task="seq-cls", metric=metric, way="0.15", subset=0,
-                            chosen="lora lr=0.001", regret=regret, regret_of_spread=regret_of_spread, within=False)
+                            chosen="lora lr=0.001", regret=regret, regret_of_spread=regret_of_spread, spread=spread,
+                            within=False)
 
     # x/acc: regret 1.5 points against a 0.6-point floor (within 0.6 + 1); x/num: the best-to-worst spread is
-    # 0.20 of the metric (regret 0.05 = 25% of it) and the floor 2 points = 10% of it, so 25% > 10% + 5%
-    rows = [choice("x/acc", "test_accuracy", 1.5, 0.1), choice("x/num", "test_final_number", 0.05, 0.25),
-            choice("x/none", "test_accuracy", 9.0, 0.5)]
-    noise = {"x/acc": SimpleNamespace(floor=0.6), "x/num": SimpleNamespace(floor=2.0)}  # seed_noise's floors, in points
+    # 0.20 of the metric (regret 0.05 = 25% of it) and the floor 2 points = 10% of it, so 25% > 10% + 5%;
+    # x/best: every choice the best (regret 0), its floor still 1 point = 5% of a 0.20 spread
+    rows = [choice("x/acc", "test_accuracy", 1.5, 0.1, 0.15), choice("x/num", "test_final_number", 0.05, 0.25, 0.2),
+            choice("x/none", "test_accuracy", 9.0, 0.5, 0.18), choice("x/best", "test_final_number", 0.0, 0.0, 0.2)]
+    noise = {"x/acc": SimpleNamespace(floor=0.6), "x/num": SimpleNamespace(floor=2.0),
+             "x/best": SimpleNamespace(floor=1.0)}  # seed_noise's floors, in points
     table = "\n".join(script._task_table(rows, noise))
     assert "| x/acc | x/acc | test_accuracy | 0.60 |" in table
     assert "| x/num | x/num | test_final_number | 10.00% |" in table and "| 25.00% |" in table
     assert "| x/none | x/none | test_accuracy | - |" in table
-    assert ("within its floor plus 1 point (plus 5% of the spread for other metrics) on 1 of 2 tasks with a floor"
+    assert "| x/best | x/best | test_final_number | 5.00% |" in table
+    assert ("within its floor plus 1 point (plus 5% of the spread for other metrics) on 2 of 3 tasks with a floor"
             in table)
 

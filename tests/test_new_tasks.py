@@ -127,6 +127,29 @@ def test_trec_names_the_coarse_classes_and_reads_latin_1(nt, tmp_path):
         nt.trec(tmp_path)
 
 
+def test_trec_fine_labels_the_fine_class_and_refuses_a_coarse_line(nt, tmp_path):
+    write(tmp_path, "TREC.train", b"DESC:manner How did serfdom develop ?\nNUM:date When was Ozzy born ?\n")
+    write(tmp_path, "TREC.test", b"LOC:city What is the sister\xf0city ?\n")
+    out = nt.trec_fine(tmp_path)
+    assert sorted(r["label"] for r in out["train"]) == ["DESC:manner", "NUM:date"]
+    assert out["test"] == [{"text": "What is the sister\xf0city ?", "label": "LOC:city"}]
+    write(tmp_path, "TREC.test", "3 Who was Galileo ?\n")
+    with pytest.raises(ValueError, match="TREC.test:1: not '<COARSE>:<fine> <question>'"):
+        nt.trec_fine(tmp_path)
+
+
+def test_class_sample_keeps_every_label_at_its_size(nt):
+    rows = [{"text": f"q{i}", "label": "big"} for i in range(960)] + \
+           [{"text": f"r{i}", "label": f"rare{i % 8}"} for i in range(40)]  # 8 labels of 5 rows
+    sample = nt.class_sample(rows, 100, minimum=3)
+    counts = {label: sum(r["label"] == label for r in sample) for label in {r["label"] for r in rows}}
+    assert len(sample) == 100  # the rare labels' minimum comes out of the big one
+    assert all(counts[f"rare{i}"] == 3 for i in range(8)) and counts["big"] == 76
+    assert nt.class_sample(rows, 100, minimum=3) == sample  # seeded
+    assert nt.class_sample(rows, 100, minimum=3, seed=1) != sample
+    assert len(nt.class_sample(rows[:10], 100)) == 10  # a sample as large as the data is all of it
+
+
 def test_tweeteval_emotion_pairs_texts_with_named_labels(nt, tmp_path):
     write(tmp_path, "mapping.txt", "0\tanger\n1\tjoy\n2\toptimism\n3\tsadness\n")
     for split in ("train", "val", "test"):
@@ -150,6 +173,18 @@ def test_clinc150_labels_each_query_with_its_intent_domain(nt, tmp_path):
     assert [r["label"] for r in out["train"]] == ["banking", "travel"]
     assert out["validation"][0]["label"] == "banking" and out["test"][0]["label"] == "travel"
     assert "oos" not in {r["label"] for rows in out.values() for r in rows}  # out-of-scope queries left out
+
+
+def test_clinc150_intents_samples_every_intent_in_its_share(nt, tmp_path):
+    train = [[f"query {i} about {intent}", intent] for intent in ("balance", "transfer", "book_flight")
+             for i in range(1500)]
+    write(tmp_path, "data_full.json", json.dumps({
+        "train": train, "val": [["send 5 dollars to tom", "transfer"]], "test": [["a flight to oslo", "book_flight"]],
+        "oos_train": [["how tall is everest", "oos"]]}))
+    out = nt.clinc150_intents(tmp_path)
+    assert set(out) == {"train", "test"}  # the bench holds out its own validation quarter
+    assert len(out["train"]) == 3000 and sum(r["label"] == "transfer" for r in out["train"]) == 1000
+    assert out["test"] == [{"text": "a flight to oslo", "label": "book_flight"}]
 
 
 def test_banking77_reads_its_csv(nt, tmp_path):

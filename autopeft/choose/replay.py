@@ -377,6 +377,8 @@ class SourceChoice(BaseModel):
     chosen: str
     regret: float = Field(description="best mean minus the choice's mean, in points (x100 for accuracy and F1)")
     regret_of_spread: float
+    spread: float = Field(default=0.0, description="the best-to-worst spread of the task's configuration means, in "
+                                                   "the metric's units (a share for accuracy and F1)")
     within: bool = Field(description="within 1 point (accuracy, F1) or 1% of the spread (other metrics) of the best")
     features: list[float] = Field(default_factory=list, description="what autopeft.choose.confidence learns from")
     evidence: str | None = None
@@ -444,7 +446,8 @@ def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...
             out.append(SourceChoice(
                 benchmark=benchmark, source=source, task=first.task, metric=first.metric, way=way, subset=index,
                 chosen=chosen.experiment, regret=scale * below, regret_of_spread=below / spread if spread else 0.0,
-                within=below <= limit + 1e-12, features=x or [], evidence=evidence.kind if evidence else None))
+                spread=spread, within=below <= limit + 1e-12, features=x or [],
+                evidence=evidence.kind if evidence else None))
 
         for index in range(subsets + 1):
             sub = runs if index == 0 else [runs[i] for i in sorted(rng.choice(
