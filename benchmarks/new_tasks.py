@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import difflib
 import json
 import os
 import random
@@ -89,14 +88,22 @@ TREC_CLASSES = ("DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM")
 def trec(src: Path) -> dict[str, list[dict]]:
     """TREC's ``<label> <question>`` lines (Latin-1), the 6 coarse classes named."""
     def read(name: str) -> list[dict]:
-        rows = []
-        for number, line in enumerate(_lines(src / name, "latin-1"), 1):
-            label, _, text = line.partition(" ")
-            if not label.isdigit() or int(label) >= len(TREC_CLASSES) or not text.strip():
-                raise ValueError(f"{src / name}:{number}: not '<0-5> <question>'")
-            rows.append({"text": text.strip(), "label": TREC_CLASSES[int(label)]})
-        return rows
+        rows = _trec_lines(src / name, lambda label: label.isdigit() and int(label) < len(TREC_CLASSES),
+                           "<0-5> <question>")
+        return [{"text": r["text"], "label": TREC_CLASSES[int(r["label"])]} for r in rows]
     return {"train": read("TREC.train.all"), "test": read("TREC.test.all")}
+
+
+def _trec_lines(path: Path, valid: Callable[[str], bool], form: str) -> list[dict]:
+    """A TREC file's ``<label> <question>`` lines (Latin-1) as records; ValueError at a line whose label
+    is not ``valid`` or that has no question."""
+    rows = []
+    for number, line in enumerate(_lines(path, "latin-1"), 1):
+        label, _, text = line.partition(" ")
+        if not valid(label) or not text.strip():
+            raise ValueError(f"{path}:{number}: not '{form}'")
+        rows.append({"text": text.strip(), "label": label})
+    return rows
 
 
 def trec_fine(src: Path) -> dict[str, list[dict]]:
@@ -105,13 +112,8 @@ def trec_fine(src: Path) -> dict[str, list[dict]]:
     The training split is a class-proportional sample of 1,200 (see ``class_sample``): the bench's own
     random sample leaves out rare classes that the test set asks for."""
     def read(name: str) -> list[dict]:
-        rows = []
-        for number, line in enumerate(_lines(src / name, "latin-1"), 1):
-            label, _, text = line.partition(" ")
-            if not re.fullmatch(r"[A-Z]+:[a-z]+", label) or not text.strip():
-                raise ValueError(f"{src / name}:{number}: not '<COARSE>:<fine> <question>'")
-            rows.append({"text": text.strip(), "label": label})
-        return rows
+        return _trec_lines(src / name, lambda label: re.fullmatch(r"[A-Z]+:[a-z]+", label) is not None,
+                           "<COARSE>:<fine> <question>")
     return {"train": class_sample(read("TREC.train"), 1200), "test": read("TREC.test")}
 
 
@@ -299,8 +301,8 @@ def _lines(path: Path, encoding: str = "utf-8") -> list[str]:
 # --- the tasks ---------------------------------------------------------------------------------------------
 
 def _cls(name, source, convert, about, minutes=60, model="minilm-l6", examples=1200):
-    options = [str(examples) if previous == "--max-examples" else option
-               for previous, option in zip([None, *CLS_OPTIONS], CLS_OPTIONS)]
+    options = list(CLS_OPTIONS)
+    options[options.index("--max-examples") + 1] = str(examples)
     return Task(name=name, source=source, convert=convert, model=model, metric="accuracy",
                 options=tuple(options), methods=CLS_METHODS, about=about, minutes=minutes)
 
@@ -365,12 +367,12 @@ def work_dir(value: str | None) -> Path:
 
 def check_tasks(names: list[str]) -> list[Task]:
     """The tasks called ``names``; SystemExit(2) with the closest names for an unknown one."""
-    for name in names:
-        if name not in TASKS:
-            close = difflib.get_close_matches(name, list(TASKS), n=3, cutoff=0.4)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; the tasks: {', '.join(TASKS)}"
-            print(f"new_tasks.py: unknown task {name!r}{hint}", file=sys.stderr)
-            raise SystemExit(2)
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        from autopeft.errors import unknown_names
+
+        print(unknown_names("task", unknown, TASKS, source="new_tasks.py"), file=sys.stderr)
+        raise SystemExit(2)
     return [TASKS[name] for name in names]
 
 

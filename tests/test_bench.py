@@ -14,7 +14,18 @@ from autopeft.choose.bench import edge_runs
 from autopeft.profiles import ProfileRecord, load_records, read_jsonl
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+BENCHMARKS = EXAMPLES.parent / "benchmarks"
 FAST = ["--max-length", "64", "--max-examples", "24", "--batch-size", "4", "--epochs", "1", "--eval-steps", "2"]
+
+
+def benchmark_script(name: str):
+    """A script of ``benchmarks/`` loaded as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def _bench(model, out, *extra):
@@ -124,12 +135,7 @@ def test_a_failed_run_is_recorded_once_with_its_reason(trainable_llama, tmp_path
 
 
 def test_the_results_page_is_built_from_the_results_with_its_plots(tmp_path, monkeypatch):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results_page.py"
-    spec = importlib.util.spec_from_file_location("results_page", path)
-    page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(page)
+    page = benchmark_script("results_page")
     monkeypatch.setattr(page, "DOCS", tmp_path)
     monkeypatch.setattr(page, "IMG", tmp_path / "img")
     assert page.main() == 0
@@ -145,13 +151,8 @@ def test_longer_sst2_training_starts_from_each_methods_best_bench_run(tmp_path, 
     """benchmarks/sst2_epochs.py retrains each method at the learning rate its bench scored best, only
     while it is below 80%, shows a run at another rate in a row of its own, and counts the methods
     that got there at any rate."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sst2_epochs.py"
-    monkeypatch.syspath_prepend(str(path.parent))
-    spec = importlib.util.spec_from_file_location("sst2_epochs", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    script = benchmark_script("sst2_epochs")
     for name, method, lr, accuracy in [("a", "lora", 1e-3, 0.78), ("b", "lora", 3e-3, 0.79), ("c", "ia3", 1e-2, 0.76),
                                        ("d", "vera", 1e-2, None)]:
         (tmp_path / f"{name}.json").write_text(json.dumps({
@@ -183,14 +184,9 @@ def test_longer_sst2_training_starts_from_each_methods_best_bench_run(tmp_path, 
 def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_floor(monkeypatch, tmp_path, capsys):
     """benchmarks/seed_noise.py trains with the bench's own options (its bench.json), only the training
     seed changed, and reports how far the best run at seed 0 lands below the best at each fresh seed."""
-    import importlib.util
-
     from autopeft.choose.bench import BenchSpec
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "seed_noise.py"
-    spec = importlib.util.spec_from_file_location("seed_noise", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("seed_noise")
     bench = BenchSpec(benchmark="x/y", data="d.tsv", task="seq-cls", options={"model": "m", "epochs": 2},
                       learning_rates=2)
     # the bench's data sample and split (its seed, 0 by default), another training seed
@@ -211,12 +207,7 @@ def test_seed_noise_reruns_a_bench_with_its_training_options_and_measures_the_fl
 
 
 def test_the_gsm8k_tasks_label_a_problem_by_its_solution():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "derive_gsm8k.py"
-    spec = importlib.util.spec_from_file_location("derive_gsm8k", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("derive_gsm8k")
     assert script.steps("a = 1\nb = 2\n\nc = 3\n#### 3") == "short"  # blank lines and the answer do not count
     assert script.steps("a\nb\nc\nd\n#### 4") == "long"
     assert script.division("She sold 48/2 = <<48/2=24>>24 clips.\n#### 24") == "yes"
@@ -228,15 +219,11 @@ def test_leave_one_task_out_sets_each_classification_task_beside_its_seed_noise_
     """The results page reads each task's floor and per-configuration means from seed_noise's report,
     puts the floor beside the choice's regret at every budget, and judges the choices that were
     retrained by their mean over the seeds; a causal-LM task, or one with no report, is left out."""
-    import importlib.util
     import json
 
     from autopeft.choose.replay import SubsetEvaluation
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "leave_one_task_out.py"
-    spec = importlib.util.spec_from_file_location("leave_one_task_out", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("leave_one_task_out")
     scores = {"full": [0.80, 0.82, 0.84, 0.82], "dora": [0.83, 0.75, 0.61, 0.81]}
     (tmp_path / "seed_noise-a.json").write_text(json.dumps({"benchmark": "x/a", "scores": scores, "steady_floor": 0.0125}))
     (tmp_path / "seed_noise-old.json").write_text(json.dumps({"benchmark": "x/old", "scores": scores}))
@@ -265,15 +252,11 @@ def test_leave_one_source_out_puts_each_floor_beside_the_regret_in_the_regrets_u
     """An accuracy task's floor is in points; a task judged by its spread (a loss, SVAMP's answer number)
     gets its floor as a share of that spread, so that "floor plus 5% of the spread" compares like with
     like; the summary counts the tasks whose choice lands within its floor plus the issue's margin."""
-    import importlib.util
     from types import SimpleNamespace
 
     from autopeft.choose.replay import SourceChoice
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "source_folds.py"
-    spec = importlib.util.spec_from_file_location("source_folds", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = benchmark_script("source_folds")
 
     def choice(benchmark, metric, regret, regret_of_spread, spread):
         return SourceChoice(benchmark=benchmark, source=benchmark, task="seq-cls", metric=metric, way="0.15", subset=0,
