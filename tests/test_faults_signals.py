@@ -388,6 +388,22 @@ def test_ctrl_c_outside_a_commands_handling_exits_130_with_one_line(monkeypatch,
             signal.signal(signum, handler)
 
 
+def test_python_m_exits_130_when_the_stop_passed_through_code_run_by_exec(tmp_path):
+    """A Ctrl-C that lands while a dataclass or namedtuple builds its methods (exec() of a string)
+    made ``python -m autopeft`` end by SIGINT after its "interrupted" line: CPython remembers such an
+    interrupt even when it is caught."""
+    (tmp_path / "stopped_in_exec.py").write_text(
+        "import sys\nfrom autopeft import cli\n\n"
+        "@cli.main.command('stop-in-exec')\ndef stop_in_exec():\n    exec('raise KeyboardInterrupt')\n\n"
+        "sys.argv = ['autopeft', 'stop-in-exec']\ncli.run()\n")
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "stopped_in_exec"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1] == "autopeft: interrupted"
+
+
 class _SignalsItselfOnCollection:
     def __del__(self):
         os.kill(os.getpid(), signal.SIGINT)
