@@ -1,4 +1,4 @@
-"""Benches on the ten newer data sets of ``../shared/data`` (thirteen tasks): each task's converter, size, model
+"""Benches on the ten newer data sets of ``../shared/data`` (fourteen tasks): each task's converter, size, model
 and metric.
 
 Every task here reads its data set as published (see ``../shared/data/README.md``), converts it into one
@@ -148,6 +148,26 @@ def clinc150_intents(src: Path) -> dict[str, list[dict]]:
     rows = {split: [{"text": text, "label": intent} for text, intent in full[key]]
             for split, key in (("train", "train"), ("test", "test"))}
     return {"train": class_sample(rows["train"], 3000), "test": rows["test"]}
+
+
+def clinc150_oos(src: Path) -> dict[str, list[dict]]:
+    """CLINC150 out-of-scope detection: does a query ask for one of the 150 intents the assistant serves,
+    or for something outside them? Training: the 200 out-of-scope queries of its training and validation
+    splits with 1,000 in-scope ones sampled by intent (a sixth out of scope); test: its 1,000 out-of-scope
+    test queries and 1,000 in-scope ones sampled by intent, so that accuracy is balanced accuracy and
+    the majority class scores 50%."""
+    full = json.loads((src / "data_full.json").read_text())
+
+    def in_scope(key: str) -> list[dict]:
+        rows = class_sample([{"text": text, "label": intent} for text, intent in full[key]], 1000)
+        return [{"text": row["text"], "label": "in-scope"} for row in rows]
+
+    def out_of_scope(*keys: str) -> list[dict]:
+        return [{"text": text, "label": "out-of-scope"} for key in keys for text, _ in full[key]]
+
+    train, test = in_scope("train") + out_of_scope("oos_train", "oos_val"), in_scope("test") + out_of_scope("oos_test")
+    random.Random(0).shuffle(train)
+    return {"train": train, "test": test}
 
 
 def class_sample(rows: list[dict], size: int, minimum: int = 3, seed: int = 0) -> list[dict]:
@@ -328,6 +348,9 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     _cls("clinc150-intents", "clinc150", clinc150_intents,
          "CLINC150 in-scope queries by intent (150 balanced classes, 3,000 sampled); test: its 4,500 test "
          "queries", minutes=71, examples=3000),
+    _cls("clinc150-oos", "clinc150", clinc150_oos,
+         "CLINC150 out-of-scope detection (200 out-of-scope and 1,000 in-scope queries); test: 1,000 of each",
+         minutes=50),
     _cls("banking77", "banking77", banking77, "Banking77, 77 intents; test: its 3,080 test queries", minutes=90),
     _cls("davidson", "hate-offensive", davidson,
          "Davidson tweets: hate, offensive or neither (seeded stratified split, a fifth of each class is test)",

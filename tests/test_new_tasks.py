@@ -7,6 +7,7 @@ import importlib.util
 import json
 import sqlite3
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,26 @@ def test_clinc150_intents_samples_every_intent_in_its_share(nt, tmp_path):
     assert set(out) == {"train", "test"}  # the bench holds out its own validation quarter
     assert len(out["train"]) == 3000 and sum(r["label"] == "transfer" for r in out["train"]) == 1000
     assert out["test"] == [{"text": "a flight to oslo", "label": "book_flight"}]
+
+
+def test_clinc150_oos_trains_on_every_out_of_scope_query_and_tests_on_a_balanced_split(nt, tmp_path):
+    intents = [f"intent{k}" for k in range(150)]
+    train = [[f"query {i} about {intent}", intent] for intent in intents for i in range(20)]
+    test = [[f"test {i} about {intent}", intent] for intent in intents for i in range(10)]
+    write(tmp_path, "data_full.json", json.dumps({
+        "train": train, "val": [["send 5 dollars to tom", "intent1"]], "test": test,
+        "oos_train": [[f"how tall is peak {i}", "oos"] for i in range(100)],
+        "oos_val": [[f"who won cup {i}", "oos"] for i in range(100)],
+        "oos_test": [[f"what is moss {i}", "oos"] for i in range(1000)]}))
+    out = nt.clinc150_oos(tmp_path)
+    assert set(out) == {"train", "test"}
+    labels = {split: Counter(r["label"] for r in rows) for split, rows in out.items()}
+    assert labels["train"] == {"in-scope": 1000, "out-of-scope": 200}
+    assert labels["test"] == {"in-scope": 1000, "out-of-scope": 1000}
+    in_scope = {r["text"].split(" about ")[1] for r in out["train"] if r["label"] == "in-scope"}
+    assert in_scope == set(intents)  # sampled by intent: every one of them
+    assert [r["label"] for r in out["train"][:200]].count("out-of-scope") < 200  # shuffled, not in blocks
+    assert nt.clinc150_oos(tmp_path) == out  # seeded
 
 
 def test_banking77_reads_its_csv(nt, tmp_path):
