@@ -350,7 +350,7 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "queries", minutes=71, examples=3000),
     _cls("clinc150-oos", "clinc150", clinc150_oos,
          "CLINC150 out-of-scope detection (200 out-of-scope and 1,000 in-scope queries); test: 1,000 of each",
-         minutes=50),
+         minutes=29),
     _cls("banking77", "banking77", banking77, "Banking77, 77 intents; test: its 3,080 test queries", minutes=90),
     _cls("davidson", "hate-offensive", davidson,
          "Davidson tweets: hate, offensive or neither (seeded stratified split, a fifth of each class is test)",
