@@ -73,7 +73,7 @@ def run() -> None:
             # CPython remembers a KeyboardInterrupt that passed through a string run by exec() (dataclass
             # and namedtuple build their methods so), even one caught, and `python -m` then ends by SIGINT
             # rather than with this status; the next string exec() runs cleanly clears that memory
-            exec("")  # noqa: S102
+            exec("")
         raise
 
 

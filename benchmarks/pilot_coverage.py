@@ -12,7 +12,7 @@ Two kinds of job:
 
 Each ``recommend`` runs with an empty pilot cache, so that neither plan reuses the other's pilots.
 
-    python benchmarks/pilot_coverage.py [--tasks trec,tweeteval-emotion,banking77] [--skip-main-job]
+    python benchmarks/pilot_coverage.py [--tasks trec,tweeteval-emotion,banking77,trec-fine,clinc150-oos] [--skip-main-job]
 
 Writes ``benchmarks/results/pilot_coverage.md``.
 """
@@ -95,7 +95,7 @@ def shipped_benchmarks() -> set[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default="trec,tweeteval-emotion,banking77",
+    parser.add_argument("--tasks", default="trec,tweeteval-emotion,banking77,trec-fine,clinc150-oos",
                         help="classification tasks of benchmarks/new_tasks.py (comma-separated)")
     parser.add_argument("--skip-main-job", action="store_true")
     args = parser.parse_args(argv)

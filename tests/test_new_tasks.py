@@ -204,7 +204,7 @@ def test_clinc150_oos_trains_on_every_out_of_scope_query_and_tests_on_a_balanced
     assert labels["test"] == {"in-scope": 1000, "out-of-scope": 1000}
     in_scope = {r["text"].split(" about ")[1] for r in out["train"] if r["label"] == "in-scope"}
     assert in_scope == set(intents)  # sampled by intent: every one of them
-    assert [r["label"] for r in out["train"][:200]].count("out-of-scope") < 200  # shuffled, not in blocks
+    assert 0 < [r["label"] for r in out["train"][:200]].count("out-of-scope") < 200  # shuffled, not in blocks
     assert nt.clinc150_oos(tmp_path) == out  # seeded
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -493,6 +494,30 @@ def test_pilots_keep_to_the_budget_when_a_method_costs_more_than_its_price(monke
     assert [name for name, _ in ran][-1] == "m1"  # none of m2..m8 started once m1 had spent the budget
     assert len(rungs[0].results) == 2
     assert any("the pilot budget ran out" in line for line in said)
+
+
+@pytest.mark.parametrize("budget", [60.0, 1000.0])
+def test_the_pilots_announce_the_time_they_are_planned_to_take(monkeypatch, budget):
+    """A short job's pilots stop at half its run, well inside a generous budget: the time announced up
+    front is what they take, not the budget (and the budget where they spend it all)."""
+    from autopeft.choose.pilots import PilotConfig, successive_halving
+
+    configs = [PilotConfig(name=f"m{i}", method=f"m{i}", learning_rate=1e-3, batch_size=8) for i in range(10)]
+    clock, ran = _fake_pilots(monkeypatch, lambda c: (0.0, 1.0))
+    said, announced_at = [], []
+
+    def announce(line):
+        said.append(line)
+        announced_at.append(clock[0])
+
+    successive_halving(configs, {}, budget=lambda overhead, per_step: budget, total_steps=40,
+                       rank=lambda cs, rs: [-i for i in range(len(cs))], slots=[None], announce=announce)
+    announced = float(re.search(r"pilots will take about (\d+) s", said[0]).group(1))
+    took = clock[0] - announced_at[0]
+    assert announced <= budget
+    assert abs(announced - took) <= 0.15 * took, (announced, took)
+    if budget == 1000.0:
+        assert max(steps for _, steps in ran) == 20  # half the run: the pilots stop there
 
 
 def test_shipped_pilot_costs_price_data_driven_inits_above_lora():

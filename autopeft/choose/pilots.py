@@ -264,15 +264,16 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
     budget_seconds = budget(*_costs(calibration))
     deadline = time.perf_counter() + budget_seconds
     parallel = len(slots)
-    if announce:
-        side_by_side = f", {parallel} at a time" if parallel > 1 else ""
-        announce(f"pilots will take about {budget_seconds:.0f} s ({costs.start:.1f} s to start a pilot, "
-                 f"{costs.unit:.2f} s a LoRA step{side_by_side})")
     cap = max(MIN_STEPS, int(max_fraction * total_steps))
     rungs: list[Rung] = []
     alive = affordable(configs, budget_seconds * parallel, costs)
     left_out = sorted(dear_methods(configs, costs) - {c.method for c in alive},
                       key=[c.method for c in configs].index)
+    if announce:
+        side_by_side = f", {parallel} at a time" if parallel > 1 else ""
+        planned = min(budget_seconds, planned_seconds(alive, costs, budget_seconds, cap, parallel))
+        announce(f"pilots will take about {planned:.0f} s ({costs.start:.1f} s to start a pilot, "
+                 f"{costs.unit:.2f} s a LoRA step{side_by_side})")
     if announce and len(alive) < len(configs):
         announce(f"the budget allows {len(alive)} of {len(configs)} pilot configurations: the rest are ranked "
                  f"without a pilot" + (f" ({', '.join(left_out)}: a pilot of each costs over {DEAR:g} typical ones)"
@@ -310,6 +311,29 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
         if steps >= cap:
             break
     return rungs
+
+
+def planned_seconds(alive: Sequence[PilotConfig], costs: PilotCosts, budget_seconds: float, cap: int,
+                    parallel: int = 1) -> float:
+    """The wall time the rungs over ``alive`` are planned to take, priced before any of them runs: the
+    loop of :func:`successive_halving` with each rung's survivors counted, not chosen. Less than the
+    budget where the pilots reach ``cap`` steps (half the run) before the budget is spent: a short job's
+    pilot budget has a floor in time that its pilots may not need."""
+    configs, methods = len(alive), _methods(alive)
+    overhead, per_step = costs.mean(alive)
+    left, spent, steps = budget_seconds * parallel, 0.0, 0
+    while configs > 1 or not spent:
+        shortest = 2 * steps if steps else MIN_STEPS
+        length = next_length(configs, methods, left, overhead=overhead, per_unit=per_step, shortest=shortest, cap=cap)
+        if spent and (length is None or int(length) < shortest):
+            break
+        steps = max(int(length or 0), MIN_STEPS)
+        rung = configs * (overhead + steps * per_step)
+        left, spent = left - rung, spent + rung
+        methods = configs = survivors(methods)
+        if steps >= cap:
+            break
+    return spent / parallel
 
 
 class PilotCosts:
