@@ -71,3 +71,24 @@ def plan_cost(configs: int, methods: int, *, overhead: float, per_unit: float, s
         methods = configs = survivors(methods)
         length *= 2
     return cost
+
+
+def planned_cost(configs: int, methods: int, budget: float, *, overhead: float, per_unit: float, shortest: float,
+                 cap: float) -> float:
+    """What a plan over ``configs`` (of ``methods`` methods) is expected to spend of ``budget``: each rung
+    as :func:`next_length` sizes it, its survivors counted rather than chosen, until one is left, the
+    rungs reach ``cap`` or the budget buys none longer than the last. Less than the budget where the
+    pilots reach ``cap`` first: a short job's budget has a floor in time that its pilots may not need."""
+    spent, length = 0.0, 0.0
+    while configs > 1 or not spent:
+        floor = 2 * length if length else shortest
+        planned = next_length(configs, methods, budget - spent, overhead=overhead, per_unit=per_unit,
+                              shortest=floor, cap=cap)
+        if spent and (planned is None or int(planned) < floor):
+            break
+        length = max(int(planned or 0), shortest)
+        spent += configs * (overhead + length * per_unit)
+        methods = configs = survivors(methods)
+        if length >= cap:
+            break
+    return spent

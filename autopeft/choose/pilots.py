@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, Field
 
-from .halving import MAX_FRACTION, best_of_each, next_length, plan_cost, survivors
+from .halving import MAX_FRACTION, best_of_each, next_length, plan_cost, planned_cost, survivors
 from ..processes import deferring_stop, handling_stop_signals, on_accelerator, run_watched
 from ..training.outputs import PilotResult
 
@@ -271,7 +271,10 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
                       key=[c.method for c in configs].index)
     if announce:
         side_by_side = f", {parallel} at a time" if parallel > 1 else ""
-        planned = min(budget_seconds, planned_seconds(alive, costs, budget_seconds, cap, parallel))
+        overhead, per_step = costs.mean(alive)
+        planned = min(budget_seconds, planned_cost(len(alive), _methods(alive), budget_seconds * parallel,
+                                                   overhead=overhead, per_unit=per_step, shortest=MIN_STEPS,
+                                                   cap=cap) / parallel)
         announce(f"pilots will take about {planned:.0f} s ({costs.start:.1f} s to start a pilot, "
                  f"{costs.unit:.2f} s a LoRA step{side_by_side})")
     if announce and len(alive) < len(configs):
@@ -311,29 +314,6 @@ def successive_halving(configs: Sequence[PilotConfig], base_options: dict[str, A
         if steps >= cap:
             break
     return rungs
-
-
-def planned_seconds(alive: Sequence[PilotConfig], costs: PilotCosts, budget_seconds: float, cap: int,
-                    parallel: int = 1) -> float:
-    """The wall time the rungs over ``alive`` are planned to take, priced before any of them runs: the
-    loop of :func:`successive_halving` with each rung's survivors counted, not chosen. Less than the
-    budget where the pilots reach ``cap`` steps (half the run) before the budget is spent: a short job's
-    pilot budget has a floor in time that its pilots may not need."""
-    configs, methods = len(alive), _methods(alive)
-    overhead, per_step = costs.mean(alive)
-    left, spent, steps = budget_seconds * parallel, 0.0, 0
-    while configs > 1 or not spent:
-        shortest = 2 * steps if steps else MIN_STEPS
-        length = next_length(configs, methods, left, overhead=overhead, per_unit=per_step, shortest=shortest, cap=cap)
-        if spent and (length is None or int(length) < shortest):
-            break
-        steps = max(int(length or 0), MIN_STEPS)
-        rung = configs * (overhead + steps * per_step)
-        left, spent = left - rung, spent + rung
-        methods = configs = survivors(methods)
-        if steps >= cap:
-            break
-    return spent / parallel
 
 
 class PilotCosts:
