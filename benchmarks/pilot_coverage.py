@@ -8,7 +8,7 @@ Two kinds of job:
   bench options and methods), where that task's finished bench (``benchmarks/results/bench/<task>``)
   tells how good each choice is: the regret is the best run's test score less the score of the run
   of the chosen method at the learning rate nearest the chosen one. The task's own profile is left out
-  of what the recommender learns from (``--leave-out``).
+  of what the recommender learns from (``--leave-out``), with every other task of its data source.
 
 Each ``recommend`` runs with an empty pilot cache, so that neither plan reuses the other's pilots.
 
@@ -87,10 +87,14 @@ def regret(rec: dict, bench: Path) -> tuple[float, str] | None:
     return 100 * (best - run["score"]), f"{run['method']} {run['learning_rate']:g}: {run['score']:.3f}"
 
 
-def shipped_benchmarks() -> set[str]:
-    from autopeft.profiles import load_records
+def same_source(benchmark: str) -> list[str]:
+    """The shipped benchmarks from ``benchmark``'s data source, itself included (none if it is not
+    shipped): tasks of one source teach each other their answers and their best learning rates."""
+    from autopeft.profiles import data_source, load_records
 
-    return {r.benchmark for r in load_records(store=False)}
+    records = load_records(store=False)
+    sources = {data_source(r) for r in records if r.benchmark == benchmark}
+    return sorted({r.benchmark for r in records if data_source(r) in sources})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,10 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         jobs = []
         if not args.skip_main_job:
             jobs.append(("README main job", ["examples/instructions.jsonl", "--max-vram", "3GB"], None))
-        shipped = shipped_benchmarks()
         for task in tasks:
             paths = new_tasks.convert(task, new_tasks.work_dir(None))
-            leave = ["--leave-out", task.benchmark] if task.benchmark in shipped else []
+            leave = [arg for name in same_source(task.benchmark) for arg in ("--leave-out", name)]
             jobs.append((f"{task.name} (900 x 2 epochs)",
                          [str(paths["train"]), "--model", task.model, *recommend_options(task.options),
                           "--methods", task.methods, *leave],

@@ -22,6 +22,7 @@ SECTIONS = [
         ("Leave one task out", "leave_one_task_out.md"),
         ("Leave one data source out: choices judged by means over seeds, and how sure they are",
          "leave_one_source_out.md"),
+        ("Pilot learning rates: each method's range against the benches like the job", "pilot_rates.md"),
         ("Pilot coverage on short jobs: the default budget against 15% of the run", "pilot_coverage.md"),
         ("How much of a bench's ranking is training noise", "seed_noise-*.md"),
         ("Live on SST-2: `recommend` against training every candidate", "sst2_choice.md"),

@@ -145,6 +145,8 @@ STEPS = [
     # each data source left out whole; refits the confidence shipped in autopeft/resources/confidence.json
     ("leave_one_source_out", [sys.executable, "benchmarks/leave_one_task_out.py", "--sources", "--write-calibration"],
      None, "20 s"),
+    # where the pilots' learning rates come from: each method's range, or the benches like the job
+    ("pilot_rates", [sys.executable, "benchmarks/pilot_rates.py"], None, "10 s"),
     ("pilot_coverage", [sys.executable, "benchmarks/pilot_coverage.py"], None, "25 min"),
     ("sst2_choice", [sys.executable, "benchmarks/sst2_choice.py", "--pilot-budget", "90s"], None, "5 min"),
     # the issue's limit is 15% of the brute force (18 min): the budget that spends close to it

@@ -107,6 +107,75 @@ def test_the_shipped_readme_job_bench_weighs_in_for_its_own_data():
     assert sorted(r.seed or 0 for r in seeds) == [0, 1, 2, 3]
 
 
+def _rate_benches(names, model="m", task="seq-cls", steps=10):
+    """Benches where every method did best at three times its default learning rate."""
+    from autopeft.methods.registry import get_methods
+
+    out = []
+    for bench in names:
+        for i, method in enumerate(("lora", "ia3", "vera")):
+            default = get_methods()[method].search_space.default_learning_rate(task)
+            for lr, score in ((default, 0.6), (3 * default, 0.8)):
+                run = _run(bench, method, score - 0.01 * i, lr=lr, model=model, task=task, dataset=bench)
+                out.append(run.model_copy(update={"total_steps": steps}))
+    return out
+
+
+def test_benches_of_jobs_like_this_one_place_the_pilots_learning_rates():
+    """On short runs of a small encoder most methods score best well above their range: where three or
+    more stored benches of the model, on the kind of task and about the job's length, say so, the pilots
+    try there first."""
+    from autopeft.choose.recommend import default_rate
+    from autopeft.methods.registry import get_methods
+
+    rec = Recommender().fit(_rate_benches(["a", "b", "c"]))
+    rates = rec.rates("m", "seq-cls", 15, default_rate=default_rate)
+    assert rates.benchmarks == ["a", "b", "c"]
+    lora = get_methods()["lora"].search_space
+    assert rates.rate("lora", lora.default_learning_rate("seq-cls")) == pytest.approx(3e-3)
+    assert rates.rate("dora", 0.003) == pytest.approx(0.009)  # never benched: the methods' median shift
+    assert "3 stored benches" in rates.sentence() and "3x the methods' defaults" in rates.sentence()
+    assert lora.learning_rate_grid("seq-cls", 2, prefer=3e-3) == [3e-3, 1e-3]  # then the default
+    assert lora.learning_rate_grid("seq-cls", 2, prefer=1.2e-3) == [1.2e-3, 3e-4]  # the default too near it
+    assert lora.learning_rate_grid("seq-cls", 2) == [1e-3, 3e-4]
+    assert rec.rates("m", "token-cls", 15, default_rate=default_rate) is not None  # a head over an encoder too
+    assert rec.rates("m", "seq-cls", 40, default_rate=default_rate) is None  # a run four times as long
+    assert rec.rates("m", "causal-lm", 10, default_rate=default_rate) is None
+    assert rec.rates("other", "seq-cls", 10, default_rate=default_rate) is None
+    two = Recommender().fit(_rate_benches(["a", "b"]) + _training_benches())
+    assert two.rates("m", "seq-cls", 10, default_rate=default_rate) is None  # two benches are too few
+
+
+def test_recommend_pilots_first_where_runs_like_this_one_did_best(trainable_llama, monkeypatch, tmp_path):
+    from autopeft.choose import pilots
+    from autopeft.cli import main
+    from autopeft.methods.registry import get_methods
+
+    tried = []
+
+    def halving(configs, base, **kwargs):  # record what would be piloted; pilot nothing
+        tried.extend((c.method, c.learning_rate) for c in configs)
+        return []
+
+    monkeypatch.setattr(pilots, "successive_halving", halving)
+    stored = tmp_path / "stored.jsonl"
+    stored.write_text("".join(r.model_dump_json() + "\n" for r in _rate_benches(
+        ["a", "b", "c"], model=str(trainable_llama), task="causal-lm", steps=8)))
+    res = CliRunner().invoke(main, [
+        "recommend", str(EXAMPLES / "instructions.jsonl"), "--model", str(trainable_llama), "--max-length", "64",
+        "--max-examples", "40", "--batch-size", "4", "--epochs", "1", "--methods", "lora,ia3",
+        "--profiles", str(stored), "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    assert rec["learning_rates_from"] == ["a", "b", "c"]
+    assert "learning rates from 3 stored benches of this model" in rec["explanation"]
+    default = get_methods()["lora"].search_space.default_learning_rate("causal-lm")
+    assert [lr for m, lr in tried if m == "lora"] == [pytest.approx(3 * default), pytest.approx(default)]
+    # no pilot ran: the fine-tune is given the rate those runs did best at
+    chosen_default = get_methods()[rec["chosen"]].search_space.default_learning_rate("causal-lm")
+    assert rec["learning_rate"] == pytest.approx(3 * chosen_default)
+
+
 def test_a_data_source_is_the_data_set_however_it_was_sampled_or_relabelled():
     def source(dataset):
         return data_source(_run("x", "lora", 0.5, dataset=dataset))

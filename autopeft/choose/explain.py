@@ -6,12 +6,15 @@ from __future__ import annotations
 from ..sizes import format_size
 
 def explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots, prior_loss=None, evidence=None,
-            confidence=None, coverage=None) -> str:
-    """``coverage``: a clause saying how many methods the pilot budget covered, when not all."""
+            confidence=None, coverage=None, rates=None) -> str:
+    """``coverage``: a clause saying how many methods the pilot budget covered, when not all; ``rates``:
+    the :class:`autopeft.choose.ranking.RateEvidence` that placed the learning rates, if any."""
     n = len(candidates)
     parts = [f"{chosen.method} is recommended"]
     if evidence is not None:
         parts.append(evidence.sentence())
+    if rates is not None:
+        parts.append(rates.sentence())
     if mode == "pilot" and chosen.pilot:
         from ..profiles import end_loss
 

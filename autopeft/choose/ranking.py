@@ -22,7 +22,9 @@ their spread (:func:`_by_configuration`): a configuration that wins at one seed 
 stands below one as good on average that holds. Runs of the same model on the same data (the training
 file's fingerprint) or on similar data (same kind of task, alike in size, length and labels) are
 evidence about this very job: their standings are blended into the predictions (:meth:`Recommender.match`),
-with or without pilots, which can confirm or overturn them.
+with or without pilots, which can confirm or overturn them. Benches of the model on runs of about the
+job's length tell where each method's best learning rate sits, and the pilots try there first
+(:meth:`Recommender.rates`).
 
 Why this shape, and every variant measured against it (features, targets, weights, penalties, a
 pairwise model): ``docs/design/recommender.md``. Current figures: ``benchmarks/results/
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -56,6 +58,11 @@ RISK = 0.5
 #: without (same data: measured on the two SST-2 MiniLM benches, each with the other as evidence, see
 #: docs/design/recommender.md; similar data: half that, unmeasured, no two shipped benches are alike)
 EVIDENCE_WEIGHT = {"same": 0.4, "similar": 0.2}
+#: stored benches whose best learning rates place a job's pilots: same model and kind of task, a run
+#: within this factor of the job's steps (the best rate moves with the length of the run), and at
+#: least this many of them (fewer, and the methods' own ranges stand)
+RATE_STEPS_FACTOR = 2.0
+RATE_MIN_BENCHMARKS = 3
 
 
 class Evidence(BaseModel):
@@ -80,6 +87,30 @@ class Evidence(BaseModel):
     def sentence(self) -> str:
         what = "your data" if self.kind == "same" else "data like yours"
         return f"{self.runs} stored run{'s' * (self.runs != 1)} of this model on {what} weighed in"
+
+
+class RateEvidence(BaseModel):
+    """Where stored jobs like this one (:data:`RATE_MIN_BENCHMARKS`) found each method's best learning rate.
+
+    A method's search space is set for typical runs; on a short run of a small encoder, for one, most
+    methods score best well above their range (``docs/design/recommender.md``, "Learning rates from
+    runs like this one"). The pilots try the rate these runs point to beside the method's default."""
+
+    benchmarks: list[str]
+    best: dict[str, float] = Field(description="method -> the geometric median of its best rate in the benches "
+                                               "that tried it at two rates or more")
+    shift: float = Field(description="median log10 of best rate over the method's default, over every method and "
+                                     "bench: for a method the benches never tried")
+
+    def rate(self, method: str, default: float | None) -> float | None:
+        """The rate the evidence points to for ``method`` (two significant figures); None for a method
+        the benches never tried and without a ``default`` to move."""
+        rate = self.best.get(method, default * 10 ** self.shift if default else None)
+        return None if rate is None else float(f"{rate:.2g}")
+
+    def sentence(self) -> str:
+        return (f"learning rates from {len(self.benchmarks)} stored benches of this model on jobs of about this "
+                f"length (their best rates: {10 ** self.shift:.2g}x the methods' defaults, at the median)")
 
 
 class Candidate(BaseModel):
@@ -201,6 +232,36 @@ class Recommender:
                                   standing={m: float(np.mean(v)) for m, v in best.items()}, by_rate=dict(rates))
         return self.evidence_
 
+    def rates(self, model: str, task: str | None, steps: int,
+              default_rate: Callable[[str, str], float | None]) -> RateEvidence | None:
+        """Where the stored benches of ``model`` on the same kind of task, with runs within
+        :data:`RATE_STEPS_FACTOR` of ``steps``, found each method's best learning rate; None with fewer
+        than :data:`RATE_MIN_BENCHMARKS` of them. ``default_rate(method, task)``: the method's default."""
+        near = [name for name, group in self.groups_.items()
+                if group[0].model == model and task is not None and _kind(group[0].task) == _kind(task)
+                and max(group[0].total_steps, steps) / max(1, min(group[0].total_steps, steps)) <= RATE_STEPS_FACTOR]
+        best: dict[str, list[float]] = defaultdict(list)
+        shifts: list[float] = []
+        used = []
+        for name in near:
+            tried: dict[str, list[ProfileRecord]] = defaultdict(list)
+            for r in self.groups_[name]:
+                if r.learning_rate:
+                    tried[r.method].append(r)
+            kept = {m: runs for m, runs in tried.items() if len({r.learning_rate for r in runs}) >= 2}
+            if kept:
+                used.append(name)
+            for method, runs in kept.items():
+                top = max(runs, key=lambda r: r.quality()).learning_rate
+                best[method].append(math.log10(top))
+                default = default_rate(method, runs[0].task)
+                if default:
+                    shifts.append(math.log10(top / default))
+        if len(used) < RATE_MIN_BENCHMARKS or not shifts:
+            return None
+        return RateEvidence(benchmarks=sorted(used), best={m: 10 ** float(np.median(v)) for m, v in best.items()},
+                            shift=float(np.median(shifts)))
+
     def predict(self, candidates: Sequence[Candidate]) -> np.ndarray:
         """Predicted final standing of each of ``candidates`` (higher is better): where its final quality
         will sit between the best of them (1) and their lowest tenth (0), see :func:`_standing`; with
@@ -280,10 +341,14 @@ def _by_configuration(group: Sequence[ProfileRecord]) -> list[ProfileRecord]:
     return out
 
 
+def _kind(task: str) -> str:
+    return _KIND_OF.get(task, task)
+
+
 def similar_data(record: ProfileRecord, task: str | None, stats: dict[str, float] | None) -> bool:
     """Whether ``record`` trained on data like a job's: the same kind of task and, where both are known,
     the same number of labels, a mean length within a factor of 2 and a size within a factor of 4."""
-    if task is None or _KIND_OF.get(record.task, record.task) != _KIND_OF.get(task, task):
+    if task is None or _kind(record.task) != _kind(task):
         return False
     theirs = record.data_stats
     if not stats or not theirs:

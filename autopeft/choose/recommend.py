@@ -110,6 +110,9 @@ class Recommendation(BaseModel):
                                      "from the recommender's error on benches it did not learn from")
     evidence: dict[str, Any] | None = Field(default=None, description="stored runs of this model on this data "
                                             "(kind same) or data like it (similar) that weighed in the ranking")
+    learning_rates_from: list[str] = Field(default_factory=list, description="stored benches of this model on jobs of "
+                                           "about this length whose best learning rates placed the pilots' (and, "
+                                           "without pilots, the fine-tune's)")
 
 
 def recommend(data: str, *, model: str | None = None, task: str | None = None, validation: str | None = None,
@@ -207,6 +210,9 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     evidence = recommender.match(model, task, fingerprint=prepared.info.fingerprint,
                                  stats={"examples": prepared.info.num_train, "mean_tokens": prepared.info.tokens.mean,
                                         "labels": len(prepared.info.labels or ())})
+    rates = recommender.rates(model, task, total_steps, default_rate=default_rate)
+    if rates is not None:
+        say(rates.sentence())
     pilot_started = time.perf_counter()
     pilots: dict[str, Any] = {}
     coverage = None
@@ -214,7 +220,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         pilots, coverage = _run_pilots(feasible, get_methods(), options, total_steps, pilot_fraction, pilot_seconds,
                              learning_rates_per_method, limit if not device.planned else None, recommender, say,
                              spent=lambda: time.perf_counter() - started, time_budget=constraints.time_budget,
-                             also=on_pilot)
+                             also=on_pilot, rates=rates)
     pilot_took = time.perf_counter() - pilot_started
 
     candidates, rows = [], []
@@ -255,11 +261,14 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     sure = _confidence(candidates, predicted, best, mode, evidence)
     explanation = explain(chosen, row, candidates, rows, order, mode, limit, goal, pilots,
                           prior_loss=prepared.label_frequency_loss(), evidence=evidence, confidence=sure,
-                          coverage=coverage)
+                          coverage=coverage, rates=rates)
     say(explanation)
+    rate = chosen.learning_rate
+    if rate is None and rates is not None:  # no pilot: the rate runs like this one did best at
+        rate = rates.rate(chosen.method, default_rate(chosen.method, options.task))
     return Recommendation(
         chosen=chosen.method, settings=row._given,
-        learning_rate=chosen.learning_rate, batch_size=row.estimated.batch_size,
+        learning_rate=rate, batch_size=row.estimated.batch_size,
         gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,
         gradient_checkpointing=row.estimated.gradient_checkpointing, quantize=quantize, explanation=explanation,
         mode=mode,
@@ -267,7 +276,16 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         device=device, constraints=constraints.model_dump(mode="json"), objective=goal.model_dump(),
         pilot_seconds=pilot_took, seconds=time.perf_counter() - started, total_steps=total_steps,
         trained_on=recommender.benchmarks_, confidence=None if sure is None else round(sure, 3),
-        evidence=evidence.model_dump(include={"kind", "benchmarks", "runs"}) if evidence else None)
+        evidence=evidence.model_dump(include={"kind", "benchmarks", "runs"}) if evidence else None,
+        learning_rates_from=rates.benchmarks if rates else [])
+
+
+def default_rate(method: str, task: str) -> float | None:
+    """An installed method's default learning rate for ``task``; None for one not installed."""
+    from ..methods.registry import get_methods
+
+    found = get_methods().get(method)
+    return found.search_space.default_learning_rate(task) if found else None
 
 
 def _confidence(candidates, predicted, best, mode, evidence) -> float | None:
@@ -374,8 +392,10 @@ def _screen(methods, task, constraints, memory_name, batch_size, *, model, seq_l
 
 def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_method, max_memory, recommender,
                 say, spent: Callable[[], float], time_budget: float | None = None,
-                also: Callable[[Any, int, Any], None] | None = None) -> dict[str, Any]:
-    """Successive halving over (method, learning rate) configurations; each method's best pilot."""
+                also: Callable[[Any, int, Any], None] | None = None, rates=None) -> dict[str, Any]:
+    """Successive halving over (method, learning rate) configurations; each method's best pilot.
+    ``rates``: a :class:`autopeft.choose.ranking.RateEvidence`; each method's first rate is then the one
+    it points to, the default second."""
     from .pilots import DEAR, PilotConfig, base_options, expected_cost, successive_halving
     from .ranking import Candidate
 
@@ -389,7 +409,9 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     for row in (feasible[i] for i in order):
         method = methods[row.method]
         init_steps, step_ratio = expected_cost(options.task, row.method)
-        for lr in method.search_space.learning_rate_grid(options.task, per_method):
+        space = method.search_space
+        prefer = rates.rate(row.method, space.default_learning_rate(options.task)) if rates else None
+        for lr in space.learning_rate_grid(options.task, per_method, prefer=prefer):
             configs.append(PilotConfig(
                 name=f"{row.method} lr={lr:g}", method=row.method, settings=row._given, learning_rate=lr,
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,

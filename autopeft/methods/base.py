@@ -57,10 +57,15 @@ class SearchSpace(BaseModel):
         rates = sorted(self.learning_rates(task))
         return rates[-1] if task in CLASSIFICATION_TASKS else rates[len(rates) // 2]
 
-    def learning_rate_grid(self, task: str, n: int) -> list[float]:
-        """``n`` learning rates of the task's range: the default first, then the nearest to it."""
+    def learning_rate_grid(self, task: str, n: int, prefer: float | None = None) -> list[float]:
+        """``n`` learning rates of the task's range: the default first, then the nearest to it. With
+        ``prefer`` (where stored runs like this job did best), that rate first, then the default and its
+        neighbours, leaving out those within a factor of 1.5 of it."""
         default = self.default_learning_rate(task)
-        return sorted(self.learning_rates(task), key=lambda lr: abs(math.log(lr / default)))[:max(1, n)]
+        rates = sorted(self.learning_rates(task), key=lambda lr: abs(math.log(lr / default)))
+        if prefer is not None:
+            rates = [prefer, *(lr for lr in rates if abs(math.log(lr / prefer)) > math.log(1.5))]
+        return rates[:max(1, n)]
 
 
 class MethodSettings(BaseModel):
