@@ -29,7 +29,7 @@ PER_METHOD = 2  # the pilots' rates per method (``recommend``'s default)
 
 def shortfalls(records) -> list[dict]:
     from autopeft.choose.ranking import Recommender
-    from autopeft.choose.recommend import default_rate
+    from autopeft.methods.registry import default_learning_rate
     from autopeft.choose.replay import judged_in_points
     from autopeft.methods.registry import get_methods
     from autopeft.profiles import data_source
@@ -46,7 +46,7 @@ def shortfalls(records) -> list[dict]:
             continue  # imported results (PEFT's suite) and single-method stores: nothing to place
         source = data_source(first)
         rates = Recommender().fit([r for r in records if data_source(r) != source]).rates(
-            first.model, first.task, first.total_steps, default_rate=default_rate)
+            first.model, first.task, first.total_steps, default_rate=default_learning_rate)
         quality = np.array([r.quality() for r in runs])
         top, scale = quality.max(), (100.0 if judged_in_points(first.metric) else 100.0 / np.ptp(quality))
         found = {"own range": [], "stored benches": []}

@@ -25,6 +25,9 @@ def source_report(records, out: Path, subsets: int, write: bool, seed_noise) -> 
     started = time.perf_counter()
     rows = leave_one_source_out(records, BUDGETS, subsets=subsets)
     same = leave_one_source_out(records, BUDGETS, subsets=subsets, same_data=True)
+    # as tune chooses: among each method's runs at the two rates its pilots would try
+    grid = leave_one_source_out(records, BUDGETS, subsets=subsets, pilot_rates=2)
+    grid_same = leave_one_source_out(records, BUDGETS, subsets=subsets, same_data=True, pilot_rates=2)
     took = time.perf_counter() - started
     noise = seed_noise(ROOT / "benchmarks" / "results")
     lines = [f"# `python benchmarks/leave_one_task_out.py --sources` ({time.strftime('%Y-%m-%d')})", "",
@@ -44,6 +47,14 @@ def source_report(records, out: Path, subsets: int, write: bool, seed_noise) -> 
     lines += _task_table(same, noise) if same else ["None in these profiles.", ""]
     calibration, model = _calibration(rows + same)
     lines += calibration
+    lines += ["## Among the rates tune pilots", "",
+              "The same folds, choosing as `tune` does among each method's runs nearest the two rates its pilots "
+              "would try (`autopeft.choose.replay.pilot_grid`: placed by the stored benches like the task, from the "
+              "other sources, where there are three or more); regret still against the best of all the runs. "
+              "PEFT's MetaMathQA runs sit at rates of their own, so their nearest runs are not what a pilot grid "
+              "would pick there.", ""]
+    lines += _task_table(grid, noise)
+    lines += [line for line in _calibration(grid + grid_same)[0] if line.startswith("|")] + [""]
     lines += [f"Folds computed in {took:.0f} s."]
     out.mkdir(parents=True, exist_ok=True)
     (out / "leave_one_source_out.md").write_text("\n".join(lines) + "\n")

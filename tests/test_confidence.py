@@ -125,11 +125,11 @@ def test_benches_of_jobs_like_this_one_place_the_pilots_learning_rates():
     """On short runs of a small encoder most methods score best well above their range: where three or
     more stored benches of the model, on the kind of task and about the job's length, say so, the pilots
     try there first."""
-    from autopeft.choose.recommend import default_rate
+    from autopeft.methods.registry import default_learning_rate
     from autopeft.methods.registry import get_methods
 
     rec = Recommender().fit(_rate_benches(["a", "b", "c"]))
-    rates = rec.rates("m", "seq-cls", 15, default_rate=default_rate)
+    rates = rec.rates("m", "seq-cls", 15, default_rate=default_learning_rate)
     assert rates.benchmarks == ["a", "b", "c"]
     lora = get_methods()["lora"].search_space
     assert rates.rate("lora", lora.default_learning_rate("seq-cls")) == pytest.approx(3e-3)
@@ -138,12 +138,24 @@ def test_benches_of_jobs_like_this_one_place_the_pilots_learning_rates():
     assert lora.learning_rate_grid("seq-cls", 2, prefer=3e-3) == [3e-3, 1e-3]  # then the default
     assert lora.learning_rate_grid("seq-cls", 2, prefer=1.2e-3) == [1.2e-3, 3e-4]  # the default too near it
     assert lora.learning_rate_grid("seq-cls", 2) == [1e-3, 3e-4]
-    assert rec.rates("m", "token-cls", 15, default_rate=default_rate) is not None  # a head over an encoder too
-    assert rec.rates("m", "seq-cls", 40, default_rate=default_rate) is None  # a run four times as long
-    assert rec.rates("m", "causal-lm", 10, default_rate=default_rate) is None
-    assert rec.rates("other", "seq-cls", 10, default_rate=default_rate) is None
+    assert rec.rates("m", "token-cls", 15, default_rate=default_learning_rate) is not None  # a head over an encoder too
+    assert rec.rates("m", "seq-cls", 40, default_rate=default_learning_rate) is None  # a run four times as long
+    assert rec.rates("m", "causal-lm", 10, default_rate=default_learning_rate) is None
+    assert rec.rates("other", "seq-cls", 10, default_rate=default_learning_rate) is None
     two = Recommender().fit(_rate_benches(["a", "b"]) + _training_benches())
-    assert two.rates("m", "seq-cls", 10, default_rate=default_rate) is None  # two benches are too few
+    assert two.rates("m", "seq-cls", 10, default_rate=default_learning_rate) is None  # two benches are too few
+
+
+def test_an_evaluation_as_tune_chooses_keeps_each_methods_runs_at_the_rates_its_pilots_would_try():
+    from autopeft.choose.replay import pilot_grid
+
+    runs = [_run("job", "lora", 0.5 + lr, lr=lr, task="seq-cls") for lr in (1e-4, 3e-4, 1e-3, 3e-3, 9e-3)]
+    runs += [_run("job", "a-plugin-not-installed", 0.5, lr=lr, task="seq-cls") for lr in (1e-3, 1e-2)]
+    plain = Recommender().fit(_training_benches())  # no benches like the job: the method's own range
+    assert [(r.method, r.learning_rate) for r in pilot_grid(runs, plain)] == [
+        ("lora", 3e-4), ("lora", 1e-3), ("a-plugin-not-installed", 1e-3), ("a-plugin-not-installed", 1e-2)]
+    placed = Recommender().fit(_rate_benches(["a", "b", "c"]))  # where lora did best at 3x its default
+    assert [r.learning_rate for r in pilot_grid(runs, placed) if r.method == "lora"] == [1e-3, 3e-3]
 
 
 def test_recommend_pilots_first_where_runs_like_this_one_did_best(trainable_llama, monkeypatch, tmp_path):

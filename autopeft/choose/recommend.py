@@ -144,7 +144,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     """
     from ..models import load_tokenizer
     from ..models import DEFAULT_MODEL, load_config
-    from ..methods.registry import get_methods
+    from ..methods.registry import default_learning_rate, get_methods
     from ..devices import profile_device, target_device
     from ..profiles import load_records
     from .ranking import Candidate, Objective, Recommender, objective_scores, pareto_front
@@ -210,7 +210,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     evidence = recommender.match(model, task, fingerprint=prepared.info.fingerprint,
                                  stats={"examples": prepared.info.num_train, "mean_tokens": prepared.info.tokens.mean,
                                         "labels": len(prepared.info.labels or ())})
-    rates = recommender.rates(model, task, total_steps, default_rate=default_rate)
+    rates = recommender.rates(model, task, total_steps, default_rate=default_learning_rate)
     if rates is not None:
         say(rates.sentence())
     pilot_started = time.perf_counter()
@@ -265,7 +265,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     say(explanation)
     rate = chosen.learning_rate
     if rate is None and rates is not None:  # no pilot: the rate runs like this one did best at
-        rate = rates.rate(chosen.method, default_rate(chosen.method, options.task))
+        rate = rates.rate(chosen.method, default_learning_rate(chosen.method, options.task))
     return Recommendation(
         chosen=chosen.method, settings=row._given,
         learning_rate=rate, batch_size=row.estimated.batch_size,
@@ -278,14 +278,6 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
         trained_on=recommender.benchmarks_, confidence=None if sure is None else round(sure, 3),
         evidence=evidence.model_dump(include={"kind", "benchmarks", "runs"}) if evidence else None,
         learning_rates_from=rates.benchmarks if rates else [])
-
-
-def default_rate(method: str, task: str) -> float | None:
-    """An installed method's default learning rate for ``task``; None for one not installed."""
-    from ..methods.registry import get_methods
-
-    found = get_methods().get(method)
-    return found.search_space.default_learning_rate(task) if found else None
 
 
 def _confidence(candidates, predicted, best, mode, evidence) -> float | None:

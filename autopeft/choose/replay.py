@@ -15,6 +15,7 @@ plan ranked by pilot loss alone (what the learned model adds).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Callable
@@ -154,6 +155,28 @@ def _halving(runs: list[ProfileRecord], budget_fraction: float,
             break
     spent = sum(n * x for n, x in plan) / len(runs)
     return alive[0], plan, spent
+
+
+def pilot_grid(runs: list[ProfileRecord], recommender, per_method: int = 2) -> list[ProfileRecord]:
+    """The runs ``tune`` would pilot, in their order: of each method, the run nearest each of the
+    ``per_method`` rates of its grid, placed by the stored benches like this one where the fitted
+    ``recommender`` has them (:meth:`autopeft.choose.ranking.Recommender.rates`). A method not
+    installed here keeps every run."""
+    from ..methods.registry import default_learning_rate, get_methods
+
+    first, methods = runs[0], get_methods()
+    rates = recommender.rates(first.model, first.task, first.total_steps, default_rate=default_learning_rate)
+    kept: set[int] = set()
+    for method in {r.method for r in runs}:
+        tried = [r for r in runs if r.method == method]
+        if method not in methods or not all(r.learning_rate for r in tried):
+            kept.update(map(id, tried))
+            continue
+        space = methods[method].search_space
+        prefer = rates.rate(method, space.default_learning_rate(first.task)) if rates else None
+        for lr in space.learning_rate_grid(first.task, per_method, prefer=prefer):
+            kept.add(id(min(tried, key=lambda r: abs(math.log(r.learning_rate / lr)))))
+    return [r for r in runs if id(r) in kept]
 
 
 def _in_tune_order(runs: list[ProfileRecord], recommender) -> list[ProfileRecord]:
@@ -391,7 +414,8 @@ def judged_in_points(metric: str) -> bool:
 
 def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...] = (0.1, 0.15, 0.2),
                          subsets: int = 20, share: float = 2 / 3, seed: int = 0,
-                         sources: dict[str, str] | None = None, same_data: bool = False) -> list[SourceChoice]:
+                         sources: dict[str, str] | None = None, same_data: bool = False,
+                         pilot_rates: int | None = None) -> list[SourceChoice]:
     """For every benchmark with pilot curves: learn from the records of every *other* data source
     (:func:`autopeft.profiles.data_source`), then choose on ``subsets`` random ``share`` subsets of its
     runs (the first "subset" is all of them) by successive halving at each of ``budgets``, without
@@ -403,6 +427,9 @@ def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...
     :param same_data: judge only the benchmarks whose source holds runs of the same model on the same
         data (another budget), and let those runs weigh in as evidence (:meth:`Recommender.match`), as a
         user's earlier runs would; the recommender still learns from the other sources only.
+    :param pilot_rates: choose, as ``tune`` does, among each method's runs at the ``pilot_rates`` rates
+        its pilots would try (:func:`pilot_grid`), not among every rate the bench tried; the regret is
+        still against the best of all.
     """
     from ..profiles import configuration_key, data_source
     from .confidence import features, margin_of
@@ -433,6 +460,7 @@ def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...
                 seeds.setdefault(configuration_key(r), []).append(r)
         mean = {r.experiment: seed_spread(seeds[configuration_key(r)])[0] for r in runs}
         runs = _in_tune_order(runs, recommender)
+        reachable = set(map(id, pilot_grid(runs, recommender, pilot_rates))) if pilot_rates else None
         spread = max(mean.values()) - min(mean.values())
         scale = 100 if judged_in_points(first.metric) else 1
 
@@ -452,6 +480,7 @@ def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...
         for index in range(subsets + 1):
             sub = runs if index == 0 else [runs[i] for i in sorted(rng.choice(
                 len(runs), size=max(3, round(share * len(runs))), replace=False))]
+            judged_sub, sub = sub, [r for r in sub if reachable is None or id(r) in reachable] or sub
             methods = len({r.method for r in sub})  # tune's candidates are methods, each at its best rate
             for budget in budgets:
                 last: list = []
@@ -468,14 +497,14 @@ def leave_one_source_out(records: list[ProfileRecord], budgets: tuple[float, ...
                 at, scores = last
                 k = at.index(chosen)
                 rivals = [i for i, r in enumerate(at) if r.method != chosen.method]
-                judge(f"{budget:g}", index, sub, chosen,
+                judge(f"{budget:g}", index, judged_sub, chosen,
                       features(margin_of(scores, k, rivals), 1.0, evidence.kind if evidence else None, methods))
             static = recommender.predict([Candidate.from_record(r, None) for r in sub])
             k = int(np.argmax(static))
-            judge("static", index, sub, sub[k],
+            judge("static", index, judged_sub, sub[k],
                   features(margin_of(static, k, [i for i, r in enumerate(sub) if r.method != sub[k].method]), 0.0,
                            evidence.kind if evidence else None, methods))
-            judge("always_lora", index, sub, _default_lora(sub))
-            judge("lowest_pilot_loss", index, sub,
-                  min(sub, key=lambda r: end_loss(r.pilot(budgets[len(budgets) // 2]))))
+            judge("always_lora", index, judged_sub, _default_lora(judged_sub))
+            judge("lowest_pilot_loss", index, judged_sub,
+                  min(judged_sub, key=lambda r: end_loss(r.pilot(budgets[len(budgets) // 2]))))
     return out

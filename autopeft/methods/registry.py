@@ -201,6 +201,13 @@ def get_method(name: str, *, source: str | None = None) -> Method:
 METHODS_LISTING = "`autopeft methods` lists them"
 
 
+def default_learning_rate(method: str, task: str) -> float | None:
+    """An installed method's default learning rate for ``task``; None for one not installed (a stored
+    run of a plugin this machine lacks)."""
+    found = get_methods().get(method)
+    return found.search_space.default_learning_rate(task) if found else None
+
+
 def method_names() -> list[str]:
     """Every name a method answers to: names, then aliases."""
     methods = get_methods()
