@@ -38,6 +38,7 @@ def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_lla
     out = tmp_path / "bench"
     res = _bench(trainable_llama, out, "--methods", "lora,ia3", "--learning-rates", "2", "--edge-rates", "0")
     assert res.exit_code == 0, res.output
+    assert "4 to go; the first run's time sets the estimate for the rest" in res.output
     records = read_jsonl(out / "records.jsonl")
     assert sorted(r.method for r in records) == ["ia3", "ia3", "lora", "lora"]
     assert len({(r.method, r.learning_rate) for r in records}) == 4
@@ -45,6 +46,7 @@ def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_lla
         assert r.benchmark == "test/tiny" and r.score is not None and r.metric == "eval_loss"
         assert r.curve and r.peak_memory_bytes and r.estimated_peak_memory_bytes and r.trainable_params
     assert len(list((out / "runs").glob("*.json"))) == 4
+    took = sorted(json.loads(p.read_text())["seconds"] for p in (out / "runs").glob("*.json"))
     # the recommender can learn from a bench directory as it is
     assert len([r for r in load_records([out], shipped=False, store=False)]) == 4
 
@@ -52,6 +54,8 @@ def test_bench_sweeps_learning_rates_and_resumes_without_repeating(trainable_lla
     res = _bench(trainable_llama, out, "--methods", "lora,ia3,vera", "--learning-rates", "2", "--edge-rates", "0")
     assert res.exit_code == 0, res.output
     assert "4 already finished, 2 to go" in res.output
+    # said up front, from the finished runs' times
+    assert f"at the {took[2]:.0f} s a run the 4 finished runs took (median)" in res.output
     again = read_jsonl(out / "records.jsonl")
     assert [r.experiment for r in again[:4]] == [r.experiment for r in records]
     assert sorted(r.method for r in again[4:]) == ["vera", "vera"]

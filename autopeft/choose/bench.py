@@ -156,7 +156,8 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
     done = {r.experiment for r in read_store(records_path)} if records_path.is_file() else set()
     todo = [r for r in runs if r.experiment not in done]
     say(f"bench {benchmark}: {len(runs)} runs ({len({r.method for r in runs})} methods x up to {learning_rates} "
-        f"learning rates), {len(runs) - len(todo)} already finished, {len(todo)} to go")
+        f"learning rates), {len(runs) - len(todo)} already finished, {len(todo)} to go"
+        + (f"; {_time_to_go(out, done, len(todo))}" if todo else ""))
     _run_each(spec, todo, out, timeout, say)
     planned: dict[str, list[float]] = {}
     for run in runs:
@@ -170,6 +171,26 @@ def bench(data: str, *, benchmark: str, output_dir: str, methods: list[str] | No
         _run_each(spec, past, out, timeout, say)
         done.update(r.experiment for r in past)
     return read_store(records_path)
+
+
+def _time_to_go(out: Path, done: set[str], count: int) -> str:
+    """How long ``count`` more runs will take, from the wall time of the bench's finished runs (their
+    ``run.json``), or that the first run will tell."""
+    seconds = []
+    for experiment in done:
+        try:
+            seconds.append(float(json.loads(run_file(out, experiment).read_text())["seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a failed run keeps no run.json
+    if not seconds:
+        return "the first run's time sets the estimate for the rest"
+    typical = sorted(seconds)[len(seconds) // 2]
+    return (f"about {_minutes(count * typical)} at the {typical:.0f} s a run the {len(seconds)} finished "
+            f"run{'s' * (len(seconds) != 1)} took (median)")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _methods_at_the_edge(count: int) -> str:
@@ -194,7 +215,7 @@ def _run_each(spec: BenchSpec, runs: list[BenchRun], out: Path, timeout: float |
         spent.append(time.perf_counter() - started)
         left = (len(runs) - i) * sum(spent) / len(spent)
         outcome = f"{record.metric} {record.score:.4f}" if record.score is not None else f"failed: {record.error}"
-        say(f"  [{i}/{len(runs)}] {run.experiment}: {outcome} ({spent[-1]:.0f} s; about {left / 60:.0f} min left)")
+        say(f"  [{i}/{len(runs)}] {run.experiment}: {outcome} ({spent[-1]:.0f} s; about {_minutes(left)} left)")
 
 
 def _start_or_continue(out: Path, spec: BenchSpec) -> None:
