@@ -28,8 +28,7 @@ PER_METHOD = 2  # the pilots' rates per method (``recommend``'s default)
 
 
 def shortfalls(records) -> list[dict]:
-    from autopeft.choose.ranking import Recommender
-    from autopeft.methods.registry import default_learning_rate
+    from autopeft.choose.ranking import Recommender, pilot_learning_rates
     from autopeft.choose.replay import judged_in_points
     from autopeft.methods.registry import get_methods
     from autopeft.profiles import data_source
@@ -46,16 +45,15 @@ def shortfalls(records) -> list[dict]:
             continue  # imported results (PEFT's suite) and single-method stores: nothing to place
         source = data_source(first)
         rates = Recommender().fit([r for r in records if data_source(r) != source]).rates(
-            first.model, first.task, first.total_steps, default_rate=default_learning_rate)
+            first.model, first.task, first.total_steps)
         quality = np.array([r.quality() for r in runs])
         top, scale = quality.max(), (100.0 if judged_in_points(first.metric) else 100.0 / np.ptp(quality))
         found = {"own range": [], "stored benches": []}
         for method in sorted({r.method for r in runs if r.method in methods}):
             space = methods[method].search_space
             tried = [r for r in runs if r.method == method]
-            prefer = rates.rate(method, space.default_learning_rate(first.task)) if rates else None
-            for way, grid in (("own range", space.learning_rate_grid(first.task, PER_METHOD)),
-                              ("stored benches", space.learning_rate_grid(first.task, PER_METHOD, prefer=prefer))):
+            for way, evidence in (("own range", None), ("stored benches", rates)):
+                grid = pilot_learning_rates(method, space, first.task, PER_METHOD, evidence)
                 nearest = [min(tried, key=lambda r: abs(math.log(r.learning_rate / lr))) for lr in grid]
                 found[way].append(max(r.quality() for r in nearest))
         rows.append({"benchmark": bench, "steps": first.total_steps, "metric": first.metric,

@@ -233,10 +233,13 @@ class Recommender:
         return self.evidence_
 
     def rates(self, model: str, task: str | None, steps: int,
-              default_rate: Callable[[str, str], float | None]) -> RateEvidence | None:
+              default_rate: Callable[[str, str], float | None] | None = None) -> RateEvidence | None:
         """Where the stored benches of ``model`` on the same kind of task, with runs within
         :data:`RATE_STEPS_FACTOR` of ``steps``, found each method's best learning rate; None with fewer
-        than :data:`RATE_MIN_BENCHMARKS` of them. ``default_rate(method, task)``: the method's default."""
+        than :data:`RATE_MIN_BENCHMARKS` of them. ``default_rate(method, task)``: the method's default
+        (default: the installed method's, :func:`autopeft.methods.registry.default_learning_rate`)."""
+        if default_rate is None:
+            from ..methods.registry import default_learning_rate as default_rate
         near = [name for name, group in self.groups_.items()
                 if group[0].model == model and task is not None and _kind(group[0].task) == _kind(task)
                 and max(group[0].total_steps, steps) / max(1, min(group[0].total_steps, steps)) <= RATE_STEPS_FACTOR]
@@ -339,6 +342,13 @@ def _by_configuration(group: Sequence[ProfileRecord]) -> list[ProfileRecord]:
         quality = mean - RISK * (std if len(runs) > 1 else typical)
         out.append(first.model_copy(update={"score": quality if first.higher_is_better else -quality}))
     return out
+
+
+def pilot_learning_rates(method: str, space, task: str, n: int, rates: RateEvidence | None) -> list[float]:
+    """The ``n`` learning rates a method's pilots try: its search ``space``'s grid for ``task``, led by
+    the rate ``rates`` (:meth:`Recommender.rates`) point to where there are any."""
+    prefer = rates.rate(method, space.default_learning_rate(task)) if rates else None
+    return space.learning_rate_grid(task, n, prefer=prefer)
 
 
 def _kind(task: str) -> str:

@@ -210,7 +210,7 @@ def recommend(data: str, *, model: str | None = None, task: str | None = None, v
     evidence = recommender.match(model, task, fingerprint=prepared.info.fingerprint,
                                  stats={"examples": prepared.info.num_train, "mean_tokens": prepared.info.tokens.mean,
                                         "labels": len(prepared.info.labels or ())})
-    rates = recommender.rates(model, task, total_steps, default_rate=default_learning_rate)
+    rates = recommender.rates(model, task, total_steps)
     if rates is not None:
         say(rates.sentence())
     pilot_started = time.perf_counter()
@@ -389,7 +389,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     ``rates``: a :class:`autopeft.choose.ranking.RateEvidence`; each method's first rate is then the one
     it points to, the default second."""
     from .pilots import DEAR, PilotConfig, base_options, expected_cost, successive_halving
-    from .ranking import Candidate
+    from .ranking import Candidate, pilot_learning_rates
 
     # most promising first (the static ranking), LoRA before all: it calibrates the clock, and a
     # budget too small for every pilot drops configurations from the end
@@ -401,9 +401,7 @@ def _run_pilots(feasible, methods, options, total_steps, fraction, seconds, per_
     for row in (feasible[i] for i in order):
         method = methods[row.method]
         init_steps, step_ratio = expected_cost(options.task, row.method)
-        space = method.search_space
-        prefer = rates.rate(row.method, space.default_learning_rate(options.task)) if rates else None
-        for lr in space.learning_rate_grid(options.task, per_method, prefer=prefer):
+        for lr in pilot_learning_rates(row.method, method.search_space, options.task, per_method, rates):
             configs.append(PilotConfig(
                 name=f"{row.method} lr={lr:g}", method=row.method, settings=row._given, learning_rate=lr,
                 batch_size=row.estimated.batch_size, gradient_accumulation_steps=row.estimated.gradient_accumulation_steps,

@@ -162,19 +162,18 @@ def pilot_grid(runs: list[ProfileRecord], recommender, per_method: int = 2) -> l
     ``per_method`` rates of its grid, placed by the stored benches like this one where the fitted
     ``recommender`` has them (:meth:`autopeft.choose.ranking.Recommender.rates`). A method not
     installed here keeps every run."""
-    from ..methods.registry import default_learning_rate, get_methods
+    from ..methods.registry import get_methods
+    from .ranking import pilot_learning_rates
 
     first, methods = runs[0], get_methods()
-    rates = recommender.rates(first.model, first.task, first.total_steps, default_rate=default_learning_rate)
+    rates = recommender.rates(first.model, first.task, first.total_steps)
     kept: set[int] = set()
     for method in {r.method for r in runs}:
         tried = [r for r in runs if r.method == method]
         if method not in methods or not all(r.learning_rate for r in tried):
             kept.update(map(id, tried))
             continue
-        space = methods[method].search_space
-        prefer = rates.rate(method, space.default_learning_rate(first.task)) if rates else None
-        for lr in space.learning_rate_grid(first.task, per_method, prefer=prefer):
+        for lr in pilot_learning_rates(method, methods[method].search_space, first.task, per_method, rates):
             kept.add(id(min(tried, key=lambda r: abs(math.log(r.learning_rate / lr)))))
     return [r for r in runs if id(r) in kept]
 
