@@ -742,7 +742,7 @@ def _choice_options(command):
         click.option("--objective", help="quality (default), memory, speed, or a mix like quality=0.7,memory=0.3."),
         click.option("--target-gpu", help="Plan for a known accelerator (see profiles/hardware.json)."),
         click.option("--pilot-budget", help="Pilot time: a fraction of the estimated fine-tune or a duration "
-                                            "such as 5m (default: 0.15 of the run, at least 3 minutes)."),
+                                            "such as 5m (default: 0.15 of the run, at least 4 minutes)."),
         click.option("--no-pilot", is_flag=True, help="Rank from the cost model and stored profiles only."),
     ]
     return _with(options)(command)

@@ -394,6 +394,25 @@ def test_halving_plans_fewer_rounds_rather_than_pilots_too_short_to_learn_from()
     assert [survivors(n) for n in (1, 2, 3, 8, 9, 63)] == [1, 2, 2, 3, 3, 21]
 
 
+def test_a_budget_the_later_rungs_cannot_spend_below_the_cap_goes_to_longer_first_pilots():
+    """A short job (58 steps, pilots capped at 29) with a generous floor of choosing time: 36 pilots
+    of 18 methods, 1 s to start each and 0.3 s a step, 230 s. Split evenly over three rungs, the first
+    got 3.8 steps and the later two, stopped at the cap, left 103 s of it unspent."""
+    from autopeft.choose.halving import next_length, planned_cost
+
+    plan = dict(overhead=1.0, per_unit=0.3, shortest=3, cap=29)
+    # the 6 and then 2 methods going on cost 6 x 9.7 s and 2 x 9.7 s at the cap; the rest is the first rung's
+    first = next_length(36, 18, 230.0, **plan)
+    assert first == pytest.approx(((230 - 8 * (1 + 29 * 0.3)) / 36 - 1) / 0.3)  # 10.8 steps
+    # whole steps, and a second rung at most half the cap before the third: 202 s planned (127 s before)
+    assert planned_cost(36, 18, 230.0, **plan) == pytest.approx(202.2)
+    # however large the budget, the first rung stops at half the cap while later rungs follow
+    assert next_length(36, 18, 1e5, **plan) == pytest.approx(14.5)
+    assert next_length(2, 2, 1e5, **plan) == 29  # two methods: one rung, to the cap
+    # a long run (1,000 steps) whose cap the rungs do not reach: the budget is split evenly, as before
+    assert next_length(36, 18, 230.0, **{**plan, "cap": 500}) == pytest.approx((230 / 3 / 36 - 1) / 0.3)
+
+
 def test_the_least_a_plan_costs_counts_each_rung_with_its_survivors_at_twice_the_length():
     from autopeft.choose.halving import plan_cost
 

@@ -42,17 +42,34 @@ def next_length(configs: int, methods: int, left: float, *, overhead: float, per
                 shortest: float, cap: float) -> float | None:
     """The length of the next rung, in units of training (steps, or a fraction of the run).
 
-    The budget ``left`` is split evenly over the rungs still needed to get down to one method; when
-    that makes pilots shorter than ``shortest`` (too short to learn from, or not longer than the
-    last rung's), fewer rungs are planned and each gets more. A rung of ``configs`` pilots of length
-    ``x`` costs ``configs * (overhead + x * per_unit)``.
+    The budget ``left`` is split evenly over the rungs still needed to get down to one method, except
+    that no pilot runs past ``cap``: what a later rung cannot spend below it goes to this one, so a
+    large budget buys longer pilots of every candidate rather than staying unspent. This rung stays
+    at most half the cap while later rungs follow (each is at least twice as long). When the split
+    makes pilots shorter than ``shortest`` (too short to learn from, or not longer than the last
+    rung's), fewer rungs are planned and each gets more. A rung of ``configs`` pilots of length ``x``
+    costs ``configs * (overhead + x * per_unit)``; a later rung has one configuration per method going
+    on (:func:`survivors`).
 
     :returns: at most ``cap``; None when even one rung of ``shortest`` is not affordable.
     """
     if configs <= 0:
         return None
+    per_unit = max(per_unit, 1e-12)
     for rounds in range(rounds_needed(methods), 0, -1):
-        length = min(cap, (left / rounds / configs - overhead) / max(per_unit, 1e-12))
+        later, going_on = [], methods
+        for _ in range(rounds - 1):
+            going_on = survivors(going_on)
+            later.append(going_on)
+        share, sharing = left, 1 + len(later)
+        for n in sorted(later):  # the fewest pilots reach the cap first
+            at_cap = n * (overhead + cap * per_unit)
+            if share / sharing < at_cap:
+                break
+            share, sharing = share - at_cap, sharing - 1
+        length = min(cap, (share / sharing / configs - overhead) / per_unit)
+        if later:
+            length = min(length, cap / 2)
         if length >= shortest:
             return length
     return None
