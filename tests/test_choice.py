@@ -30,6 +30,7 @@ def test_a_pilot_runs_its_steps_of_the_full_schedule_in_its_own_process(trainabl
     assert [p.step for p in result.curve] == [1, 2, 3, 4] and all(p.train_loss > 0 for p in result.curve)
     assert result.total_steps > 4  # the pilot stopped early in the full run's schedule
     assert result.peak_memory_bytes > 0 and result.seconds_per_step > 0
+    assert result.seconds_per_step * (result.steps - 1) <= result.train_seconds  # timed after the first step
 
 
 @pytest.mark.slow

@@ -128,7 +128,8 @@ def test_a_pilots_step_time_leaves_the_initialisation_out(trainable_llama, tmp_p
                    model=str(trainable_llama), method="corda", settings={"r": 4}, max_examples=32, max_length=64,
                    batch_size=4)
     assert result.status == "ok" and result.init_seconds > 0
-    assert result.seconds_per_step == pytest.approx(result.train_seconds / result.steps)
+    # the steps are timed apart from the build (and from the first step's one-off costs)
+    assert 0 < result.seconds_per_step <= result.train_seconds
 
 
 @pytest.mark.slow

@@ -449,10 +449,12 @@ def _methods(configs: Sequence[PilotConfig]) -> int:
 
 
 def _costs(result: PilotResult, overhead: float = 10.0, per_step: float = 1.0) -> tuple[float, float]:
-    """Process overhead and seconds per step measured by a pilot (the previous guesses if it failed)."""
+    """Seconds before and beside the steps (the process, the model, the first step's one-off costs) and
+    seconds per step, measured by a pilot (the previous guesses if it failed): together they give back
+    the pilot's own time."""
     if result.status != "ok" or not result.seconds_per_step or result.seconds is None:
         return overhead, per_step
-    return max(0.0, result.seconds - (result.train_seconds or 0)), result.seconds_per_step
+    return max(0.0, result.seconds - result.steps * result.seconds_per_step), result.seconds_per_step
 
 
 def _child(options: dict[str, Any], steps: int, result_path: str) -> None:

@@ -118,6 +118,7 @@ class Run:
         self.recommendation = recommendation
         self.started = time.perf_counter()
         self.tracking = None  # the run's experiment trackers (autopeft.training.tracking), if any
+        self.pilot_clock = None  # a pilot's callback that ends it, and times its first step
 
     def fit(self):
         """Load the data and the model, build the method, train; return the Trainer."""
@@ -175,7 +176,8 @@ class Run:
             # them all and they resume from the last checkpoint)
             with _stop_gracefully(trainer, enabled=not opts.pilot_steps and not launched()):
                 trainer.train(resume_from_checkpoint=last)
-        self.train_seconds = time.perf_counter() - train_started
+        self.train_ended = time.perf_counter()
+        self.train_seconds = self.train_ended - train_started
         return trainer
 
     # -- data and model ------------------------------------------------------------------------
@@ -348,7 +350,8 @@ class Run:
         if self.progress:
             callbacks.append(ProgressCallback(after_seconds=self.scoring.expected_seconds() if self.scoring else 0.0))
         if pilot:
-            callbacks.append(_stop_after(opts.pilot_steps))
+            self.pilot_clock = _stop_after(opts.pilot_steps)
+            callbacks.append(self.pilot_clock)
         if opts.max_seconds:
             callbacks.append(_stop_at_deadline(self.started + opts.max_seconds))
         compute_metrics, preprocess_logits = classification_metrics if self.task == "seq-cls" else None, None
@@ -481,10 +484,15 @@ class Run:
         losses = [(e["step"], e["loss"]) for e in state.log_history if "loss" in e and "step" in e]
         steps = max(1, state.global_step)
         tokens = state.num_input_tokens_seen or 0
+        # the first step pays one-off costs (the optimizer's state, the first graph, warm caches): a step
+        # is timed from the end of the first to the end of the last, so that a longer run is priced right
+        first = self.pilot_clock.first_step_end if self.pilot_clock is not None else None
+        per_step = ((self.train_ended - first) / (steps - 1) if first is not None and steps > 1
+                    else self.train_seconds / steps)
         return PilotResult(
             status="ok", steps=steps, curve=[CurvePoint(step=s, train_loss=v) for s, v in losses],
             peak_memory_bytes=peak_memory_bytes(self.device), train_seconds=self.train_seconds,
-            seconds_per_step=self.train_seconds / steps, total_steps=self.total_steps,
+            seconds_per_step=per_step, total_steps=self.total_steps,
             init_seconds=self.init_seconds,
             tokens_per_second=tokens / self.train_seconds if tokens else None, learning_rate=self.learning_rate,
             trainable_params=sum(p.numel() for p in _unique_trainable(trainer.model)),
@@ -567,11 +575,16 @@ def _stop_when_stalled(patience: int):
 
 def _stop_after(steps: int):
     """A callback that ends a pilot after ``steps`` while the schedule stays that of the full run,
-    so that a pilot sees exactly the start of the run it stands for."""
+    so that a pilot sees exactly the start of the run it stands for. It notes when the first step
+    ended (``first_step_end``)."""
     from transformers import TrainerCallback
 
     class StopAfter(TrainerCallback):
+        first_step_end: float | None = None  # time.perf_counter() when the first step ended
+
         def on_step_end(self, args, state, control, **kwargs):
+            if self.first_step_end is None:
+                self.first_step_end = time.perf_counter()
             if state.global_step >= steps:
                 control.should_training_stop = True
             return control
