@@ -95,8 +95,9 @@ class PilotResult(BaseModel):
     peak_memory_bytes: int | None = None
     train_seconds: float | None = None
     seconds: float | None = Field(default=None, description="wall time of the whole pilot process")
-    seconds_per_step: float | None = Field(default=None, description="training loop time per step, the method's "
-                                                                     "initialisation not included")
+    seconds_per_step: float | None = Field(default=None, description="training loop time per step, timed after the "
+                                                                     "first step (its one-off costs and the method's "
+                                                                     "initialisation not included)")
     init_seconds: float | None = Field(default=None, description="building the method, a one-off before step 1 "
                                                                  "(data-driven and decomposing inits)")
     tokens_per_second: float | None = None
