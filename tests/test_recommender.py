@@ -562,6 +562,28 @@ def test_a_pilots_step_time_is_timed_after_its_first_step(monkeypatch):
     assert per_step == 0.2 and overhead + 3 * per_step == pytest.approx(4.0)
 
 
+def test_a_pilot_does_not_repeat_the_datas_warnings(monkeypatch, tmp_path, caplog):
+    """The recommendation warns once about its data (here: validation examples that are also training
+    examples); each of its 40-odd pilots prepares the same data and said it again."""
+    import logging
+
+    from autopeft.choose import pilots
+    from autopeft.training import run
+    from autopeft.training.outputs import PilotResult
+
+    def pilot(data, **options):
+        logging.getLogger("autopeft.data").warning("warning: 4 of 300 validation examples also occur")
+        return PilotResult(status="ok", steps=3)
+
+    monkeypatch.setattr(run, "pilot", pilot)
+    data_log = logging.getLogger("autopeft.data")
+    monkeypatch.setattr(data_log, "level", data_log.level)  # put back after the test
+    with caplog.at_level(logging.WARNING):
+        pilots._child({"data": "x.jsonl", "output_dir": str(tmp_path)}, 3, str(tmp_path / "result.json"))
+    assert PilotResult.model_validate_json((tmp_path / "result.json").read_text()).status == "ok"
+    assert not [r for r in caplog.records if r.name == "autopeft.data"]
+
+
 def test_shipped_pilot_costs_price_data_driven_inits_above_lora():
     from autopeft.choose.pilots import expected_cost
 

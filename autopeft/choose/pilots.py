@@ -460,10 +460,14 @@ def _costs(result: PilotResult, overhead: float = 10.0, per_step: float = 1.0) -
 def _child(options: dict[str, Any], steps: int, result_path: str) -> None:
     """Entry point of a pilot process (capped by run_watched on CUDA): pilot, then write the result
     (or the failure) as JSON."""
+    import logging
+
     from ..errors import first_line
     from ..logs import quiet_libraries
 
     quiet_libraries()
+    # what the data lacks was said once, by the recommendation that runs this pilot: not once a pilot
+    logging.getLogger("autopeft.data").setLevel(logging.ERROR)
 
     try:
         from ..training.run import pilot
