@@ -549,8 +549,8 @@ def test_a_pilots_step_time_is_timed_after_its_first_step(monkeypatch):
     from autopeft.training import run
     from autopeft.training.outputs import PilotResult
 
-    clock = iter([10.0, 10.2, 10.4, 99.0])
-    monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    clock = [10.0, 10.2, 10.4]
+    monkeypatch.setattr(run.time, "perf_counter", lambda: clock.pop(0) if clock else 99.0)
     stop = run._stop_after(3)
     control = SimpleNamespace(should_training_stop=False)
     for step in (1, 2, 3):
